@@ -1,0 +1,742 @@
+//! The sans-IO membership core: one `Core` per node.
+//!
+//! Inputs come in through `handle_*` methods, each with the current time; outputs are
+//! drained with [`Core::poll_effect`] (messages to send, events to report) and
+//! [`Core::poll_timeout`] (when to call [`Core::handle_timeout`] next). The node and
+//! the simulator drive the same `Core`; neither the clock nor the network is touched
+//! here.
+//!
+//! Time is a `Duration` since an origin the driver picks (process start for the node,
+//! zero for the simulator). It must never go backwards.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{BroadcastHandler, Codec, Foca, Invalidates, OwnedNotification, PostcardCodec, Timer};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{NodeId, NodeName};
+use crate::profile::{self, Profile};
+use crate::wire::{self, Body, DecodeError};
+
+type Swim = Foca<NodeId, PostcardCodec, ChaCha8Rng, GossipRelay>;
+
+/// How a member is seen from this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    /// Failed a probe; will be declared down unless it refutes in time.
+    Suspect,
+    Down,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        }
+    }
+}
+
+impl From<foca::State> for MemberState {
+    fn from(state: foca::State) -> Self {
+        match state {
+            foca::State::Alive => MemberState::Alive,
+            foca::State::Suspect => MemberState::Suspect,
+            foca::State::Down => MemberState::Down,
+        }
+    }
+}
+
+/// One row of the membership view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub state: MemberState,
+    /// SWIM incarnation: bumped by the member each time it refutes a suspicion.
+    pub incarnation: u16,
+    /// Down because it left on purpose (graceful shutdown), not because it failed.
+    pub left: bool,
+    /// This row is the local node.
+    pub is_local: bool,
+    /// Core time of the last change of `state` (or of the first sighting).
+    pub since: Duration,
+}
+
+/// Where the local node stands with the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalState {
+    /// Started, never heard back from any member.
+    Joining,
+    /// Known to at least one live member.
+    Active,
+    /// Was active, now knows no live member (partition or everyone else gone). Keeps
+    /// announcing to seeds and to the members it last knew.
+    Isolated,
+    /// Left the cluster on purpose.
+    Left,
+}
+
+/// A change the core reports. The node numbers them and streams them to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member became known and alive.
+    MemberJoined { member: NodeId },
+    /// A member failed a probe (ours or someone else's).
+    MemberSuspected { member: NodeId, incarnation: u16 },
+    /// A suspected member proved it is alive.
+    MemberRefuted { member: NodeId, incarnation: u16 },
+    /// A member was declared down after its suspicion timed out.
+    MemberDown { member: NodeId },
+    /// A member left on purpose. May follow `MemberDown` for the same member when the
+    /// leave notice arrives after the down update.
+    MemberLeft { member: NodeId },
+    /// A member came back as a new generation (restart or automatic rejoin).
+    MemberRestarted {
+        member: NodeId,
+        previous_generation: u64,
+    },
+    /// The local node is now known to the cluster.
+    LocalActive { identity: NodeId },
+    /// The local node knows no live member any more.
+    LocalIsolated,
+    /// The cluster declared the local node down; it rejoined as a new generation.
+    LocalRejoined {
+        identity: NodeId,
+        previous_generation: u64,
+    },
+    /// The cluster declared the local node down and it could not renew its identity.
+    LocalDefunct,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Deliver `envelope` (an encoded [`wire`] envelope) to `to`, best effort.
+    Send {
+        to: NodeId,
+        envelope: Bytes,
+    },
+    Event(Event),
+}
+
+/// A message from the network that was refused or failed part-way.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The envelope could not be decoded. Nothing changed.
+    #[error("undecodable message: {0}")]
+    Decode(#[from] DecodeError),
+    /// The SWIM header could not be decoded. Nothing changed.
+    #[error("undecodable SWIM header: {0}")]
+    SwimHeader(postcard::Error),
+    /// The sender claims a name other than the one its certificate proves. Nothing
+    /// changed: the message never reached the membership state.
+    #[error("sender claims to be {claimed:?} but its certificate names {authenticated:?}")]
+    SenderMismatch {
+        claimed: NodeName,
+        authenticated: NodeName,
+    },
+    /// foca refused or partly processed the packet. The error says whether foca's
+    /// state may have changed; effects produced before the failure are still queued.
+    #[error("SWIM: {0}")]
+    Swim(#[from] foca::Error),
+}
+
+impl InputError {
+    /// A short stable label, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InputError::Decode(e) => e.kind(),
+            InputError::SwimHeader(_) => "swim_header",
+            InputError::SenderMismatch { .. } => "sender_mismatch",
+            InputError::Swim(e) => swim_error_kind(e),
+        }
+    }
+}
+
+/// A short stable label for a foca error, for metrics.
+pub fn swim_error_kind(e: &foca::Error) -> &'static str {
+    match e {
+        foca::Error::DataTooBig => "swim_too_big",
+        foca::Error::NotUndead => "swim_not_undead",
+        foca::Error::SameIdentity => "swim_same_identity",
+        foca::Error::NotConnected => "swim_not_connected",
+        foca::Error::IncompleteProbeCycle => "swim_incomplete_probe",
+        foca::Error::DataFromOurselves => "swim_from_ourselves",
+        foca::Error::IndirectForOurselves => "swim_indirect_for_ourselves",
+        foca::Error::MalformedPacket => "swim_malformed",
+        foca::Error::Encode(_) => "swim_encode",
+        foca::Error::Decode(_) => "swim_decode",
+        foca::Error::CustomBroadcast(_) => "swim_broadcast",
+        foca::Error::InvalidConfig => "swim_invalid_config",
+    }
+}
+
+/// A local command the core could not carry out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot announce to ourselves")]
+    AnnounceToSelf,
+    #[error("the node has left the cluster")]
+    AlreadyLeft,
+    #[error("SWIM: {0}")]
+    Swim(#[from] foca::Error),
+}
+
+/// Items disseminated alongside SWIM updates (foca "custom broadcasts").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum GossipItem {
+    /// The named generation left on purpose.
+    Left { name: NodeName, generation: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GossipKey {
+    Left { name: NodeName, generation: u64 },
+}
+
+impl Invalidates for GossipKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                GossipKey::Left { name, generation },
+                GossipKey::Left {
+                    name: other_name,
+                    generation: other_generation,
+                },
+            ) => name == other_name && generation >= other_generation,
+        }
+    }
+}
+
+/// Most names remembered as having left; the oldest generation is forgotten first.
+const MAX_LEFT_REMEMBERED: usize = 65_536;
+
+/// What the gossip relay learned. foca owns the relay and offers no accessor to it,
+/// so the core and the relay share this; both live inside the one owner of the core,
+/// so the lock is never contended.
+#[derive(Debug, Default)]
+struct GossipState {
+    left: BTreeMap<NodeName, u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable gossip item: {0}")]
+struct GossipError(postcard::Error);
+
+struct GossipRelay {
+    state: Arc<Mutex<GossipState>>,
+}
+
+impl BroadcastHandler<NodeId> for GossipRelay {
+    type Key = GossipKey;
+    type Error = GossipError;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&NodeId>,
+    ) -> Result<Option<GossipKey>, GossipError> {
+        let item: GossipItem = postcard::from_bytes(data).map_err(GossipError)?;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match item {
+            GossipItem::Left { name, generation } => {
+                if state
+                    .left
+                    .get(&name)
+                    .is_some_and(|seen| *seen >= generation)
+                {
+                    return Ok(None); // known: stop spreading it
+                }
+                if state.left.len() >= MAX_LEFT_REMEMBERED && !state.left.contains_key(&name) {
+                    let oldest = state
+                        .left
+                        .iter()
+                        .min_by_key(|(n, g)| (**g, (*n).clone()))
+                        .map(|(n, _)| n.clone());
+                    if let Some(oldest) = oldest {
+                        state.left.remove(&oldest);
+                    }
+                }
+                state.left.insert(name.clone(), generation);
+                Ok(Some(GossipKey::Left { name, generation }))
+            }
+        }
+    }
+}
+
+/// Collects what foca asks for during one call.
+#[derive(Default)]
+struct Collected {
+    sends: Vec<(NodeId, Bytes)>,
+    timers: Vec<(Duration, Timer<NodeId>)>,
+    notifications: Vec<OwnedNotification<NodeId>>,
+}
+
+impl foca::Runtime<NodeId> for &mut Collected {
+    fn notify(&mut self, notification: foca::Notification<'_, NodeId>) {
+        self.notifications.push(notification.to_owned());
+    }
+
+    fn send_to(&mut self, to: NodeId, data: &[u8]) {
+        self.sends.push((to, Bytes::copy_from_slice(data)));
+    }
+
+    fn submit_after(&mut self, event: Timer<NodeId>, after: Duration) {
+        self.timers.push((after, event));
+    }
+}
+
+#[derive(Debug)]
+struct ViewEntry {
+    info: MemberInfo,
+    /// Sweep number of the last sync that saw this member in foca's state.
+    seen_in_sweep: u64,
+}
+
+/// The membership core of one node.
+pub struct Core {
+    swim: Swim,
+    profile: Profile,
+    gossip: Arc<Mutex<GossipState>>,
+    /// foca timers by (due time, insertion sequence): all are delivered, in order,
+    /// even when the driver calls late.
+    timers: BTreeMap<(Duration, u64), Timer<NodeId>>,
+    timer_seq: u64,
+    effects: VecDeque<Effect>,
+    collected: Collected,
+    view: BTreeMap<NodeName, ViewEntry>,
+    sweep: u64,
+    local: LocalState,
+    local_since: Duration,
+    /// Cluster size the current foca configuration was computed for.
+    configured_size: u32,
+}
+
+impl Core {
+    /// A core for `identity`. `rng_seed` feeds every random choice (probe order,
+    /// gossip targets); the same seed and inputs give the same outputs.
+    pub fn new(identity: NodeId, profile: Profile, rng_seed: u64) -> Self {
+        let gossip = Arc::new(Mutex::new(GossipState::default()));
+        let swim = Foca::with_custom_broadcast(
+            identity,
+            profile::swim_config(profile, 1),
+            ChaCha8Rng::seed_from_u64(rng_seed),
+            PostcardCodec,
+            GossipRelay {
+                state: Arc::clone(&gossip),
+            },
+        );
+        Self {
+            swim,
+            profile,
+            gossip,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            effects: VecDeque::new(),
+            collected: Collected::default(),
+            view: BTreeMap::new(),
+            sweep: 0,
+            local: LocalState::Joining,
+            local_since: Duration::ZERO,
+            configured_size: 1,
+        }
+    }
+
+    pub fn identity(&self) -> &NodeId {
+        self.swim.identity()
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    pub fn local_state(&self) -> LocalState {
+        self.local
+    }
+
+    /// The foca configuration in force (it follows the cluster size).
+    pub fn swim_config(&self) -> foca::Config {
+        profile::swim_config(self.profile, self.configured_size)
+    }
+
+    /// Live members (alive or suspect), the local node included.
+    pub fn live_count(&self) -> usize {
+        self.swim.num_members() + usize::from(self.local != LocalState::Left)
+    }
+
+    /// Every member this node knows, the local node first, then by name.
+    pub fn members(&self) -> impl Iterator<Item = MemberInfo> + '_ {
+        std::iter::once(self.local_info()).chain(self.view.values().map(|e| e.info.clone()))
+    }
+
+    /// One member by name (the local node included).
+    pub fn member(&self, name: &NodeName) -> Option<MemberInfo> {
+        if name == &self.identity().name {
+            return Some(self.local_info());
+        }
+        self.view.get(name).map(|e| e.info.clone())
+    }
+
+    fn local_info(&self) -> MemberInfo {
+        MemberInfo {
+            id: self.identity().clone(),
+            state: if self.local == LocalState::Left {
+                MemberState::Down
+            } else {
+                MemberState::Alive
+            },
+            incarnation: 0,
+            left: self.local == LocalState::Left,
+            is_local: true,
+            since: self.local_since,
+        }
+    }
+
+    /// Asks `seed` to let us in. The seed's name must be known (the transport learns
+    /// it from the seed's certificate); its generation and zone may be placeholders.
+    pub fn announce(&mut self, now: Duration, seed: NodeId) -> Result<(), CommandError> {
+        if seed.name == self.identity().name {
+            return Err(CommandError::AnnounceToSelf);
+        }
+        if self.local == LocalState::Left {
+            return Err(CommandError::AlreadyLeft);
+        }
+        let result = self.swim.announce(seed, &mut self.collected);
+        self.after_call(now);
+        result.map_err(CommandError::from)
+    }
+
+    /// A datagram (or stream frame) from the peer whose certificate names `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: &NodeName,
+        bytes: &[u8],
+    ) -> Result<(), InputError> {
+        let Body::Swim(packet) = wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)?;
+        // The sender's claimed identity must be the one its certificate proves, or a
+        // member could speak for another. Check before foca sees anything.
+        let header: foca::Header<NodeId> = PostcardCodec
+            .decode_header(packet)
+            .map_err(InputError::SwimHeader)?;
+        if &header.src.name != from {
+            return Err(InputError::SenderMismatch {
+                claimed: header.src.name,
+                authenticated: from.clone(),
+            });
+        }
+        let result = self.swim.handle_data(packet, &mut self.collected);
+        self.after_call(now);
+        result.map_err(InputError::from)
+    }
+
+    /// When [`Core::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.timers.keys().next().map(|(due, _)| *due)
+    }
+
+    /// Runs every timer due at or before `now`, in due order. Returns the errors
+    /// foca reported (they indicate driver bugs, not network input).
+    pub fn handle_timeout(&mut self, now: Duration) -> Vec<foca::Error> {
+        let mut errors = Vec::new();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            if let Err(e) = self.swim.handle_timer(timer, &mut self.collected) {
+                errors.push(e);
+            }
+            self.after_call(now);
+        }
+        errors
+    }
+
+    /// Leaves the cluster: tells a few members at once and spreads a notice that this
+    /// was a departure, not a failure. The driver should give the resulting sends a
+    /// moment to go out before closing the transport.
+    pub fn leave(&mut self, now: Duration) -> Result<(), CommandError> {
+        if self.local == LocalState::Left {
+            return Err(CommandError::AlreadyLeft);
+        }
+        let id = self.identity().clone();
+        let item = GossipItem::Left {
+            name: id.name,
+            generation: id.generation,
+        };
+        let data = postcard::to_allocvec(&item)
+            .map_err(|e| CommandError::Swim(foca::Error::Encode(Box::new(e))))?;
+        self.swim.add_broadcast(&data)?;
+        let result = self.swim.leave_cluster(&mut self.collected);
+        self.after_call(now);
+        self.set_local(now, LocalState::Left);
+        result.map_err(CommandError::from)
+    }
+
+    /// The next effect to execute, in the order they were produced.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    fn set_local(&mut self, now: Duration, state: LocalState) {
+        if self.local != state {
+            self.local = state;
+            self.local_since = now;
+        }
+    }
+
+    /// Turns what foca asked for into effects and timers, and the membership change
+    /// into events.
+    fn after_call(&mut self, now: Duration) {
+        let collected = std::mem::take(&mut self.collected);
+        for (to, packet) in collected.sends {
+            match wire::encode(&Body::Swim(&packet), wire::MAX_STREAM_FRAME_LEN) {
+                Ok(envelope) => self.effects.push_back(Effect::Send {
+                    to,
+                    envelope: Bytes::from(envelope),
+                }),
+                // foca bounds packets by SWIM_MAX_PACKET, far below the stream limit.
+                Err(_) => debug_assert!(false, "SWIM packet larger than a stream frame"),
+            }
+        }
+        for (after, timer) in collected.timers {
+            self.timer_seq += 1;
+            self.timers.insert((now + after, self.timer_seq), timer);
+        }
+        for notification in collected.notifications {
+            match notification {
+                OwnedNotification::Active => {
+                    self.set_local(now, LocalState::Active);
+                    let identity = self.identity().clone();
+                    self.effects
+                        .push_back(Effect::Event(Event::LocalActive { identity }));
+                }
+                OwnedNotification::Idle => {
+                    if self.local == LocalState::Active {
+                        self.set_local(now, LocalState::Isolated);
+                        self.effects.push_back(Effect::Event(Event::LocalIsolated));
+                    }
+                }
+                OwnedNotification::Rejoin(identity) => {
+                    let previous_generation = identity.generation.saturating_sub(1);
+                    self.effects.push_back(Effect::Event(Event::LocalRejoined {
+                        identity,
+                        previous_generation,
+                    }));
+                }
+                OwnedNotification::Defunct => {
+                    if self.local != LocalState::Left {
+                        self.effects.push_back(Effect::Event(Event::LocalDefunct));
+                    }
+                }
+                // Reflected by `sync_view`, which also sees what foca does not notify.
+                OwnedNotification::MemberUp(_)
+                | OwnedNotification::MemberDown(_)
+                | OwnedNotification::Rename(_, _) => {}
+            }
+        }
+        // Suspicion changes raise no foca notification, so the view is compared with
+        // foca's state after every call.
+        self.sync_view(now);
+        self.retune();
+    }
+
+    /// Recomputes suspicion and dissemination for the current cluster size.
+    fn retune(&mut self) {
+        let size = u32::try_from(self.live_count()).unwrap_or(u32::MAX).max(1);
+        if size != self.configured_size {
+            // Only probe timing and enabling periodic tasks are refused by foca, and
+            // the profile keeps both fixed.
+            if self
+                .swim
+                .set_config(profile::swim_config(self.profile, size))
+                .is_ok()
+            {
+                self.configured_size = size;
+            }
+        }
+    }
+
+    fn sync_view(&mut self, now: Duration) {
+        self.sweep += 1;
+        let sweep = self.sweep;
+        let gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
+        for member in self.swim.iter_membership_state() {
+            let id = member.id();
+            let state = MemberState::from(member.state());
+            let incarnation = member.incarnation();
+            let left =
+                state == MemberState::Down && gossip.left.get(&id.name) == Some(&id.generation);
+            let mut emit = |event| self.effects.push_back(Effect::Event(event));
+            let Some(entry) = self.view.get_mut(&id.name) else {
+                if state != MemberState::Down {
+                    emit(Event::MemberJoined { member: id.clone() });
+                    if state == MemberState::Suspect {
+                        emit(Event::MemberSuspected {
+                            member: id.clone(),
+                            incarnation,
+                        });
+                    }
+                }
+                self.view.insert(
+                    id.name.clone(),
+                    ViewEntry {
+                        info: MemberInfo {
+                            id: id.clone(),
+                            state,
+                            incarnation,
+                            left,
+                            is_local: false,
+                            since: now,
+                        },
+                        seen_in_sweep: sweep,
+                    },
+                );
+                continue;
+            };
+            entry.seen_in_sweep = sweep;
+            let info = &mut entry.info;
+            if info.id != *id {
+                let previous_generation = info.id.generation;
+                info.id = id.clone();
+                info.left = false;
+                if state != MemberState::Down {
+                    emit(Event::MemberRestarted {
+                        member: id.clone(),
+                        previous_generation,
+                    });
+                    if state == MemberState::Suspect {
+                        emit(Event::MemberSuspected {
+                            member: id.clone(),
+                            incarnation,
+                        });
+                    }
+                }
+                info.state = state;
+                info.incarnation = incarnation;
+                info.since = now;
+                continue;
+            }
+            if info.state != state || info.incarnation != incarnation {
+                match (info.state, state) {
+                    (MemberState::Alive | MemberState::Suspect, MemberState::Down) => {
+                        emit(if left {
+                            Event::MemberLeft { member: id.clone() }
+                        } else {
+                            Event::MemberDown { member: id.clone() }
+                        });
+                    }
+                    (MemberState::Down, MemberState::Alive | MemberState::Suspect) => {
+                        emit(Event::MemberJoined { member: id.clone() });
+                    }
+                    (_, MemberState::Suspect) => emit(Event::MemberSuspected {
+                        member: id.clone(),
+                        incarnation,
+                    }),
+                    (MemberState::Suspect, MemberState::Alive) => emit(Event::MemberRefuted {
+                        member: id.clone(),
+                        incarnation,
+                    }),
+                    // A newer incarnation we never saw suspected, or a down member's
+                    // bookkeeping: nothing a client needs to hear about.
+                    (MemberState::Alive, MemberState::Alive)
+                    | (MemberState::Down, MemberState::Down) => {}
+                }
+                if info.state != state {
+                    info.since = now;
+                }
+                info.state = state;
+                info.incarnation = incarnation;
+            }
+            if left && !info.left {
+                // The leave notice arrived after the down update.
+                info.left = true;
+                if info.state == MemberState::Down && info.since != now {
+                    emit(Event::MemberLeft { member: id.clone() });
+                }
+            }
+        }
+        drop(gossip);
+        // foca forgets down members after `remove_down_after`; so do we.
+        self.view.retain(|_, entry| entry.seen_in_sweep == sweep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Zone;
+
+    fn id(name: &str, port: u16) -> NodeId {
+        NodeId::new(
+            NodeName::new(name).unwrap(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Zone::new("z1").unwrap(),
+            1,
+        )
+    }
+
+    #[test]
+    fn left_notices_replace_older_generations_only() {
+        let a = GossipKey::Left {
+            name: NodeName::new("a").unwrap(),
+            generation: 2,
+        };
+        let a_old = GossipKey::Left {
+            name: NodeName::new("a").unwrap(),
+            generation: 1,
+        };
+        let b = GossipKey::Left {
+            name: NodeName::new("b").unwrap(),
+            generation: 9,
+        };
+        assert!(a.invalidates(&a_old));
+        assert!(!a_old.invalidates(&a));
+        assert!(!b.invalidates(&a));
+    }
+
+    #[test]
+    fn relay_spreads_a_left_notice_once() {
+        let mut relay = GossipRelay {
+            state: Arc::default(),
+        };
+        let item = postcard::to_allocvec(&GossipItem::Left {
+            name: NodeName::new("a").unwrap(),
+            generation: 3,
+        })
+        .unwrap();
+        assert!(relay.receive_item(&item, None).unwrap().is_some());
+        assert!(relay.receive_item(&item, None).unwrap().is_none());
+        assert!(relay.receive_item(b"\xff\xff", None).is_err());
+    }
+
+    #[test]
+    fn announcing_to_ourselves_is_refused() {
+        let mut core = Core::new(id("a", 1), Profile::Lan, 1);
+        assert!(matches!(
+            core.announce(Duration::ZERO, id("a", 1)),
+            Err(CommandError::AnnounceToSelf)
+        ));
+        assert!(core.poll_effect().is_none());
+    }
+
+    #[test]
+    fn a_fresh_core_lists_only_itself() {
+        let core = Core::new(id("a", 1), Profile::Lan, 1);
+        let members: Vec<_> = core.members().collect();
+        assert_eq!(members.len(), 1);
+        assert!(members[0].is_local);
+        assert_eq!(members[0].state, MemberState::Alive);
+        assert_eq!(core.local_state(), LocalState::Joining);
+        assert_eq!(core.poll_timeout(), None);
+    }
+}

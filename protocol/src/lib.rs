@@ -1,0 +1,21 @@
+//! vigil-protocol: the sans-IO core of vigil.
+//!
+//! Everything here is deterministic: no sockets, no tokio, no clock reads, and no
+//! randomness but the seeded generator handed in. The `vigil` node drives a [`Core`]
+//! with real sockets and time; `vigil-sim` drives the same [`Core`] with simulated ones.
+//!
+//! - [`identity`]: node names, zones, generations.
+//! - [`wire`]: the versioned envelope and its bounded, typed decoding.
+//! - [`profile`]: LAN and WAN failure-detection parameters, scaled by cluster size.
+//! - [`core`]: the membership core (foca underneath) and its effects and events.
+
+pub mod core;
+pub mod identity;
+pub mod profile;
+pub mod wire;
+
+pub use crate::core::{
+    CommandError, Core, Effect, Event, InputError, LocalState, MemberInfo, MemberState,
+};
+pub use crate::identity::{NameError, NodeId, NodeName, Zone};
+pub use crate::profile::Profile;

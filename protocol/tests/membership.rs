@@ -1,0 +1,373 @@
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test harness is a failed test
+
+//! Several cores exchanging bytes by hand under simulated time. No sockets, no sleeps:
+//! the harness owns the clock and delivers every message after a fixed latency.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
+
+use vigil_protocol::{
+    Core, Effect, Event, InputError, LocalState, MemberState, NodeId, NodeName, Profile, Zone,
+};
+
+const LATENCY: Duration = Duration::from_millis(1);
+
+fn name(n: &str) -> NodeName {
+    NodeName::new(n).unwrap()
+}
+
+fn node_id(n: &str, generation: u64) -> NodeId {
+    let port = 7000 + u16::from(n.as_bytes()[1] - b'0');
+    NodeId::new(
+        name(n),
+        ([127, 0, 0, 1], port).into(),
+        Zone::new("z1").unwrap(),
+        generation,
+    )
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: Duration,
+    seq: u64,
+    from: NodeName,
+    to: NodeName,
+    bytes: Vec<u8>,
+}
+
+struct Net {
+    now: Duration,
+    seq: u64,
+    cores: BTreeMap<NodeName, Core>,
+    crashed: BTreeSet<NodeName>,
+    /// Pairs that cannot talk, both directions.
+    cut: BTreeSet<(NodeName, NodeName)>,
+    wire: BinaryHeap<Reverse<InFlight>>,
+    events: Vec<(Duration, NodeName, Event)>,
+    input_errors: Vec<(NodeName, String)>,
+}
+
+impl Net {
+    fn new(names: &[&str]) -> Self {
+        let mut net = Net {
+            now: Duration::ZERO,
+            seq: 0,
+            cores: BTreeMap::new(),
+            crashed: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            wire: BinaryHeap::new(),
+            events: Vec::new(),
+            input_errors: Vec::new(),
+        };
+        for (i, n) in names.iter().enumerate() {
+            net.cores.insert(
+                name(n),
+                Core::new(node_id(n, 1), Profile::Lan, 1000 + i as u64),
+            );
+        }
+        net
+    }
+
+    /// Every node announces to the first one, as `--seed` would.
+    fn join_all(&mut self) {
+        let names: Vec<_> = self.cores.keys().cloned().collect();
+        let seed = self.cores[&names[0]].identity().clone();
+        for n in &names[1..] {
+            let now = self.now;
+            let core = self.cores.get_mut(n).unwrap();
+            core.announce(now, seed.clone()).unwrap();
+            self.drain(n);
+        }
+    }
+
+    fn drain(&mut self, node: &NodeName) {
+        let core = self.cores.get_mut(node).unwrap();
+        while let Some(effect) = core.poll_effect() {
+            match effect {
+                Effect::Send { to, envelope } => {
+                    self.seq += 1;
+                    self.wire.push(Reverse(InFlight {
+                        at: self.now + LATENCY,
+                        seq: self.seq,
+                        from: node.clone(),
+                        to: to.name,
+                        bytes: envelope.to_vec(),
+                    }));
+                }
+                Effect::Event(event) => self.events.push((self.now, node.clone(), event)),
+            }
+        }
+    }
+
+    fn can_talk(&self, a: &NodeName, b: &NodeName) -> bool {
+        !self.crashed.contains(a)
+            && !self.crashed.contains(b)
+            && !self.cut.contains(&(a.clone(), b.clone()))
+            && !self.cut.contains(&(b.clone(), a.clone()))
+    }
+
+    /// Advances simulated time to `until`, delivering messages and firing timers in
+    /// time order.
+    fn run_until(&mut self, until: Duration) {
+        loop {
+            let next_msg = self.wire.peek().map(|m| m.0.at);
+            let next_timer = self
+                .cores
+                .iter()
+                .filter(|(n, _)| !self.crashed.contains(*n))
+                .filter_map(|(n, c)| c.poll_timeout().map(|t| (t, n.clone())))
+                .min();
+            let msg_first = match (next_msg, &next_timer) {
+                (Some(m), Some((t, _))) => m <= *t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let at = if msg_first {
+                next_msg.unwrap()
+            } else {
+                next_timer.as_ref().unwrap().0
+            };
+            if at > until {
+                break;
+            }
+            self.now = at;
+            if msg_first {
+                let Reverse(m) = self.wire.pop().unwrap();
+                if !self.can_talk(&m.from, &m.to) || !self.cores.contains_key(&m.to) {
+                    continue;
+                }
+                let now = self.now;
+                let core = self.cores.get_mut(&m.to).unwrap();
+                if let Err(e) = core.handle_datagram(now, &m.from, &m.bytes) {
+                    self.input_errors.push((m.to.clone(), e.to_string()));
+                }
+                self.drain(&m.to);
+            } else {
+                let (_, n) = next_timer.unwrap();
+                let now = self.now;
+                let _ = self.cores.get_mut(&n).unwrap().handle_timeout(now);
+                self.drain(&n);
+            }
+        }
+        self.now = until;
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    fn state_seen_by(&self, observer: &str, member: &str) -> Option<MemberState> {
+        self.cores[&name(observer)]
+            .member(&name(member))
+            .map(|m| m.state)
+    }
+
+    fn all_see_alive(&self, names: &[&str]) -> bool {
+        names.iter().all(|o| {
+            names
+                .iter()
+                .all(|m| self.state_seen_by(o, m) == Some(MemberState::Alive))
+        })
+    }
+
+    fn first_event_time(&self, observer: &str, pred: impl Fn(&Event) -> bool) -> Option<Duration> {
+        self.events
+            .iter()
+            .find(|(_, n, e)| n.as_str() == observer && pred(e))
+            .map(|(t, _, _)| *t)
+    }
+}
+
+const FIVE: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
+
+fn converged_five() -> Net {
+    let mut net = Net::new(&FIVE);
+    net.join_all();
+    net.run_for(Duration::from_secs(3));
+    assert!(net.all_see_alive(&FIVE), "five cores did not converge");
+    net
+}
+
+#[test]
+fn five_cores_converge_through_one_seed() {
+    let net = converged_five();
+    for n in FIVE {
+        let core = &net.cores[&name(n)];
+        assert_eq!(core.local_state(), LocalState::Active, "{n}");
+        assert_eq!(core.live_count(), 5, "{n}");
+    }
+    assert!(net.input_errors.is_empty(), "{:?}", net.input_errors);
+}
+
+#[test]
+fn a_crashed_member_is_suspected_then_declared_down_by_everyone() {
+    let mut net = converged_five();
+    let crash_at = net.now;
+    net.crashed.insert(name("n5"));
+    net.run_for(Duration::from_secs(10));
+    // Suspicion lasts 2 s at this size; a probe cycle is 0.5 s.
+    let bound = Duration::from_secs(5);
+    for observer in &FIVE[..4] {
+        assert_eq!(net.state_seen_by(observer, "n5"), Some(MemberState::Down));
+        let down_at = net
+            .first_event_time(
+                observer,
+                |e| matches!(e, Event::MemberDown { member } if member.name.as_str() == "n5"),
+            )
+            .expect("down event");
+        assert!(
+            down_at - crash_at <= bound,
+            "{observer} saw n5 down after {:?}",
+            down_at - crash_at
+        );
+    }
+    let suspected = net
+        .events
+        .iter()
+        .any(|(_, _, e)| matches!(e, Event::MemberSuspected { member, .. } if member.name.as_str() == "n5"));
+    assert!(suspected, "down must be preceded by a suspicion");
+    assert!(net.cores[&name("n1")].live_count() == 4);
+}
+
+#[test]
+fn a_leaving_member_is_seen_leaving_within_one_probe_period() {
+    let mut net = converged_five();
+    let left_at = net.now;
+    let now = net.now;
+    net.cores.get_mut(&name("n3")).unwrap().leave(now).unwrap();
+    net.drain(&name("n3"));
+    net.run_for(Duration::from_millis(500));
+    net.crashed.insert(name("n3"));
+    for observer in ["n1", "n2", "n4", "n5"] {
+        let info = net.cores[&name(observer)].member(&name("n3")).unwrap();
+        assert_eq!(info.state, MemberState::Down, "{observer}");
+        assert!(info.left, "{observer} should know n3 left on purpose");
+        let at = net
+            .first_event_time(
+                observer,
+                |e| matches!(e, Event::MemberLeft { member } if member.name.as_str() == "n3"),
+            )
+            .expect("left event");
+        assert!(at - left_at < Duration::from_millis(500));
+    }
+    assert_eq!(net.cores[&name("n3")].local_state(), LocalState::Left);
+}
+
+#[test]
+fn a_restarted_member_rejoins_as_a_new_generation() {
+    let mut net = converged_five();
+    net.crashed.insert(name("n2"));
+    net.run_for(Duration::from_secs(1));
+    // Restart before the cluster declared it down: same name, next generation.
+    net.crashed.remove(&name("n2"));
+    net.cores
+        .insert(name("n2"), Core::new(node_id("n2", 2), Profile::Lan, 77));
+    let seed = net.cores[&name("n1")].identity().clone();
+    let now = net.now;
+    net.cores
+        .get_mut(&name("n2"))
+        .unwrap()
+        .announce(now, seed)
+        .unwrap();
+    net.drain(&name("n2"));
+    net.run_for(Duration::from_secs(5));
+    for observer in ["n1", "n3", "n4", "n5"] {
+        let info = net.cores[&name(observer)].member(&name("n2")).unwrap();
+        assert_eq!(info.state, MemberState::Alive, "{observer}");
+        assert_eq!(info.id.generation, 2, "{observer}");
+        assert!(net
+            .first_event_time(observer, |e| matches!(e, Event::MemberRestarted { member, previous_generation: 1 } if member.name.as_str() == "n2"))
+            .is_some());
+    }
+    assert_eq!(net.cores[&name("n2")].live_count(), 5);
+}
+
+#[test]
+fn both_sides_of_a_healed_partition_rejoin_without_help() {
+    let mut net = converged_five();
+    let left = ["n1", "n2"];
+    let right = ["n3", "n4", "n5"];
+    for a in left {
+        for b in right {
+            net.cut.insert((name(a), name(b)));
+        }
+    }
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(net.state_seen_by("n1", "n4"), Some(MemberState::Down));
+    assert_eq!(net.state_seen_by("n4", "n1"), Some(MemberState::Down));
+    net.cut.clear();
+    // Announcing to down members every 5 s plus renewed identities bring both sides
+    // back together.
+    net.run_for(Duration::from_secs(30));
+    assert!(
+        net.all_see_alive(&FIVE),
+        "views after heal: {:?}",
+        FIVE.map(|o| FIVE.map(|m| net.state_seen_by(o, m)))
+    );
+}
+
+#[test]
+fn a_message_whose_sender_does_not_match_the_certificate_is_refused() {
+    let mut net = converged_five();
+    // Take a real message from n2 to n1 and deliver it as if n3 had sent it.
+    let now = net.now;
+    let n2 = net.cores.get_mut(&name("n2")).unwrap();
+    let _ = n2.handle_timeout(now + Duration::from_secs(1));
+    let envelope = std::iter::from_fn(|| n2.poll_effect())
+        .find_map(|e| match e {
+            Effect::Send { envelope, .. } => Some(envelope),
+            Effect::Event(_) => None,
+        })
+        .expect("n2 sends something within a second");
+    let before: Vec<_> = net.cores[&name("n1")].members().collect();
+    let err = net
+        .cores
+        .get_mut(&name("n1"))
+        .unwrap()
+        .handle_datagram(now, &name("n3"), &envelope)
+        .unwrap_err();
+    assert!(matches!(err, InputError::SenderMismatch { .. }), "{err}");
+    assert_eq!(err.kind(), "sender_mismatch");
+    let n1 = net.cores.get_mut(&name("n1")).unwrap();
+    assert!(n1.poll_effect().is_none());
+    assert_eq!(n1.members().collect::<Vec<_>>(), before);
+}
+
+#[test]
+fn junk_input_is_refused_with_a_typed_error() {
+    let mut core = Core::new(node_id("n1", 1), Profile::Lan, 1);
+    let from = name("n2");
+    for (bytes, kind) in [
+        (&b""[..], "empty"),
+        (b"GET / HTTP/1.1", "bad_magic"),
+        (b"VG\x02\x00\x00", "unsupported_version"),
+        (b"VG\x01\x00\x03\xff\xff\xff", "swim_header"),
+    ] {
+        let err = core
+            .handle_datagram(Duration::ZERO, &from, bytes)
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{bytes:?}: {err}");
+    }
+    assert!(core.poll_effect().is_none());
+    assert_eq!(core.members().count(), 1);
+}
+
+#[test]
+fn the_same_seeds_give_the_same_run() {
+    fn trace() -> Vec<String> {
+        let mut net = Net::new(&FIVE);
+        net.join_all();
+        net.run_for(Duration::from_secs(3));
+        net.crashed.insert(name("n4"));
+        net.run_for(Duration::from_secs(6));
+        net.events
+            .iter()
+            .map(|(t, n, e)| format!("{t:?} {n} {e:?}"))
+            .collect()
+    }
+    let a = trace();
+    assert!(a.len() > 20);
+    assert_eq!(a, trace());
+}
