@@ -1,0 +1,2 @@
+//! The vigil node: the IO shell around `vigil_protocol::Core`.
+pub mod tls;
