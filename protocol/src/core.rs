@@ -117,6 +117,65 @@ pub enum Event {
     LocalDefunct,
 }
 
+impl Event {
+    /// The event's stable name (`member_down`, `local_active`, ...), as in the API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::MemberJoined { .. } => "member_joined",
+            Event::MemberSuspected { .. } => "member_suspected",
+            Event::MemberRefuted { .. } => "member_refuted",
+            Event::MemberDown { .. } => "member_down",
+            Event::MemberLeft { .. } => "member_left",
+            Event::MemberRestarted { .. } => "member_restarted",
+            Event::LocalActive { .. } => "local_active",
+            Event::LocalIsolated => "local_isolated",
+            Event::LocalRejoined { .. } => "local_rejoined",
+            Event::LocalDefunct => "local_defunct",
+        }
+    }
+
+    /// The node the event is about (the local node for `LocalActive` and
+    /// `LocalRejoined`), if the event names one.
+    pub fn member(&self) -> Option<&NodeId> {
+        match self {
+            Event::MemberJoined { member }
+            | Event::MemberSuspected { member, .. }
+            | Event::MemberRefuted { member, .. }
+            | Event::MemberDown { member }
+            | Event::MemberLeft { member }
+            | Event::MemberRestarted { member, .. } => Some(member),
+            Event::LocalActive { identity } | Event::LocalRejoined { identity, .. } => {
+                Some(identity)
+            }
+            Event::LocalIsolated | Event::LocalDefunct => None,
+        }
+    }
+
+    /// The member's incarnation, for suspicion and refutation.
+    pub fn incarnation(&self) -> Option<u16> {
+        match self {
+            Event::MemberSuspected { incarnation, .. }
+            | Event::MemberRefuted { incarnation, .. } => Some(*incarnation),
+            _ => None,
+        }
+    }
+
+    /// The generation replaced, for restarts and rejoins.
+    pub fn previous_generation(&self) -> Option<u64> {
+        match self {
+            Event::MemberRestarted {
+                previous_generation,
+                ..
+            }
+            | Event::LocalRejoined {
+                previous_generation,
+                ..
+            } => Some(*previous_generation),
+            _ => None,
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -476,9 +535,11 @@ impl Core {
         let data = postcard::to_allocvec(&item)
             .map_err(|e| CommandError::Swim(foca::Error::Encode(Box::new(e))))?;
         self.swim.add_broadcast(&data)?;
+        // Left before foca runs: it reports the node "defunct" while leaving, which
+        // is not news to anyone here.
+        self.set_local(now, LocalState::Left);
         let result = self.swim.leave_cluster(&mut self.collected);
         self.after_call(now);
-        self.set_local(now, LocalState::Left);
         result.map_err(CommandError::from)
     }
 
@@ -512,6 +573,9 @@ impl Core {
             self.timer_seq += 1;
             self.timers.insert((now + after, self.timer_seq), timer);
         }
+        // Member changes first: they are the cause of the local ones (the last member
+        // going down is why the node becomes isolated).
+        self.sync_view(now);
         for notification in collected.notifications {
             match notification {
                 OwnedNotification::Active => {
@@ -544,9 +608,6 @@ impl Core {
                 | OwnedNotification::Rename(_, _) => {}
             }
         }
-        // Suspicion changes raise no foca notification, so the view is compared with
-        // foca's state after every call.
-        self.sync_view(now);
         self.retune();
     }
 
@@ -566,6 +627,8 @@ impl Core {
         }
     }
 
+    /// Compares the view with foca's state and emits events for the differences.
+    /// Suspicion changes raise no foca notification, so this runs after every call.
     fn sync_view(&mut self, now: Duration) {
         self.sweep += 1;
         let sweep = self.sweep;

@@ -253,6 +253,16 @@ fn a_leaving_member_is_seen_leaving_within_one_probe_period() {
         assert!(at - left_at < Duration::from_millis(500));
     }
     assert_eq!(net.cores[&name("n3")].local_state(), LocalState::Left);
+    let n3_events: Vec<_> = net
+        .events
+        .iter()
+        .filter(|(_, n, _)| n.as_str() == "n3")
+        .map(|(_, _, e)| e.kind())
+        .collect();
+    assert!(
+        !n3_events.contains(&"local_defunct"),
+        "a graceful leave is not a failure: {n3_events:?}"
+    );
 }
 
 #[test]
@@ -370,4 +380,29 @@ fn the_same_seeds_give_the_same_run() {
     let a = trace();
     assert!(a.len() > 20);
     assert_eq!(a, trace());
+}
+
+#[test]
+fn the_last_member_going_down_is_reported_before_isolation() {
+    let mut net = Net::new(&["n1", "n2"]);
+    net.join_all();
+    net.run_for(Duration::from_secs(2));
+    net.crashed.insert(name("n2"));
+    net.run_for(Duration::from_secs(10));
+    let kinds: Vec<_> = net
+        .events
+        .iter()
+        .filter(|(_, n, _)| n.as_str() == "n1")
+        .map(|(_, _, e)| e.kind())
+        .collect();
+    let down = kinds
+        .iter()
+        .position(|k| *k == "member_down")
+        .expect("down");
+    let isolated = kinds
+        .iter()
+        .position(|k| *k == "local_isolated")
+        .expect("isolated");
+    assert!(down < isolated, "{kinds:?}");
+    assert_eq!(net.cores[&name("n1")].local_state(), LocalState::Isolated);
 }
