@@ -1,1 +1,3 @@
 //! Shared pieces of vigil's benchmarks.
+
+pub mod procstat;

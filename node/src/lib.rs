@@ -1,2 +1,36 @@
 //! The vigil node: the IO shell around `vigil_protocol::Core`.
+//!
+//! - [`node`]: the owner task of `vigil agent` (drives the core, executes effects).
+//! - [`transport`]: QUIC endpoint, connection cache, datagrams and streams.
+//! - [`tls`]: the cluster CA, node certificates, mutual TLS configuration.
+//! - [`api`] and [`client`]: the HTTP/JSON API on the Unix socket, and its client.
+//! - [`events`]: the indexed, resumable event log.
+//! - [`config`] and [`cli`]: settings from flags, environment and TOML.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`harness`] and [`demo`]: local clusters of child processes (demo, tests, benches).
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod cmd;
+pub mod config;
+pub mod datadir;
+pub mod demo;
+pub mod events;
+pub mod harness;
+pub mod metrics;
+pub mod node;
 pub mod tls;
+pub mod transport;
+
+/// `vigil --version`: the build and the wire protocol it speaks.
+pub fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (wire protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            vigil_protocol::wire::WIRE_VERSION
+        )
+    })
+}

@@ -1,0 +1,536 @@
+//! `udp-node`: vigil's membership core over plain UDP, for measuring what QUIC and
+//! TLS cost.
+//!
+//! It runs the same `vigil_protocol::Core` with the same profile (and so the same foca
+//! configuration) as the `vigil` node, but sends each envelope as one unencrypted,
+//! unauthenticated UDP datagram. Only benchmarks should run it.
+//!
+//! # Framing
+//!
+//! ```text
+//! datagram:  name_len:u8  name:[u8; name_len]  envelope
+//! ```
+//!
+//! `envelope` is the vigil wire envelope exactly as the core produced it. The prefix
+//! names the sender, because the core must be told who sent a datagram and, without
+//! TLS, nothing else does: a datagram can arrive from an address no member view holds
+//! yet (a first announce), and the SWIM header that names the sender is opaque
+//! outside the core. The prefix costs 1 + len(name) bytes (at most 64) per datagram;
+//! it is included in `tx_bytes`/`rx_bytes` and also counted on its own
+//! (`prefix_bytes_tx`, `prefix_bytes_rx`) so a report can subtract it. The name is a
+//! claim, not a proof: anyone who can reach the socket can speak for any member.
+//!
+//! # Output
+//!
+//! NDJSON on stdout, one object per line, flushed per line:
+//!
+//! - `{"type":"ready","name":..,"addr":"ip:port","t_ms":..}` once, after binding;
+//! - `{"type":"event","t_ms":..,"event":..,"member":..,"generation":..}` for every
+//!   core event (`member` is absent for events about the local node; `incarnation`
+//!   and `previous_generation` appear where the event has them);
+//! - `{"type":"stats","t_ms":..,"tx_bytes":..,...,"live":..}` every second and once
+//!   more on exit, with cumulative counters.
+//!
+//! `t_ms` is Unix time in milliseconds. Diagnostics go to stderr.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, MissedTickBehavior};
+use vigil_protocol::identity::MAX_NAME_LEN;
+use vigil_protocol::wire::MAX_DATAGRAM_LEN;
+use vigil_protocol::{Core, Effect, Event, LocalState, NodeId, NodeName, Profile, Zone};
+
+/// Large enough for the largest acceptable datagram with room to spare, so that a
+/// datagram the kernel truncated to this size is recognised as oversized.
+const RECV_BUF_LEN: usize = 2048;
+const MAX_PREFIX_LEN: usize = 1 + MAX_NAME_LEN;
+const MAX_UDP_DATAGRAM_LEN: usize = MAX_PREFIX_LEN + MAX_DATAGRAM_LEN;
+const _: () = assert!(MAX_UDP_DATAGRAM_LEN < RECV_BUF_LEN);
+
+const JOIN_RETRY: Duration = Duration::from_secs(1);
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "udp-node",
+    about = "vigil's membership core over plain UDP (benchmark baseline; no encryption, no authentication)"
+)]
+struct Args {
+    /// This node's name (a DNS label: a-z, 0-9, '-').
+    #[arg(long)]
+    name: NodeName,
+    /// This node's zone label.
+    #[arg(long, default_value = "default")]
+    zone: Zone,
+    /// Address to bind; port 0 picks a free port (reported in the `ready` line).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Address peers use to reach this node. Defaults to the bound address, which
+    /// must then not be a wildcard such as 0.0.0.0.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// A member to join through, as NAME@ADDR. Repeatable.
+    #[arg(long = "seed", value_name = "NAME@ADDR", value_parser = parse_seed)]
+    seeds: Vec<Seed>,
+    /// Failure-detection profile.
+    #[arg(long, default_value = "lan")]
+    profile: Profile,
+    /// Seed of the core's random choices; drawn from the OS if absent.
+    #[arg(long)]
+    rng_seed: Option<u64>,
+}
+
+/// A seed member. Its name must be known up front: the core addresses members by
+/// name, and without certificates there is no other way to learn it.
+#[derive(Debug, Clone)]
+struct Seed {
+    name: NodeName,
+    addr: SocketAddr,
+}
+
+fn parse_seed(s: &str) -> Result<Seed, String> {
+    let (name, addr) = s
+        .split_once('@')
+        .ok_or_else(|| format!("{s:?} is not NAME@ADDR"))?;
+    let name = NodeName::new(name).map_err(|e| format!("seed name {name:?} {e}"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("seed address {addr:?}: {e}"))?;
+    Ok(Seed { name, addr })
+}
+
+/// Cumulative counters, reported in every `stats` line. Byte counts are UDP payload
+/// bytes, prefix included.
+#[derive(Debug, Default, Serialize)]
+struct Counters {
+    tx_bytes: u64,
+    tx_packets: u64,
+    rx_bytes: u64,
+    rx_packets: u64,
+    prefix_bytes_tx: u64,
+    prefix_bytes_rx: u64,
+    /// Received datagrams refused by the prefix check or by the core.
+    rx_errors: u64,
+    /// `rx_errors` by cause (the core's `InputError::kind`, or `prefix`).
+    rx_error_kinds: BTreeMap<&'static str, u64>,
+    /// Received datagrams over the size limit, never decoded.
+    rx_dropped: u64,
+    /// Envelopes too large for one datagram (vigil would use a stream), not sent.
+    tx_dropped: u64,
+    /// Failed `send_to` calls.
+    tx_errors: u64,
+    /// Failed `recv_from` calls.
+    recv_errors: u64,
+    /// Errors foca reported from timers (a driver bug if ever non-zero).
+    timer_errors: u64,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Line<'a> {
+    Ready {
+        name: &'a str,
+        addr: SocketAddr,
+        t_ms: u64,
+    },
+    Event {
+        t_ms: u64,
+        event: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        member: Option<&'a str>,
+        generation: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        previous_generation: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        incarnation: Option<u16>,
+    },
+    Stats {
+        t_ms: u64,
+        #[serde(flatten)]
+        counters: &'a Counters,
+        live: usize,
+    },
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes one NDJSON line and flushes it, so that a reader sees events as they
+/// happen rather than when a buffer fills.
+fn emit(line: &Line<'_>) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, line)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+fn emit_event(event: &Event, local: &NodeId) -> io::Result<()> {
+    let (name, member, previous_generation, incarnation) = match event {
+        Event::MemberJoined { member } => ("member_joined", Some(member), None, None),
+        Event::MemberSuspected {
+            member,
+            incarnation,
+        } => ("member_suspected", Some(member), None, Some(*incarnation)),
+        Event::MemberRefuted {
+            member,
+            incarnation,
+        } => ("member_refuted", Some(member), None, Some(*incarnation)),
+        Event::MemberDown { member } => ("member_down", Some(member), None, None),
+        Event::MemberLeft { member } => ("member_left", Some(member), None, None),
+        Event::MemberRestarted {
+            member,
+            previous_generation,
+        } => (
+            "member_restarted",
+            Some(member),
+            Some(*previous_generation),
+            None,
+        ),
+        Event::LocalActive { .. } => ("local_active", None, None, None),
+        Event::LocalIsolated => ("local_isolated", None, None, None),
+        Event::LocalRejoined {
+            previous_generation,
+            ..
+        } => ("local_rejoined", None, Some(*previous_generation), None),
+        Event::LocalDefunct => ("local_defunct", None, None, None),
+    };
+    let generation = match event {
+        Event::LocalActive { identity } | Event::LocalRejoined { identity, .. } => {
+            identity.generation
+        }
+        _ => member.map_or(local.generation, |m| m.generation),
+    };
+    emit(&Line::Event {
+        t_ms: unix_ms(),
+        event: name,
+        member: member.map(|m| m.name.as_str()),
+        generation,
+        previous_generation,
+        incarnation,
+    })
+}
+
+/// Everything the owner task mutates, apart from the socket and timers.
+struct Node {
+    core: Core,
+    /// Core time zero.
+    origin: Instant,
+    /// `name_len name`, prepended to every datagram sent.
+    prefix: Vec<u8>,
+    /// Reused for every outgoing datagram.
+    out: Vec<u8>,
+    counters: Counters,
+}
+
+impl Node {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn emit_stats(&self) -> io::Result<()> {
+        emit(&Line::Stats {
+            t_ms: unix_ms(),
+            counters: &self.counters,
+            live: self.core.live_count(),
+        })
+    }
+
+    fn count_rx_error(&mut self, kind: &'static str) {
+        self.counters.rx_errors += 1;
+        *self.counters.rx_error_kinds.entry(kind).or_default() += 1;
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8]) {
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += datagram.len() as u64;
+        if datagram.len() > MAX_UDP_DATAGRAM_LEN {
+            self.counters.rx_dropped += 1;
+            return;
+        }
+        let Some((name, envelope)) = split_prefix(datagram) else {
+            self.count_rx_error("prefix");
+            return;
+        };
+        if envelope.len() > MAX_DATAGRAM_LEN {
+            self.counters.rx_dropped += 1;
+            return;
+        }
+        self.counters.prefix_bytes_rx += (datagram.len() - envelope.len()) as u64;
+        let now = self.now();
+        if let Err(e) = self.core.handle_datagram(now, &name, envelope) {
+            self.count_rx_error(e.kind());
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        let now = self.now();
+        let errors = self.core.handle_timeout(now);
+        self.counters.timer_errors += errors.len() as u64;
+    }
+
+    fn announce(&mut self, seeds: &[Seed], zone: &Zone) {
+        for seed in seeds {
+            // The seed's zone and generation are unknown until it answers; the core
+            // accepts placeholders.
+            let id = NodeId::new(seed.name.clone(), seed.addr, zone.clone(), 0);
+            let now = self.now();
+            if let Err(e) = self.core.announce(now, id) {
+                eprintln!("udp-node: announce to {}@{}: {e}", seed.name, seed.addr);
+            }
+        }
+    }
+
+    /// Carries out every effect the core has queued. Sends are awaited one by one, so
+    /// when this returns every datagram has been handed to the kernel.
+    async fn drain(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        while let Some(effect) = self.core.poll_effect() {
+            match effect {
+                Effect::Send { to, envelope } => {
+                    if envelope.len() > MAX_DATAGRAM_LEN {
+                        self.counters.tx_dropped += 1;
+                        continue;
+                    }
+                    self.out.clear();
+                    self.out.extend_from_slice(&self.prefix);
+                    self.out.extend_from_slice(&envelope);
+                    match socket.send_to(&self.out, to.addr).await {
+                        Ok(n) => {
+                            self.counters.tx_packets += 1;
+                            self.counters.tx_bytes += n as u64;
+                            self.counters.prefix_bytes_tx += self.prefix.len() as u64;
+                        }
+                        Err(_) => self.counters.tx_errors += 1,
+                    }
+                }
+                Effect::Event(event) => emit_event(&event, self.core.identity())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a datagram into the sender's name and the envelope, or `None` if the
+/// prefix is damaged.
+fn split_prefix(datagram: &[u8]) -> Option<(NodeName, &[u8])> {
+    let (&len, rest) = datagram.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let (name, envelope) = rest.split_at(len);
+    let name = NodeName::new(std::str::from_utf8(name).ok()?).ok()?;
+    Some((name, envelope))
+}
+
+fn prefix_for(name: &NodeName) -> Vec<u8> {
+    let bytes = name.as_str().as_bytes();
+    let mut prefix = Vec::with_capacity(1 + bytes.len());
+    // NodeName guarantees at most MAX_NAME_LEN (63) bytes, so the length fits a u8.
+    prefix.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
+    prefix.extend_from_slice(bytes);
+    prefix
+}
+
+fn os_random_u64() -> Result<u64, Box<dyn Error>> {
+    use rand::TryRng;
+    Ok(rand::rngs::SysRng.try_next_u64()?)
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    let socket = UdpSocket::bind(args.bind).await?;
+    let addr = match args.advertise {
+        Some(addr) => addr,
+        None => {
+            let bound = socket.local_addr()?;
+            if bound.ip().is_unspecified() {
+                return Err(format!(
+                    "bound to the wildcard address {bound}; peers cannot reach that, so pass --advertise"
+                )
+                .into());
+            }
+            bound
+        }
+    };
+    let rng_seed = match args.rng_seed {
+        Some(seed) => seed,
+        None => os_random_u64()?,
+    };
+    let generation = unix_ms();
+    let identity = NodeId::new(args.name.clone(), addr, args.zone.clone(), generation);
+    let mut node = Node {
+        core: Core::new(identity, args.profile, rng_seed),
+        origin: Instant::now(),
+        prefix: prefix_for(&args.name),
+        out: Vec::with_capacity(MAX_UDP_DATAGRAM_LEN),
+        counters: Counters::default(),
+    };
+    // A node listed among its own seeds (one seed list shared by a whole cluster)
+    // simply has nobody to announce to there.
+    let seeds: Vec<Seed> = args
+        .seeds
+        .into_iter()
+        .filter(|s| s.name != args.name)
+        .collect();
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    emit(&Line::Ready {
+        name: args.name.as_str(),
+        addr,
+        t_ms: unix_ms(),
+    })?;
+
+    let mut buf = vec![0u8; RECV_BUF_LEN];
+    let timer = tokio::time::sleep_until(node.origin);
+    tokio::pin!(timer);
+    let mut stats_tick = tokio::time::interval(STATS_EVERY);
+    stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut join_tick = tokio::time::interval(JOIN_RETRY);
+    join_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    // Re-arming costs a timer-wheel update; skip it when the deadline is unchanged,
+    // which it is after most datagrams.
+    let mut armed = None;
+    loop {
+        let deadline = node.core.poll_timeout();
+        if let Some(due) = deadline
+            && armed != Some(due)
+        {
+            timer.as_mut().reset(node.origin + due);
+            armed = Some(due);
+        }
+        // An isolated node keeps asking its seeds too: they may be the only members
+        // it can still reach after a partition heals.
+        let joining = !seeds.is_empty()
+            && matches!(
+                node.core.local_state(),
+                LocalState::Joining | LocalState::Isolated
+            );
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, _from)) => node.on_datagram(&buf[..n]),
+                Err(_) => node.counters.recv_errors += 1,
+            },
+            () = &mut timer, if deadline.is_some() => node.on_timeout(),
+            _ = stats_tick.tick() => node.emit_stats()?,
+            _ = join_tick.tick(), if joining => node.announce(&seeds, &args.zone),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        node.drain(&socket).await?;
+    }
+
+    let now = node.now();
+    if let Err(e) = node.core.leave(now) {
+        eprintln!("udp-node: leave: {e}");
+    }
+    node.drain(&socket).await?;
+    node.emit_stats()?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = Args::parse();
+    // One thread, like the owner task of a vigil node, so CPU figures compare the
+    // transports rather than thread-pool overheads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_round_trips() {
+        let name = NodeName::new("node-7").unwrap();
+        let mut datagram = prefix_for(&name);
+        datagram.extend_from_slice(b"VG\x01rest");
+        let (parsed, envelope) = split_prefix(&datagram).unwrap();
+        assert_eq!(parsed, name);
+        assert_eq!(envelope, b"VG\x01rest");
+    }
+
+    #[test]
+    fn damaged_prefixes_are_refused() {
+        assert!(split_prefix(b"").is_none());
+        assert!(split_prefix(b"\x05ab").is_none());
+        assert!(split_prefix(b"\x02A!VG").is_none());
+        assert!(split_prefix(b"\x00VG").is_none());
+        assert!(split_prefix(b"\x02\xff\xfeVG").is_none());
+    }
+
+    #[test]
+    fn seeds_parse_as_name_at_address() {
+        let seed = parse_seed("n1@127.0.0.1:7000").unwrap();
+        assert_eq!(seed.name.as_str(), "n1");
+        assert_eq!(seed.addr, "127.0.0.1:7000".parse().unwrap());
+        assert!(parse_seed("127.0.0.1:7000").is_err());
+        assert!(parse_seed("N1@127.0.0.1:7000").is_err());
+        assert!(parse_seed("n1@nowhere").is_err());
+    }
+
+    #[test]
+    fn event_lines_have_the_documented_shape() {
+        let line = Line::Event {
+            t_ms: 5,
+            event: "member_joined",
+            member: Some("n2"),
+            generation: 9,
+            previous_generation: None,
+            incarnation: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            r#"{"type":"event","t_ms":5,"event":"member_joined","member":"n2","generation":9}"#
+        );
+        let counters = Counters::default();
+        let stats = serde_json::to_value(Line::Stats {
+            t_ms: 1,
+            counters: &counters,
+            live: 3,
+        })
+        .unwrap();
+        assert_eq!(stats["type"], "stats");
+        assert_eq!(stats["live"], 3);
+        assert_eq!(stats["prefix_bytes_tx"], 0);
+    }
+
+    #[test]
+    fn cli_parses() {
+        let args = Args::try_parse_from([
+            "udp-node",
+            "--name",
+            "n2",
+            "--zone",
+            "az1",
+            "--seed",
+            "n1@127.0.0.1:7000",
+            "--seed",
+            "n3@[::1]:7001",
+            "--profile",
+            "wan",
+            "--rng-seed",
+            "42",
+        ])
+        .unwrap();
+        assert_eq!(args.seeds.len(), 2);
+        assert_eq!(args.profile, Profile::Wan);
+        assert_eq!(args.rng_seed, Some(42));
+        assert!(Args::try_parse_from(["udp-node", "--name", "n1", "--profile", "x"]).is_err());
+    }
+}

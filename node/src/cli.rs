@@ -1,0 +1,162 @@
+//! Command-line interface. Settings of `vigil agent` may also come from `VIGIL_*`
+//! environment variables and a TOML file (`--config`); flags win over the
+//! environment, which wins over the file (see [`crate::config`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil",
+    version = crate::version_line(),
+    about = "Keeps multi-agent AI systems alive when hosts die",
+    long_about = "Keeps multi-agent AI systems alive when hosts die.\n\nOne `vigil agent` runs on every host; nodes find each other by SWIM gossip over QUIC with mutual TLS. The other commands talk to the local node through its Unix socket."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node on this host.
+    Agent(AgentArgs),
+    /// List the members this node knows.
+    Members(MembersArgs),
+    /// Stream membership events as NDJSON (resumable with --since).
+    Events(EventsArgs),
+    /// Show this node's health; exits non-zero unless it is an active member.
+    Health(HealthArgs),
+    /// Create the cluster CA and node certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Start a local 5-node cluster, kill one node, and print how fast it was detected.
+    Demo(DemoArgs),
+}
+
+/// Settings of a node. Each may also be set by the environment variable shown, or by
+/// the same key (with `_` for `-`) in the `--config` file.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML file with any of the settings below (keys: name, zone, bind, ...).
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name: a DNS label (a-z, 0-9, '-'), the name in its certificate.
+    #[arg(long, env = "VIGIL_NAME")]
+    pub name: Option<String>,
+    /// Availability zone of this host [default: default].
+    #[arg(long, env = "VIGIL_ZONE")]
+    pub zone: Option<String>,
+    /// UDP address to listen on [default: 0.0.0.0:7946].
+    #[arg(long, env = "VIGIL_BIND", value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// Address peers use to reach this node [default: the bind address when it is a
+    /// specific IP]. Port 0 means "the port actually bound".
+    #[arg(long, env = "VIGIL_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// HOST:PORT of a node to join through; repeat, or comma-separate in VIGIL_SEED.
+    #[arg(
+        long = "seed",
+        env = "VIGIL_SEED",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub seeds: Vec<String>,
+    /// Directory with ca.crt, NAME.crt and NAME.key [default: /etc/vigil/pki].
+    #[arg(long, env = "VIGIL_PKI", value_name = "DIR")]
+    pub pki: Option<PathBuf>,
+    /// Unix socket of the local API [default: /run/vigil/vigil.sock].
+    #[arg(long, env = "VIGIL_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Directory for this node's state [default: /var/lib/vigil].
+    #[arg(long, env = "VIGIL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Failure-detection profile: lan or wan [default: lan].
+    #[arg(long, env = "VIGIL_PROFILE")]
+    pub profile: Option<String>,
+    /// Most peers holding a QUIC connection at once [default: 256].
+    #[arg(long, env = "VIGIL_CONNECTION_CACHE", value_name = "N")]
+    pub connection_cache: Option<String>,
+    /// Log format: text or json [default: text]. Filter with RUST_LOG.
+    #[arg(long, env = "VIGIL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Where to find the local node.
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    /// Unix socket of the node [default: `socket` from --config, else /run/vigil/vigil.sock].
+    #[arg(long, env = "VIGIL_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The node's TOML config file, to read its `socket` setting.
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Only events after this index.
+    #[arg(long, value_name = "INDEX")]
+    pub since: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Print JSON instead of a summary line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Create the cluster CA: DIR/ca.crt and DIR/ca.key.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate: OUT/NAME.crt and OUT/NAME.key, signed by the CA in DIR.
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The node's name (its certificate's DNS name).
+        #[arg(long)]
+        name: String,
+        /// Where to write the files [default: the CA directory].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's directory (certificates, logs, sockets) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Give up if the cluster does not converge or detect within this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}

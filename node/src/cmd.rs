@@ -1,0 +1,267 @@
+//! What each `vigil` subcommand does. `main.rs` only calls [`main_entry`], so other
+//! packages (the black-box tests) can build the very same binary.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use crate::cli::{CertCommand, Cli, Command, EventsArgs, HealthArgs, MembersArgs};
+use crate::client::{self, StreamItem};
+use crate::config::{self, AgentConfig, LogFormat};
+use crate::{demo, tls};
+
+/// Exit status for bad settings or arguments.
+const EXIT_USAGE: u8 = 2;
+
+pub fn main_entry() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Command::Agent(args) => {
+            let Some(sub) = matches.subcommand_matches("agent") else {
+                return ExitCode::from(EXIT_USAGE);
+            };
+            let config = match AgentConfig::resolve(args, sub) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("vigil: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            init_logging(config.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("vigil: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::node::run_agent(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("vigil: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Members(args) => run_client(members(args)),
+        Command::Events(args) => run_client(events(args)),
+        Command::Health(args) => run_client(health(args)),
+        Command::Cert(cert) => match cert_command(cert) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => {
+                eprintln!("vigil: {}", f.message);
+                ExitCode::from(f.code)
+            }
+        },
+        Command::Demo(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("vigil: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(demo::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vigil demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// A client command's failure, already worded for the user.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+fn run_client(fut: impl std::future::Future<Output = Result<(), Failure>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("vigil: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn members(args: MembersArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let members = client::members(&socket).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &members)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let name_w = members
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let zone_w = members
+        .iter()
+        .map(|m| m.zone.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let addr_w = members
+        .iter()
+        .map(|m| m.addr.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<name_w$}  {:<zone_w$}  {:<addr_w$}  {:<7}  {:>14}  SINCE",
+        "NAME", "ZONE", "ADDR", "STATE", "GENERATION"
+    )?;
+    for m in &members {
+        let state = if m.left { "left" } else { m.state.as_str() };
+        let name = if m.local {
+            format!("{}*", m.name)
+        } else {
+            m.name.clone()
+        };
+        writeln!(
+            out,
+            "{:<name_w$}  {:<zone_w$}  {:<addr_w$}  {:<7}  {:>14}  {}",
+            name, m.zone, m.addr, state, m.generation, m.state_since
+        )?;
+    }
+    Ok(())
+}
+
+async fn events(args: EventsArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let mut stream = client::events(&socket, args.since).await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(item) = stream.next().await? {
+        match item {
+            StreamItem::Event(record) => {
+                serde_json::to_writer(&mut out, &record)?;
+                writeln!(out)?;
+                out.flush()?;
+            }
+            StreamItem::Error(e) => {
+                return Err(Failure {
+                    message: format!("{} ({})", e.error, e.code),
+                    code: 1,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn health(args: HealthArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let h = client::health(&socket).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+    } else {
+        println!(
+            "{}: {} ({}) at {}, generation {}, {} live of {} known members, profile {}, up {} s",
+            h.status,
+            h.name,
+            h.zone,
+            h.addr,
+            h.generation,
+            h.live_members,
+            h.known_members,
+            h.profile,
+            h.uptime_secs
+        );
+    }
+    if h.status == "ok" || h.status == "alone" {
+        Ok(())
+    } else {
+        Err(Failure {
+            message: String::new(),
+            code: 1,
+        })
+    }
+}
+
+fn cert_command(cert: CertCommand) -> Result<(), Failure> {
+    match cert {
+        CertCommand::Init { out, force } => {
+            let files = tls::init_ca(&out, force)?;
+            println!(
+                "wrote {} and {} (keep the key safe: it admits nodes to the cluster)",
+                files.cert.display(),
+                files.key.display()
+            );
+        }
+        CertCommand::Issue {
+            ca,
+            name,
+            out,
+            days,
+            force,
+        } => {
+            let name = vigil_protocol::NodeName::new(&name).map_err(|e| Failure {
+                message: format!(
+                    "invalid --name {name:?}: the name {e}. Fix: use a DNS label such as \"web-3\""
+                ),
+                code: EXIT_USAGE,
+            })?;
+            let out = out.unwrap_or_else(|| ca.clone());
+            let files = tls::issue_node_cert(&ca, &name, &out, days, force)?;
+            println!("wrote {} and {}", files.cert.display(), files.key.display());
+        }
+    }
+    Ok(())
+}

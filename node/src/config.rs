@@ -1,0 +1,614 @@
+//! Resolving a node's settings: flags, then `VIGIL_*` environment variables, then the
+//! TOML file, then defaults. Every refusal names where the bad value came from and
+//! what to do about it.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use serde::Deserialize;
+use vigil_protocol::{NodeName, Profile, Zone};
+
+use crate::cli::{AgentArgs, SocketArgs};
+
+pub const DEFAULT_BIND: &str = "0.0.0.0:7946";
+pub const DEFAULT_PKI: &str = "/etc/vigil/pki";
+pub const DEFAULT_SOCKET: &str = "/run/vigil/vigil.sock";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/vigil";
+pub const DEFAULT_ZONE: &str = "default";
+pub const DEFAULT_CONNECTION_CACHE: usize = 256;
+const MAX_CONNECTION_CACHE: usize = 65_536;
+/// Config files larger than this are refused before parsing.
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A node's settings, validated.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: NodeName,
+    pub zone: Zone,
+    pub bind: SocketAddr,
+    /// `None`: advertise the bound address. A port of 0: the bound port.
+    pub advertise: Option<SocketAddr>,
+    /// `HOST:PORT` strings, resolved at each join attempt (DNS may change).
+    pub seeds: Vec<String>,
+    pub pki: PathBuf,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    pub profile: Profile,
+    pub connection_cache: usize,
+    pub idle_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Where a value came from, as the user would write it.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Flag(&'static str),
+    Env(&'static str),
+    File { key: &'static str, path: PathBuf },
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "--{flag}"),
+            Origin::Env(var) => f.write_str(var),
+            Origin::File { key, path } => write!(f, "`{key}` in {}", path.display()),
+            Origin::Default => f.write_str("the default"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {origin} {value:?}: {problem}. Fix: {fix}")]
+    Invalid {
+        origin: Origin,
+        value: String,
+        problem: String,
+        fix: String,
+    },
+    #[error("missing {field}. Fix: {fix}")]
+    Missing { field: &'static str, fix: String },
+    #[error("cannot read config file {path}: {problem}. Fix: {fix}")]
+    File {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+}
+
+/// The TOML file. Unknown keys are refused so a typo does not go unnoticed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    zone: Option<String>,
+    bind: Option<String>,
+    advertise: Option<String>,
+    seeds: Option<Vec<String>>,
+    pki: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    profile: Option<String>,
+    connection_cache: Option<u64>,
+    log_format: Option<String>,
+}
+
+const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format";
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let fail = |problem: String, fix: &str| ConfigError::File {
+        path: path.to_path_buf(),
+        problem,
+        fix: fix.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        fail(
+            e.to_string(),
+            "check the path given with --config or VIGIL_CONFIG",
+        )
+    })?;
+    if meta.len() > MAX_CONFIG_FILE {
+        return Err(fail(
+            format!(
+                "{} bytes is more than the {MAX_CONFIG_FILE}-byte limit",
+                meta.len()
+            ),
+            "point --config at the node's TOML settings file",
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(
+            e.to_string(),
+            "make the file readable by this user, as UTF-8 text",
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        fail(
+            e.to_string().trim_end().replace('\n', " "),
+            &format!("valid keys are: {FILE_KEYS}"),
+        )
+    })
+}
+
+/// One setting's raw value and where it came from.
+struct Raw {
+    value: String,
+    origin: Origin,
+}
+
+impl Raw {
+    fn invalid(&self, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            value: self.value.clone(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+struct Sources<'a> {
+    matches: &'a ArgMatches,
+    file_path: Option<PathBuf>,
+}
+
+impl Sources<'_> {
+    /// Picks flag or environment (clap already merged those), then the file.
+    fn pick(
+        &self,
+        id: &'static str,
+        env: &'static str,
+        key: &'static str,
+        from_args: Option<String>,
+        from_file: Option<String>,
+    ) -> Option<Raw> {
+        if let Some(value) = from_args {
+            let origin = match self.matches.value_source(id) {
+                Some(ValueSource::EnvVariable) => Origin::Env(env),
+                _ => Origin::Flag(flag_name(id)),
+            };
+            return Some(Raw { value, origin });
+        }
+        from_file.map(|value| Raw {
+            value,
+            origin: Origin::File {
+                key,
+                path: self.file_path.clone().unwrap_or_default(),
+            },
+        })
+    }
+}
+
+fn flag_name(id: &'static str) -> &'static str {
+    match id {
+        "data_dir" => "data-dir",
+        "connection_cache" => "connection-cache",
+        "log_format" => "log-format",
+        "seeds" => "seed",
+        other => other,
+    }
+}
+
+fn path_string(p: Option<PathBuf>) -> Option<String> {
+    p.map(|p| p.to_string_lossy().into_owned())
+}
+
+impl AgentConfig {
+    /// Resolves `vigil agent` settings. `matches` are the agent subcommand's matches
+    /// (they tell a flag from an environment variable).
+    pub fn resolve(args: AgentArgs, matches: &ArgMatches) -> Result<AgentConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let src = Sources {
+            matches,
+            file_path: args.config.clone(),
+        };
+
+        let name = src
+            .pick("name", "VIGIL_NAME", "name", args.name, file.name)
+            .ok_or_else(|| ConfigError::Missing {
+                field: "node name",
+                fix: "pass --name NAME, set VIGIL_NAME, or add name = \"NAME\" to the config file; it must match the name in the node's certificate".into(),
+            })?;
+        let name = NodeName::new(&name.value).map_err(|e| {
+            name.invalid(
+                format!("the name {e}"),
+                "pick a DNS label such as \"web-3\" and issue its certificate with `vigil cert issue --name`",
+            )
+        })?;
+
+        let zone = src
+            .pick("zone", "VIGIL_ZONE", "zone", args.zone, file.zone)
+            .unwrap_or(Raw {
+                value: DEFAULT_ZONE.into(),
+                origin: Origin::Default,
+            });
+        let zone = Zone::new(&zone.value).map_err(|e| {
+            zone.invalid(
+                format!("the zone {e}"),
+                "use the availability zone's label, e.g. \"eu-west-1a\"",
+            )
+        })?;
+
+        let bind = src
+            .pick("bind", "VIGIL_BIND", "bind", args.bind, file.bind)
+            .unwrap_or(Raw {
+                value: DEFAULT_BIND.into(),
+                origin: Origin::Default,
+            });
+        let bind_addr = parse_socket_addr(&bind)?;
+
+        let advertise = match src.pick(
+            "advertise",
+            "VIGIL_ADVERTISE",
+            "advertise",
+            args.advertise,
+            file.advertise,
+        ) {
+            Some(raw) => {
+                let addr = parse_socket_addr(&raw)?;
+                if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+                    return Err(raw.invalid(
+                        "peers cannot reach an unspecified or multicast address",
+                        "advertise this host's own address, e.g. 10.0.0.5:7946",
+                    ));
+                }
+                Some(addr)
+            }
+            None if bind_addr.ip().is_unspecified() => {
+                return Err(ConfigError::Missing {
+                    field: "advertise address",
+                    fix: format!(
+                        "--bind is {bind_addr}, which peers cannot dial; pass --advertise with this host's reachable address (e.g. 10.0.0.5:{}), or bind a specific address",
+                        bind_addr.port()
+                    ),
+                });
+            }
+            None => None,
+        };
+
+        let (seed_values, seed_origin) = if !args.seeds.is_empty() {
+            let origin = match matches.value_source("seeds") {
+                Some(ValueSource::EnvVariable) => Origin::Env("VIGIL_SEED"),
+                _ => Origin::Flag("seed"),
+            };
+            (args.seeds, origin)
+        } else {
+            (
+                file.seeds.unwrap_or_default(),
+                Origin::File {
+                    key: "seeds",
+                    path: args.config.clone().unwrap_or_default(),
+                },
+            )
+        };
+        let mut seeds = Vec::with_capacity(seed_values.len());
+        for value in seed_values {
+            let raw = Raw {
+                value: value.trim().to_string(),
+                origin: seed_origin.clone(),
+            };
+            validate_seed(&raw)?;
+            seeds.push(raw.value);
+        }
+
+        let path_or = |raw: Option<Raw>, default: &str| -> PathBuf {
+            raw.map_or_else(|| PathBuf::from(default), |r| PathBuf::from(r.value))
+        };
+        let pki = path_or(
+            src.pick(
+                "pki",
+                "VIGIL_PKI",
+                "pki",
+                path_string(args.pki),
+                path_string(file.pki),
+            ),
+            DEFAULT_PKI,
+        );
+        let socket = path_or(
+            src.pick(
+                "socket",
+                "VIGIL_SOCKET",
+                "socket",
+                path_string(args.socket),
+                path_string(file.socket),
+            ),
+            DEFAULT_SOCKET,
+        );
+        let data_dir = path_or(
+            src.pick(
+                "data_dir",
+                "VIGIL_DATA_DIR",
+                "data_dir",
+                path_string(args.data_dir),
+                path_string(file.data_dir),
+            ),
+            DEFAULT_DATA_DIR,
+        );
+
+        let profile = match src.pick(
+            "profile",
+            "VIGIL_PROFILE",
+            "profile",
+            args.profile,
+            file.profile,
+        ) {
+            Some(raw) => raw.value.parse::<Profile>().map_err(|problem| {
+                raw.invalid(
+                    problem,
+                    "use --profile lan within a datacenter, wan across regions",
+                )
+            })?,
+            None => Profile::Lan,
+        };
+
+        let connection_cache = match src.pick(
+            "connection_cache",
+            "VIGIL_CONNECTION_CACHE",
+            "connection_cache",
+            args.connection_cache,
+            file.connection_cache.map(|n| n.to_string()),
+        ) {
+            Some(raw) => {
+                match raw.value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_CONNECTION_CACHE).contains(&n) => n,
+                    _ => {
+                        return Err(raw.invalid(
+                        format!("must be a whole number from 1 to {MAX_CONNECTION_CACHE}"),
+                        format!("the default, {DEFAULT_CONNECTION_CACHE}, suits clusters of any size"),
+                    ));
+                    }
+                }
+            }
+            None => DEFAULT_CONNECTION_CACHE,
+        };
+
+        let log_format = match src.pick(
+            "log_format",
+            "VIGIL_LOG_FORMAT",
+            "log_format",
+            args.log_format,
+            file.log_format,
+        ) {
+            Some(raw) => match raw.value.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(raw.invalid("unknown log format", "use text or json")),
+            },
+            None => LogFormat::Text,
+        };
+
+        Ok(AgentConfig {
+            name,
+            zone,
+            bind: bind_addr,
+            advertise,
+            seeds,
+            pki,
+            socket,
+            data_dir,
+            profile,
+            connection_cache,
+            idle_timeout: Duration::from_secs(60),
+            log_format,
+        })
+    }
+}
+
+fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {
+    let addr: SocketAddr = raw.value.parse().map_err(|_| {
+        if raw.value.contains('%') {
+            raw.invalid(
+                "zone-scoped (link-local) IPv6 addresses are not supported",
+                "use a global or unique-local IPv6 address, or IPv4",
+            )
+        } else {
+            raw.invalid(
+                "not an IP:PORT socket address",
+                "write it as 10.0.0.5:7946, or [2001:db8::5]:7946 for IPv6",
+            )
+        }
+    })?;
+    if let IpAddr::V6(v6) = addr.ip()
+        && v6.is_unicast_link_local()
+    {
+        return Err(raw.invalid(
+            "link-local IPv6 addresses need an interface scope, which is not supported",
+            "use a global or unique-local IPv6 address, or IPv4",
+        ));
+    }
+    Ok(addr)
+}
+
+/// A seed is HOST:PORT; the host may be a name, resolved at each join attempt.
+fn validate_seed(raw: &Raw) -> Result<(), ConfigError> {
+    if raw.value.parse::<SocketAddr>().is_ok() {
+        return parse_socket_addr(raw).map(|_| ());
+    }
+    let fix =
+        "write seeds as HOST:PORT, e.g. 10.0.0.2:7946, node-1.internal:7946 or [2001:db8::2]:7946";
+    let Some((host, port)) = raw.value.rsplit_once(':') else {
+        return Err(raw.invalid("missing :PORT", fix));
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(raw.invalid("the port must be a number from 1 to 65535", fix));
+    }
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid_host {
+        return Err(raw.invalid("not a host name or IP address", fix));
+    }
+    Ok(())
+}
+
+/// The socket the CLI client talks to: --socket / VIGIL_SOCKET, else the `socket` of
+/// the --config file, else the default.
+pub fn resolve_socket(args: &SocketArgs) -> Result<PathBuf, ConfigError> {
+    if let Some(socket) = &args.socket {
+        return Ok(socket.clone());
+    }
+    if let Some(path) = &args.config
+        && let Some(socket) = read_file(path)?.socket
+    {
+        return Ok(socket);
+    }
+    Ok(PathBuf::from(DEFAULT_SOCKET))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    use crate::cli::{Cli, Command};
+
+    fn resolve(argv: &[&str]) -> Result<AgentConfig, ConfigError> {
+        let mut full = vec!["vigil", "agent"];
+        full.extend_from_slice(argv);
+        let matches = Cli::command().try_get_matches_from(full).unwrap();
+        let sub = matches.subcommand_matches("agent").unwrap().clone();
+        let Command::Agent(args) = Cli::from_arg_matches(&matches).unwrap().command else {
+            unreachable!()
+        };
+        AgentConfig::resolve(args, &sub)
+    }
+
+    #[test]
+    fn flags_give_a_complete_config() {
+        let c = resolve(&[
+            "--name",
+            "n1",
+            "--zone",
+            "az1",
+            "--bind",
+            "127.0.0.1:7000",
+            "--seed",
+            "127.0.0.1:7001",
+            "--seed",
+            "node-2.internal:7946",
+            "--profile",
+            "wan",
+        ])
+        .unwrap();
+        assert_eq!(c.name.as_str(), "n1");
+        assert_eq!(c.zone.as_str(), "az1");
+        assert_eq!(c.bind, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(c.advertise, None);
+        assert_eq!(c.seeds, vec!["127.0.0.1:7001", "node-2.internal:7946"]);
+        assert_eq!(c.profile, Profile::Wan);
+        assert_eq!(c.connection_cache, DEFAULT_CONNECTION_CACHE);
+    }
+
+    #[test]
+    fn a_bad_name_is_reported_with_its_flag_and_a_fix() {
+        let err = resolve(&["--name", "Web_1", "--bind", "127.0.0.1:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--name"), "{err}");
+        assert!(err.contains("\"Web_1\""), "{err}");
+        assert!(err.contains("Fix:"), "{err}");
+    }
+
+    #[test]
+    fn binding_everywhere_requires_an_advertised_address() {
+        let err = resolve(&["--name", "n1"]).unwrap_err().to_string();
+        assert!(err.contains("--advertise"), "{err}");
+        let ok = resolve(&["--name", "n1", "--advertise", "10.0.0.5:7946"]).unwrap();
+        assert_eq!(ok.bind, DEFAULT_BIND.parse().unwrap());
+    }
+
+    #[test]
+    fn bad_addresses_and_seeds_name_the_field() {
+        let err = resolve(&["--name", "n1", "--bind", "localhost"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--bind") && err.contains("IP:PORT"), "{err}");
+        let err = resolve(&[
+            "--name",
+            "n1",
+            "--bind",
+            "127.0.0.1:1",
+            "--seed",
+            "10.0.0.2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--seed") && err.contains(":PORT"), "{err}");
+        let err = resolve(&["--name", "n1", "--bind", "[fe80::1]:7946"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("link-local"), "{err}");
+        let err = resolve(&["--name", "n1", "--bind", "127.0.0.1:1", "--profile", "fast"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--profile") && err.contains("\"lan\""),
+            "{err}"
+        );
+        let err = resolve(&[
+            "--name",
+            "n1",
+            "--bind",
+            "127.0.0.1:1",
+            "--connection-cache",
+            "0",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--connection-cache"), "{err}");
+    }
+
+    #[test]
+    fn the_file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(
+            &path,
+            "name = \"n7\"\nzone = \"az2\"\nbind = \"127.0.0.1:9000\"\nseeds = [\"127.0.0.1:9001\"]\nconnection_cache = 8\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = resolve(&["--config", p, "--zone", "az9"]).unwrap();
+        assert_eq!(c.name.as_str(), "n7");
+        assert_eq!(c.zone.as_str(), "az9");
+        assert_eq!(c.seeds, vec!["127.0.0.1:9001"]);
+        assert_eq!(c.connection_cache, 8);
+
+        std::fs::write(&path, "name = \"n7\"\nbind = \"nope\"\n").unwrap();
+        let err = resolve(&["--config", p]).unwrap_err().to_string();
+        assert!(
+            err.contains("`bind` in") && err.contains("vigil.toml"),
+            "{err}"
+        );
+
+        std::fs::write(&path, "nmae = \"n7\"\n").unwrap();
+        let err = resolve(&["--config", p]).unwrap_err().to_string();
+        assert!(err.contains("nmae") && err.contains("valid keys"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_name_says_how_to_set_it() {
+        let err = resolve(&["--bind", "127.0.0.1:1"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--name") && err.contains("VIGIL_NAME"),
+            "{err}"
+        );
+    }
+}

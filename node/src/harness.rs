@@ -1,0 +1,415 @@
+//! Local clusters of real `vigil agent` processes on loopback: certificates in a
+//! scratch directory, one child process per node, and event-driven waiting (no
+//! polling loops). Used by `vigil demo`, the black-box tests and the benchmarks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use vigil_protocol::NodeName;
+
+use crate::api::MemberJson;
+use crate::client::{self, ClientError, StreamItem};
+use crate::events::EventRecord;
+use crate::node::ReadyLine;
+use crate::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("certificates: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("node {name}: {message} (log: {log})")]
+    Node {
+        name: String,
+        message: String,
+        log: String,
+    },
+    #[error("no node named {0}")]
+    Unknown(String),
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout { what: String, after: Duration },
+    #[error("client: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// One running (or stopped) node of a local cluster.
+pub struct LocalNode {
+    pub name: String,
+    pub zone: String,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub addr: SocketAddr,
+    pub generation: u64,
+    pub pid: u32,
+    child: Option<Child>,
+    _stdout: Option<ChildStdout>,
+}
+
+impl LocalNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct LocalCluster {
+    root: PathBuf,
+    _scratch: Option<tempfile::TempDir>,
+    pki: PathBuf,
+    binary: PathBuf,
+    profile: String,
+    nodes: BTreeMap<String, LocalNode>,
+    /// Extra environment for every node (e.g. RUST_LOG).
+    pub env: Vec<(String, String)>,
+}
+
+/// How long a node may take to print its ready line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl LocalCluster {
+    /// A cluster rooted in a fresh scratch directory (deleted on drop unless kept),
+    /// with a CA and certificates for `names`.
+    pub fn new(binary: PathBuf, names: &[&str], keep: bool) -> Result<Self, HarnessError> {
+        let scratch = tempfile::Builder::new().prefix("vigil-").tempdir()?;
+        let root = scratch.path().to_path_buf();
+        let mut cluster = Self::in_dir(binary, &root, names)?;
+        cluster._scratch = if keep {
+            let _ = scratch.keep();
+            None
+        } else {
+            Some(scratch)
+        };
+        Ok(cluster)
+    }
+
+    /// A cluster rooted in `root` (kept), with certificates for `names`.
+    pub fn in_dir(binary: PathBuf, root: &Path, names: &[&str]) -> Result<Self, HarnessError> {
+        let pki = root.join("pki");
+        tls::init_ca(&pki, true)?;
+        for name in names {
+            let name =
+                NodeName::new(name).map_err(|e| HarnessError::Unknown(format!("{name}: {e}")))?;
+            tls::issue_node_cert(&pki, &name, &pki, 30, true)?;
+        }
+        Ok(LocalCluster {
+            root: root.to_path_buf(),
+            _scratch: None,
+            pki,
+            binary,
+            profile: "lan".into(),
+            nodes: BTreeMap::new(),
+            env: vec![("RUST_LOG".into(), "info".into())],
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn pki(&self) -> &Path {
+        &self.pki
+    }
+
+    pub fn set_profile(&mut self, profile: &str) {
+        self.profile = profile.into();
+    }
+
+    pub fn node(&self, name: &str) -> Result<&LocalNode, HarnessError> {
+        self.nodes
+            .get(name)
+            .ok_or_else(|| HarnessError::Unknown(name.into()))
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &LocalNode> {
+        self.nodes.values()
+    }
+
+    /// Starts `name` in `zone`, joining through `seeds`, and waits for its ready line.
+    pub async fn start(
+        &mut self,
+        name: &str,
+        zone: &str,
+        seeds: &[SocketAddr],
+    ) -> Result<&LocalNode, HarnessError> {
+        self.start_with(name, zone, seeds, &[]).await
+    }
+
+    /// Like [`LocalCluster::start`], with extra arguments (e.g. another `--pki`).
+    pub async fn start_with(
+        &mut self,
+        name: &str,
+        zone: &str,
+        seeds: &[SocketAddr],
+        extra_args: &[String],
+    ) -> Result<&LocalNode, HarnessError> {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("vigil.sock");
+        let data_dir = dir.join("data");
+        let log = dir.join("node.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("agent")
+            .args(["--name", name, "--zone", zone, "--bind", "127.0.0.1:0"])
+            .arg("--pki")
+            .arg(&self.pki)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--profile", &self.profile]);
+        for seed in seeds {
+            cmd.arg("--seed").arg(seed.to_string());
+        }
+        cmd.args(extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("VIGIL_CONFIG")
+            .env_remove("VIGIL_SEED")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let node_err = |message: String| HarnessError::Node {
+            name: name.to_string(),
+            message,
+            log: log.display().to_string(),
+        };
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| node_err("no stdout".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
+            Ok(Ok(Some(line))) => serde_json::from_str::<ReadyLine>(&line)
+                .map_err(|e| node_err(format!("unexpected first line {line:?}: {e}")))?,
+            Ok(Ok(None)) => {
+                let status = child.wait().await.ok();
+                return Err(node_err(format!("exited before it was ready ({status:?})")));
+            }
+            Ok(Err(e)) => return Err(node_err(e.to_string())),
+            Err(_) => return Err(node_err(format!("not ready after {START_TIMEOUT:?}"))),
+        };
+        let addr = ready
+            .addr
+            .parse()
+            .map_err(|_| node_err(format!("bad address {:?}", ready.addr)))?;
+        let node = LocalNode {
+            name: name.into(),
+            zone: zone.into(),
+            socket,
+            data_dir,
+            log,
+            addr,
+            generation: ready.generation,
+            pid: ready.pid,
+            child: Some(child),
+            _stdout: Some(lines.into_inner().into_inner()),
+        };
+        self.nodes.insert(name.into(), node);
+        self.node(name)
+    }
+
+    /// Sends `signal` to a node without waiting for it.
+    pub fn signal(&self, name: &str, signal: Signal) -> Result<(), HarnessError> {
+        let node = self.node(name)?;
+        let pid = i32::try_from(node.pid).map_err(|_| HarnessError::Unknown(name.into()))?;
+        kill(Pid::from_raw(pid), signal)
+            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+        Ok(())
+    }
+
+    /// SIGKILL, then reap. Returns the wall-clock instant the signal was sent.
+    pub async fn kill(&mut self, name: &str) -> Result<SystemTime, HarnessError> {
+        let at = SystemTime::now();
+        self.signal(name, Signal::SIGKILL)?;
+        self.reap(name, Duration::from_secs(10)).await?;
+        Ok(at)
+    }
+
+    /// SIGTERM (graceful leave), then wait for the exit. Returns the exit code.
+    pub async fn stop(&mut self, name: &str) -> Result<Option<i32>, HarnessError> {
+        self.signal(name, Signal::SIGTERM)?;
+        self.reap(name, Duration::from_secs(10)).await
+    }
+
+    async fn reap(&mut self, name: &str, timeout: Duration) -> Result<Option<i32>, HarnessError> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| HarnessError::Unknown(name.into()))?;
+        let Some(mut child) = node.child.take() else {
+            return Ok(None);
+        };
+        node._stdout = None;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => Ok(status?.code()),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(HarnessError::Timeout {
+                    what: format!("{name} to exit"),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// Stops every running node gracefully (in name order).
+    pub async fn stop_all(&mut self) {
+        let names: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.is_running())
+            .map(|n| n.name.clone())
+            .collect();
+        for name in names {
+            let _ = self.stop(&name).await;
+        }
+    }
+
+    /// Waits until `check` holds for `name`'s member list. Re-checks after every event
+    /// the node reports, so it wakes exactly when the view changes.
+    pub async fn wait_members(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[MemberJson]) -> bool,
+    ) -> Result<Vec<MemberJson>, HarnessError> {
+        let node = self.node(name)?;
+        let deadline = Instant::now() + timeout;
+        let wait = async {
+            let mut stream = client::events(&node.socket, None).await?;
+            loop {
+                let members = client::members(&node.socket).await?;
+                if check(&members) {
+                    return Ok(members);
+                }
+                match stream.next().await? {
+                    Some(StreamItem::Event(_)) => {}
+                    Some(StreamItem::Error(e)) => {
+                        // Cut off as too slow: subscribe again.
+                        tracing::debug!("event stream: {}", e.error);
+                        stream = client::events(&node.socket, None).await?;
+                    }
+                    None => {
+                        return Err(HarnessError::Node {
+                            name: name.into(),
+                            message: "closed its event stream".into(),
+                            log: node.log.display().to_string(),
+                        });
+                    }
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline.into(), wait)
+            .await
+            .map_err(|_| HarnessError::Timeout {
+                what: format!("{name}: {what}"),
+                after: timeout,
+            })?
+    }
+
+    /// Waits until every running node sees exactly the running nodes alive.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let running: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.is_running())
+            .map(|n| n.name.clone())
+            .collect();
+        let deadline = Instant::now() + timeout;
+        for name in &running {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_members(name, "all running nodes alive", left, |members| {
+                running
+                    .iter()
+                    .all(|r| members.iter().any(|m| &m.name == r && m.state == "alive"))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Collects `name`'s events (from its start) until `done` returns true for one.
+    pub async fn wait_event(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&EventRecord) -> bool,
+    ) -> Result<EventRecord, HarnessError> {
+        let node = self.node(name)?;
+        let wait = async {
+            let mut stream = client::events(&node.socket, None).await?;
+            loop {
+                match stream.next().await? {
+                    Some(StreamItem::Event(record)) if done(&record) => return Ok(record),
+                    Some(_) => {}
+                    None => {
+                        return Err(HarnessError::Node {
+                            name: name.into(),
+                            message: "closed its event stream".into(),
+                            log: node.log.display().to_string(),
+                        });
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| HarnessError::Timeout {
+                what: format!("an event on {name}"),
+                after: timeout,
+            })?
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // kill_on_drop reaps asynchronously; make sure nothing outlives the harness
+        // even when no runtime is left to do it.
+        for node in self.nodes.values() {
+            if node.child.is_some()
+                && let Ok(pid) = i32::try_from(node.pid)
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The `vigil` binary to run: `$VIGIL_BIN`, or a `vigil` next to (or one directory
+/// above) the running executable, as Cargo lays out targets.
+pub fn find_vigil_binary() -> Result<PathBuf, HarnessError> {
+    if let Some(path) = std::env::var_os("VIGIL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == "vigil") {
+        return Ok(exe);
+    }
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join("vigil");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    Err(HarnessError::Io(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "no vigil binary found; build it with `cargo build -p vigil` or set VIGIL_BIN",
+    )))
+}
