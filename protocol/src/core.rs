@@ -221,6 +221,19 @@ impl InputError {
     }
 }
 
+/// The name a message's SWIM header claims as its sender, without processing it.
+///
+/// For drivers with no authenticated channel (the plain-UDP benchmark baseline):
+/// the claim is unproven. The QUIC node never needs this; its transport knows the
+/// sender from the certificate and [`Core::handle_datagram`] checks the claim.
+pub fn peek_sender(bytes: &[u8]) -> Result<NodeName, InputError> {
+    let Body::Swim(packet) = wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)?;
+    let header: foca::Header<NodeId> = PostcardCodec
+        .decode_header(packet)
+        .map_err(InputError::SwimHeader)?;
+    Ok(header.src.name)
+}
+
 /// A short stable label for a foca error, for metrics.
 pub fn swim_error_kind(e: &foca::Error) -> &'static str {
     match e {
@@ -481,18 +494,16 @@ impl Core {
         from: &NodeName,
         bytes: &[u8],
     ) -> Result<(), InputError> {
-        let Body::Swim(packet) = wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)?;
         // The sender's claimed identity must be the one its certificate proves, or a
         // member could speak for another. Check before foca sees anything.
-        let header: foca::Header<NodeId> = PostcardCodec
-            .decode_header(packet)
-            .map_err(InputError::SwimHeader)?;
-        if &header.src.name != from {
+        let claimed = peek_sender(bytes)?;
+        if &claimed != from {
             return Err(InputError::SenderMismatch {
-                claimed: header.src.name,
+                claimed,
                 authenticated: from.clone(),
             });
         }
+        let Body::Swim(packet) = wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)?;
         let result = self.swim.handle_data(packet, &mut self.collected);
         self.after_call(now);
         result.map_err(InputError::from)

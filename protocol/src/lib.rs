@@ -15,7 +15,7 @@ pub mod profile;
 pub mod wire;
 
 pub use crate::core::{
-    CommandError, Core, Effect, Event, InputError, LocalState, MemberInfo, MemberState,
+    CommandError, Core, Effect, Event, InputError, LocalState, MemberInfo, MemberState, peek_sender,
 };
 pub use crate::identity::{NameError, NodeId, NodeName, Zone};
 pub use crate::profile::Profile;
