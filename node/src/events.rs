@@ -45,6 +45,9 @@ pub struct EventRecord {
     pub incarnation: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_generation: Option<u64>,
+    /// Human-readable detail, for events of the node itself (e.g. why a join failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What a subscriber gets: the retained events it asked for, then the live feed.
@@ -109,12 +112,13 @@ impl EventLog {
             event.member(),
             event.incarnation(),
             event.previous_generation(),
+            None,
         )
     }
 
     /// Records an event of the node itself (not from the core).
-    pub fn push_local(&mut self, kind: &str) -> Arc<EventRecord> {
-        self.push(kind, None, None, None)
+    pub fn push_local(&mut self, kind: &str, detail: Option<String>) -> Arc<EventRecord> {
+        self.push(kind, None, None, None, detail)
     }
 
     fn push(
@@ -123,6 +127,7 @@ impl EventLog {
         member: Option<&NodeId>,
         incarnation: Option<u16>,
         previous_generation: Option<u64>,
+        detail: Option<String>,
     ) -> Arc<EventRecord> {
         let (time, time_ms) = now_rfc3339();
         let record = Arc::new(EventRecord {
@@ -138,6 +143,7 @@ impl EventLog {
             member_generation: member.map(|m| m.generation),
             incarnation,
             previous_generation,
+            detail,
         });
         self.next_index += 1;
         if self.retained.len() >= RETAINED_EVENTS {
@@ -223,7 +229,7 @@ mod tests {
     #[test]
     fn indexes_start_at_one_and_increase_by_one() {
         let mut log = EventLog::new(&node());
-        let a = log.push_local("local_started");
+        let a = log.push_local("local_started", None);
         let b = log.push_event(&Event::LocalIsolated);
         assert_eq!((a.index, b.index), (1, 2));
         assert_eq!(b.kind, "local_isolated");
@@ -234,14 +240,14 @@ mod tests {
     fn resuming_returns_only_later_events_then_live_ones() {
         let mut log = EventLog::new(&node());
         for _ in 0..5 {
-            log.push_local("x");
+            log.push_local("x", None);
         }
         let mut sub = log.subscribe(Some(3)).unwrap();
         assert_eq!(
             sub.backlog.iter().map(|r| r.index).collect::<Vec<_>>(),
             vec![4, 5]
         );
-        log.push_local("y");
+        log.push_local("y", None);
         assert_eq!(sub.live.try_recv().unwrap().index, 6);
         assert_eq!(log.subscribe(None).unwrap().backlog.len(), 6);
         assert!(log.subscribe(Some(6)).unwrap().backlog.is_empty());
@@ -251,7 +257,7 @@ mod tests {
     fn resuming_from_a_discarded_or_future_index_is_an_error() {
         let mut log = EventLog::new(&node());
         for _ in 0..RETAINED_EVENTS + 10 {
-            log.push_local("x");
+            log.push_local("x", None);
         }
         assert_eq!(
             log.subscribe(Some(3)).err(),

@@ -142,12 +142,36 @@ impl LocalCluster {
         self.start_with(name, zone, seeds, &[]).await
     }
 
-    /// Like [`LocalCluster::start`], with extra arguments (e.g. another `--pki`).
+    /// Like [`LocalCluster::start`], with extra arguments.
     pub async fn start_with(
         &mut self,
         name: &str,
         zone: &str,
         seeds: &[SocketAddr],
+        extra_args: &[String],
+    ) -> Result<&LocalNode, HarnessError> {
+        let pki = self.pki.clone();
+        self.spawn(name, zone, seeds, &pki, extra_args).await
+    }
+
+    /// Like [`LocalCluster::start`], with certificates from another directory (another
+    /// CA, a wrong certificate).
+    pub async fn start_with_pki(
+        &mut self,
+        name: &str,
+        zone: &str,
+        seeds: &[SocketAddr],
+        pki: &Path,
+    ) -> Result<&LocalNode, HarnessError> {
+        self.spawn(name, zone, seeds, pki, &[]).await
+    }
+
+    async fn spawn(
+        &mut self,
+        name: &str,
+        zone: &str,
+        seeds: &[SocketAddr],
+        pki: &Path,
         extra_args: &[String],
     ) -> Result<&LocalNode, HarnessError> {
         let dir = self.root.join(name);
@@ -163,7 +187,7 @@ impl LocalCluster {
         cmd.arg("agent")
             .args(["--name", name, "--zone", zone, "--bind", "127.0.0.1:0"])
             .arg("--pki")
-            .arg(&self.pki)
+            .arg(pki)
             .arg("--socket")
             .arg(&socket)
             .arg("--data-dir")

@@ -21,7 +21,7 @@ use crate::events::{self, EventLog};
 use crate::metrics::{Metrics, StateLabel, TypeLabel};
 use crate::tls;
 use crate::transport::{
-    Inbound, LogLimiter, SeedReached, Transport, TransportConfig, TransportError,
+    Inbound, LogLimiter, SeedOutcome, Transport, TransportConfig, TransportError,
 };
 
 /// First wait between join attempts; doubles up to [`JOIN_BACKOFF_MAX`].
@@ -128,7 +128,7 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
         config,
         advertise,
     };
-    owner.events.push_local("local_started");
+    owner.events.push_local("local_started", None);
     tracing::info!(
         name = %identity.name, zone = %identity.zone, addr = %advertise, generation,
         profile = owner.config.profile.as_str(), socket = %owner.config.socket.display(),
@@ -249,24 +249,29 @@ impl Owner {
                 }
                 self.drain();
             }
-            other => {
-                if let Some(SeedReached { addr, name }) = self.transport.on_inbound(other) {
+            other => match self.transport.on_inbound(other) {
+                Some(SeedOutcome::Reached { addr, name }) => {
                     if self.core.local_state() == LocalState::Active {
                         return;
                     }
                     // Zone and generation are placeholders: foca only needs the name
                     // to address the announce; the reply carries the real identity.
-                    let placeholder = Zone::new("unknown").ok();
-                    if let Some(zone) = placeholder {
-                        let seed = NodeId::new(name.clone(), addr, zone, 0);
-                        let now = self.now();
-                        if let Err(e) = self.core.announce(now, seed) {
-                            tracing::debug!("announce to {name} at {addr}: {e}");
-                        }
-                        self.drain();
+                    let Ok(zone) = Zone::new("unknown") else {
+                        return;
+                    };
+                    let seed = NodeId::new(name.clone(), addr, zone, 0);
+                    let now = self.now();
+                    if let Err(e) = self.core.announce(now, seed) {
+                        tracing::debug!("announce to {name} at {addr}: {e}");
                     }
+                    self.drain();
                 }
-            }
+                Some(SeedOutcome::Failed { addr, error }) => {
+                    self.events
+                        .push_local("join_failed", Some(format!("seed {addr}: {error}")));
+                }
+                None => {}
+            },
         }
     }
 
@@ -469,7 +474,7 @@ impl Owner {
             tracing::debug!("leave: {e}");
         }
         self.drain();
-        self.events.push_local("local_left");
+        self.events.push_local("local_left", None);
         let deadline = Instant::now() + LEAVE_GRACE;
         // Handshakes to peers we had no connection to must finish for the notice to
         // reach them; afterwards quinn must have sent what it queued.

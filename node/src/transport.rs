@@ -124,11 +124,18 @@ impl fmt::Debug for Inbound {
     }
 }
 
-/// A seed answered: the owner announces to it under the name its certificate proves.
+/// How a dial to a seed ended.
 #[derive(Debug, Clone)]
-pub struct SeedReached {
-    pub addr: SocketAddr,
-    pub name: NodeName,
+pub enum SeedOutcome {
+    /// The seed answered: announce to it under the name its certificate proves.
+    Reached {
+        addr: SocketAddr,
+        name: NodeName,
+    },
+    Failed {
+        addr: SocketAddr,
+        error: String,
+    },
 }
 
 struct Live {
@@ -339,9 +346,9 @@ impl Transport {
         }
     }
 
-    /// Applies a control report from a task. Returns the seed reached, if this was a
-    /// seed's connection.
-    pub fn on_inbound(&mut self, event: Inbound) -> Option<SeedReached> {
+    /// Applies a control report from a task. Returns how a seed dial ended, if the
+    /// report is about one.
+    pub fn on_inbound(&mut self, event: Inbound) -> Option<SeedOutcome> {
         match event {
             Inbound::Message { .. } => None,
             Inbound::Connected {
@@ -369,7 +376,7 @@ impl Transport {
                     return None;
                 }
                 self.install(name.clone(), conn, dialed_by_us);
-                seed.map(|addr| SeedReached { addr, name })
+                seed.map(|addr| SeedOutcome::Reached { addr, name })
             }
             Inbound::DialFailed { name, error } => {
                 if let Some(Entry {
@@ -393,7 +400,7 @@ impl Transport {
                     "seed_failed",
                     format_args!("seed {addr} unreachable: {error}"),
                 );
-                None
+                Some(SeedOutcome::Failed { addr, error })
             }
             Inbound::Closed { name, stable_id } => {
                 if let Some(entry) = self.peers.get_mut(&name)
