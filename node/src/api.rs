@@ -328,7 +328,7 @@ async fn events(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Res
         }
         Err(response) => return response,
     };
-    let backlog = futures_util::stream::iter(subscription.backlog).map(|r| Ok(r));
+    let backlog = futures_util::stream::iter(subscription.backlog).map(Ok);
     let live = BroadcastStream::new(subscription.live).map(|item| match item {
         Ok(record) => Ok(record),
         Err(BroadcastStreamRecvError::Lagged(missed)) => Err(missed),
