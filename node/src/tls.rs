@@ -9,6 +9,14 @@
 //! certificate that chains to the CA and names a valid node; the transport then compares
 //! [`peer_node_name`] with the identity the peer claims in its messages.
 //!
+//! Reconnecting is cheap: both configurations keep rustls' default in-memory session
+//! caches, so a node redialing a peer it talked to before resumes the session (no
+//! certificate signatures or chain checks), and may send its first message in 0-RTT
+//! (`quinn::Connecting::into_0rtt`). 0-RTT is safe to allow here because rustls only
+//! accepts early data with its stateful, single-use ticket cache, so a replayed first
+//! flight is refused within a listener process; the peer's identity in 0-RTT is the one
+//! its certificate proved in the resumed session.
+//!
 //! Files in a PKI directory: `ca.crt`, `ca.key` (only where certificates are issued),
 //! `NAME.crt`, `NAME.key`. Private keys are written with mode 0600 and refused at load
 //! time when other users can access them.
@@ -492,19 +500,21 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         })
         .map_err(|reason| classify_rejection(reason, &cert_path, &ca_path, name))?;
 
-    let config_error = |source: Error| match source {
+    let config_error = |source: Error| TlsError::Config {
+        dir: pki_dir.to_path_buf(),
+        source,
+    };
+    let key_error = |source: Error| match source {
         Error::InconsistentKeys(_) => TlsError::KeyMismatch {
             cert: cert_path.clone(),
             key: key_path.clone(),
         },
+        // What the key provider reports for a key it cannot parse.
         Error::General(reason) => TlsError::BadKey {
             path: key_path.clone(),
             reason,
         },
-        source => TlsError::Config {
-            dir: pki_dir.to_path_buf(),
-            source,
-        },
+        source => config_error(source),
     };
 
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -512,11 +522,9 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         .map_err(config_error)?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(config_error)?;
+        .map_err(key_error)?;
     server.alpn_protocols = vec![ALPN.to_vec()];
-    // 0-RTT: QUIC allows only 0 or u32::MAX here. rustls accepts early data only with
-    // its default single-use, in-memory session cache, which stops replays to this
-    // process; the peer identity in 0-RTT is the one proven in the resumed session.
+    // Allows 0-RTT (see the module docs); QUIC accepts only 0 or u32::MAX here.
     server.max_early_data_size = u32::MAX;
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
@@ -525,7 +533,7 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         .dangerous()
         .with_custom_certificate_verifier(server_verifier)
         .with_client_auth_cert(chain, key)
-        .map_err(config_error)?;
+        .map_err(key_error)?;
     client.alpn_protocols = vec![ALPN.to_vec()];
     client.enable_early_data = true;
 
@@ -662,7 +670,8 @@ impl ServerCertVerifier for NodeServerVerifier {
             intermediates,
             now,
             self.algorithms.all,
-        )?;
+        )
+        .map_err(same_name_issuer_is_unknown)?;
         leaf_node_name(end_entity).map_err(not_a_node)?;
         let dialing_seed =
             matches!(server_name, ServerName::DnsName(dns) if dns.as_ref() == SEED_SERVER_NAME);
@@ -724,7 +733,8 @@ impl ClientCertVerifier for NodeClientVerifier {
     ) -> Result<ClientCertVerified, Error> {
         let verified = self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(same_name_issuer_is_unknown)?;
         leaf_node_name(end_entity).map_err(not_a_node)?;
         Ok(verified)
     }
@@ -749,6 +759,19 @@ impl ClientCertVerifier for NodeClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// Every vigil CA has the same subject name, so webpki finds a candidate issuer for a
+/// certificate from another cluster's CA and reports the signature as bad. Reporting it
+/// as an unknown issuer (alert `unknown_ca`) tells the operator what actually happened:
+/// the peer belongs to another CA.
+fn same_name_issuer_is_unknown(error: Error) -> Error {
+    match error {
+        Error::InvalidCertificate(CertificateError::BadSignature) => {
+            Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        }
+        other => other,
     }
 }
 
