@@ -8,17 +8,15 @@
 //! # Framing
 //!
 //! ```text
-//! datagram:  name_len:u8  name:[u8; name_len]  envelope
+//! datagram:  envelope
 //! ```
 //!
-//! `envelope` is the vigil wire envelope exactly as the core produced it. The prefix
-//! names the sender, because the core must be told who sent a datagram and, without
-//! TLS, nothing else does: a datagram can arrive from an address no member view holds
-//! yet (a first announce), and the SWIM header that names the sender is opaque
-//! outside the core. The prefix costs 1 + len(name) bytes (at most 64) per datagram;
-//! it is included in `tx_bytes`/`rx_bytes` and also counted on its own
-//! (`prefix_bytes_tx`, `prefix_bytes_rx`) so a report can subtract it. The name is a
-//! claim, not a proof: anyone who can reach the socket can speak for any member.
+//! Each datagram is exactly the vigil wire envelope the core produced, byte for byte
+//! what a vigil node puts into a QUIC datagram, so the two transports carry the same
+//! payload and the byte counts compare the transports alone. The receiver learns the
+//! claimed sender from the SWIM header inside the envelope
+//! ([`vigil_protocol::peek_sender`]) and hands the core that name. The claim is not a
+//! proof: without TLS, anyone who can reach the socket can speak for any member.
 //!
 //! # Output
 //!
@@ -44,16 +42,15 @@ use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
-use vigil_protocol::identity::MAX_NAME_LEN;
 use vigil_protocol::wire::MAX_DATAGRAM_LEN;
-use vigil_protocol::{Core, Effect, Event, LocalState, NodeId, NodeName, Profile, Zone};
+use vigil_protocol::{
+    Core, Effect, Event, LocalState, NodeId, NodeName, Profile, Zone, peek_sender,
+};
 
 /// Large enough for the largest acceptable datagram with room to spare, so that a
 /// datagram the kernel truncated to this size is recognised as oversized.
 const RECV_BUF_LEN: usize = 2048;
-const MAX_PREFIX_LEN: usize = 1 + MAX_NAME_LEN;
-const MAX_UDP_DATAGRAM_LEN: usize = MAX_PREFIX_LEN + MAX_DATAGRAM_LEN;
-const _: () = assert!(MAX_UDP_DATAGRAM_LEN < RECV_BUF_LEN);
+const _: () = assert!(MAX_DATAGRAM_LEN < RECV_BUF_LEN);
 
 const JOIN_RETRY: Duration = Duration::from_secs(1);
 const STATS_EVERY: Duration = Duration::from_secs(1);
@@ -108,18 +105,16 @@ fn parse_seed(s: &str) -> Result<Seed, String> {
 }
 
 /// Cumulative counters, reported in every `stats` line. Byte counts are UDP payload
-/// bytes, prefix included.
+/// bytes (the envelopes themselves).
 #[derive(Debug, Default, Serialize)]
 struct Counters {
     tx_bytes: u64,
     tx_packets: u64,
     rx_bytes: u64,
     rx_packets: u64,
-    prefix_bytes_tx: u64,
-    prefix_bytes_rx: u64,
-    /// Received datagrams refused by the prefix check or by the core.
+    /// Received datagrams refused by the core (or by the sender lookup before it).
     rx_errors: u64,
-    /// `rx_errors` by cause (the core's `InputError::kind`, or `prefix`).
+    /// `rx_errors` by cause (the core's `InputError::kind`).
     rx_error_kinds: BTreeMap<&'static str, u64>,
     /// Received datagrams over the size limit, never decoded.
     rx_dropped: u64,
@@ -227,10 +222,6 @@ struct Node {
     core: Core,
     /// Core time zero.
     origin: Instant,
-    /// `name_len name`, prepended to every datagram sent.
-    prefix: Vec<u8>,
-    /// Reused for every outgoing datagram.
-    out: Vec<u8>,
     counters: Counters,
 }
 
@@ -255,21 +246,21 @@ impl Node {
     fn on_datagram(&mut self, datagram: &[u8]) {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += datagram.len() as u64;
-        if datagram.len() > MAX_UDP_DATAGRAM_LEN {
+        if datagram.len() > MAX_DATAGRAM_LEN {
             self.counters.rx_dropped += 1;
             return;
         }
-        let Some((name, envelope)) = split_prefix(datagram) else {
-            self.count_rx_error("prefix");
-            return;
+        // Nothing authenticates the sender here, so the core is told whoever the
+        // SWIM header claims; `handle_datagram` then finds the claim consistent.
+        let from = match peek_sender(datagram) {
+            Ok(name) => name,
+            Err(e) => {
+                self.count_rx_error(e.kind());
+                return;
+            }
         };
-        if envelope.len() > MAX_DATAGRAM_LEN {
-            self.counters.rx_dropped += 1;
-            return;
-        }
-        self.counters.prefix_bytes_rx += (datagram.len() - envelope.len()) as u64;
         let now = self.now();
-        if let Err(e) = self.core.handle_datagram(now, &name, envelope) {
+        if let Err(e) = self.core.handle_datagram(now, &from, datagram) {
             self.count_rx_error(e.kind());
         }
     }
@@ -302,14 +293,10 @@ impl Node {
                         self.counters.tx_dropped += 1;
                         continue;
                     }
-                    self.out.clear();
-                    self.out.extend_from_slice(&self.prefix);
-                    self.out.extend_from_slice(&envelope);
-                    match socket.send_to(&self.out, to.addr).await {
+                    match socket.send_to(&envelope, to.addr).await {
                         Ok(n) => {
                             self.counters.tx_packets += 1;
                             self.counters.tx_bytes += n as u64;
-                            self.counters.prefix_bytes_tx += self.prefix.len() as u64;
                         }
                         Err(_) => self.counters.tx_errors += 1,
                     }
@@ -319,28 +306,6 @@ impl Node {
         }
         Ok(())
     }
-}
-
-/// Splits a datagram into the sender's name and the envelope, or `None` if the
-/// prefix is damaged.
-fn split_prefix(datagram: &[u8]) -> Option<(NodeName, &[u8])> {
-    let (&len, rest) = datagram.split_first()?;
-    let len = usize::from(len);
-    if rest.len() < len {
-        return None;
-    }
-    let (name, envelope) = rest.split_at(len);
-    let name = NodeName::new(std::str::from_utf8(name).ok()?).ok()?;
-    Some((name, envelope))
-}
-
-fn prefix_for(name: &NodeName) -> Vec<u8> {
-    let bytes = name.as_str().as_bytes();
-    let mut prefix = Vec::with_capacity(1 + bytes.len());
-    // NodeName guarantees at most MAX_NAME_LEN (63) bytes, so the length fits a u8.
-    prefix.push(u8::try_from(bytes.len()).unwrap_or(u8::MAX));
-    prefix.extend_from_slice(bytes);
-    prefix
 }
 
 fn os_random_u64() -> Result<u64, Box<dyn Error>> {
@@ -372,8 +337,6 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let mut node = Node {
         core: Core::new(identity, args.profile, rng_seed),
         origin: Instant::now(),
-        prefix: prefix_for(&args.name),
-        out: Vec::with_capacity(MAX_UDP_DATAGRAM_LEN),
         counters: Counters::default(),
     };
     // A node listed among its own seeds (one seed list shared by a whole cluster)
@@ -456,22 +419,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefix_round_trips() {
-        let name = NodeName::new("node-7").unwrap();
-        let mut datagram = prefix_for(&name);
-        datagram.extend_from_slice(b"VG\x01rest");
-        let (parsed, envelope) = split_prefix(&datagram).unwrap();
-        assert_eq!(parsed, name);
-        assert_eq!(envelope, b"VG\x01rest");
-    }
-
-    #[test]
-    fn damaged_prefixes_are_refused() {
-        assert!(split_prefix(b"").is_none());
-        assert!(split_prefix(b"\x05ab").is_none());
-        assert!(split_prefix(b"\x02A!VG").is_none());
-        assert!(split_prefix(b"\x00VG").is_none());
-        assert!(split_prefix(b"\x02\xff\xfeVG").is_none());
+    fn datagrams_are_bare_envelopes_that_name_their_sender() {
+        // What the core sends is what goes on the wire, and the receiver recovers the
+        // sender from it alone.
+        let id = |name: &str, port: u16| {
+            NodeId::new(
+                NodeName::new(name).unwrap(),
+                ([127, 0, 0, 1], port).into(),
+                Zone::new("z1").unwrap(),
+                1,
+            )
+        };
+        let mut core = Core::new(id("n2", 7002), Profile::Lan, 7);
+        core.announce(Duration::ZERO, id("n1", 7001)).unwrap();
+        let envelope = std::iter::from_fn(|| core.poll_effect())
+            .find_map(|e| match e {
+                Effect::Send { envelope, .. } => Some(envelope),
+                Effect::Event(_) => None,
+            })
+            .unwrap();
+        assert_eq!(&envelope[..2], b"VG");
+        assert_eq!(peek_sender(&envelope).unwrap().as_str(), "n2");
     }
 
     #[test]
@@ -507,7 +475,8 @@ mod tests {
         .unwrap();
         assert_eq!(stats["type"], "stats");
         assert_eq!(stats["live"], 3);
-        assert_eq!(stats["prefix_bytes_tx"], 0);
+        assert_eq!(stats["tx_bytes"], 0);
+        assert!(stats.get("prefix_bytes_tx").is_none());
     }
 
     #[test]

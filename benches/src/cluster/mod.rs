@@ -1,0 +1,471 @@
+//! The whole-cluster benchmark: vigil (SWIM over QUIC with mutual TLS) side by side
+//! with udp-node (the same core, the same LAN profile, over plain UDP).
+//!
+//! For each cluster size and run, each system in turn (never both at once):
+//!
+//! 1. start N nodes on loopback, zones az1/az2/az3 round robin, the first seeding
+//!    the rest, one after the other;
+//! 2. follow every node's events from its first one and time join convergence: the
+//!    latest of the events that completed each node's view (all N-1 others alive),
+//!    stamped by the nodes themselves;
+//! 3. after a settle time, measure a steady-state window per node: UDP payload bytes
+//!    and packets per second (vigil: `/metrics` at both ends; udp-node: its own
+//!    cumulative counters), CPU share of one core and RSS (from `/proc`);
+//! 4. SIGKILL one node (not the seed) and time each survivor's `member_down` for it
+//!    and the first `member_suspected`; count every suspicion or death declared about
+//!    a node that was not killed as a false positive;
+//! 5. stop everything.
+//!
+//! The bench target (`benches/cluster.rs`) runs [`run_bench`] and prints
+//! [`Report::markdown`]; the smoke test runs it with tiny parameters.
+
+pub mod observe;
+pub mod report;
+pub mod systems;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use self::observe::{CHANNEL_CAPACITY, FalsePositive, Observer};
+pub use self::report::Report;
+use self::systems::{BenchCluster, UdpCluster, VigilCluster, unix_ms};
+use crate::procstat;
+
+/// How long join convergence and detection may take before the run records a failure.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Params {
+    pub sizes: Vec<usize>,
+    pub runs: usize,
+    #[serde(rename = "window_secs", serialize_with = "secs")]
+    pub window: Duration,
+    #[serde(rename = "settle_secs", serialize_with = "secs")]
+    pub settle: Duration,
+    /// Where the raw numbers go; relative paths are taken from the workspace root.
+    pub out: Option<PathBuf>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            sizes: vec![10, 50],
+            runs: 3,
+            window: Duration::from_secs(20),
+            settle: Duration::from_secs(5),
+            out: None,
+        }
+    }
+}
+
+pub const USAGE: &str = "\
+usage: cargo bench -p vigil-benches --bench cluster -- [OPTIONS]
+
+  --sizes N,N,...     cluster sizes (default 10,50; each at least 2)
+  --runs R            runs per size and system (default 3)
+  --window-secs S     steady-state measurement window (default 20)
+  --settle-secs S     wait after convergence before the window (default 5)
+  --out PATH          raw results as JSON (default bench-results/cluster-<unix>.json,
+                      relative to the workspace root)";
+
+impl Params {
+    /// Parses the bench's arguments. Arguments it does not know (Cargo passes
+    /// `--bench`, and filters) are ignored. `Ok(None)` means help was asked for.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Params>, String> {
+        let mut params = Params::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            let known = [
+                "--sizes",
+                "--runs",
+                "--window-secs",
+                "--settle-secs",
+                "--out",
+            ];
+            if flag == "--help" || flag == "-h" {
+                return Ok(None);
+            }
+            if !known.contains(&flag.as_str()) {
+                continue;
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => args
+                    .next()
+                    .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?,
+            };
+            let number = |v: &str| {
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("{flag}: {v:?} is not a whole number\n{USAGE}"))
+            };
+            match flag.as_str() {
+                "--sizes" => {
+                    params.sizes = value.split(',').map(number).collect::<Result<_, _>>()?;
+                    if params.sizes.is_empty() || params.sizes.iter().any(|&n| n < 2) {
+                        return Err(format!("--sizes: every size must be at least 2\n{USAGE}"));
+                    }
+                }
+                "--runs" => {
+                    params.runs = number(&value)?;
+                    if params.runs == 0 {
+                        return Err(format!("--runs must be at least 1\n{USAGE}"));
+                    }
+                }
+                "--window-secs" => {
+                    let secs = number(&value)?;
+                    if secs == 0 {
+                        return Err(format!("--window-secs must be at least 1\n{USAGE}"));
+                    }
+                    params.window = Duration::from_secs(secs as u64);
+                }
+                "--settle-secs" => params.settle = Duration::from_secs(number(&value)? as u64),
+                _ => params.out = Some(PathBuf::from(value)),
+            }
+        }
+        Ok(Some(params))
+    }
+
+    /// The command line that reproduces a run with these parameters.
+    pub fn command_line(&self) -> String {
+        let sizes: Vec<String> = self.sizes.iter().map(usize::to_string).collect();
+        let mut line = format!(
+            "cargo bench -p vigil-benches --bench cluster -- --sizes {} --runs {} --window-secs {} --settle-secs {}",
+            sizes.join(","),
+            self.runs,
+            self.window.as_secs(),
+            self.settle.as_secs()
+        );
+        if let Some(out) = &self.out {
+            line.push_str(&format!(" --out {}", out.display()));
+        }
+        line
+    }
+}
+
+/// The binaries to run (Cargo tells bench and test targets where they are).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub vigil: PathBuf,
+    pub udp_node: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum System {
+    #[serde(rename = "vigil")]
+    Vigil,
+    #[serde(rename = "udp-node")]
+    UdpNode,
+}
+
+impl System {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            System::Vigil => "vigil",
+            System::UdpNode => "udp-node",
+        }
+    }
+}
+
+/// Steady-state figures of one node over the measurement window.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSteady {
+    pub name: String,
+    /// Length of the interval the traffic rates cover.
+    pub traffic_secs: f64,
+    pub tx_bytes_per_s: f64,
+    pub tx_packets_per_s: f64,
+    pub rx_bytes_per_s: f64,
+    pub rx_packets_per_s: f64,
+    /// Share of one core (1.0 = one core busy).
+    pub cpu_fraction: f64,
+    /// Resident set size at the end of the window.
+    pub rss_bytes: u64,
+    /// QUIC connections the node established during the window (vigil only): each
+    /// one is a handshake inside the traffic figures.
+    pub connections_opened: Option<u64>,
+    /// SWIM messages sent per second as QUIC datagrams (vigil only; for udp-node
+    /// every packet is one).
+    pub swim_datagrams_per_s: Option<f64>,
+}
+
+/// Everything measured in one run of one system.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub system: System,
+    pub n: usize,
+    /// 1-based.
+    pub run: usize,
+    /// Unix ms just before the first node was started.
+    pub first_start_ms: u64,
+    /// Unix ms when the last node's ready line was read.
+    pub last_ready_ms: Option<u64>,
+    /// Node time (Unix ms) of join convergence.
+    pub converged_at_ms: Option<u64>,
+    pub convergence_from_last_ready_ms: Option<i64>,
+    pub convergence_from_first_start_ms: Option<i64>,
+    /// "A learned of B": the event that completed the last view.
+    pub converged_last: Option<String>,
+    pub nodes: Vec<NodeSteady>,
+    pub victim: String,
+    /// Unix ms just before the SIGKILL.
+    pub kill_ms: Option<u64>,
+    /// Survivor -> ms from the kill to its `member_down` for the victim.
+    pub detection_ms: BTreeMap<String, u64>,
+    pub undetected_by: Vec<String>,
+    /// ms from the kill to the first `member_suspected` for the victim, any survivor.
+    pub first_suspicion_ms: Option<u64>,
+    pub false_positives: Vec<FalsePositive>,
+    /// What went wrong (timeouts, unreadable counters); empty for a clean run.
+    pub failures: Vec<String>,
+}
+
+impl RunResult {
+    /// A run with nothing measured yet.
+    fn new(system: System, n: usize, run: usize, victim: String) -> RunResult {
+        RunResult {
+            system,
+            n,
+            run,
+            first_start_ms: unix_ms(),
+            last_ready_ms: None,
+            converged_at_ms: None,
+            convergence_from_last_ready_ms: None,
+            convergence_from_first_start_ms: None,
+            converged_last: None,
+            nodes: Vec::new(),
+            victim,
+            kill_ms: None,
+            detection_ms: BTreeMap::new(),
+            undetected_by: Vec::new(),
+            first_suspicion_ms: None,
+            false_positives: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+/// The nodes of a cluster of `n`: n1 (the seed) to nN.
+pub fn node_names(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("n{i}")).collect()
+}
+
+/// The node a run kills: not the seed, so the survivors keep their common contact.
+pub fn victim_of(n: usize) -> String {
+    format!("n{}", n / 2 + 1)
+}
+
+fn signed_diff(a: u64, b: u64) -> i64 {
+    i64::try_from(a).unwrap_or(i64::MAX) - i64::try_from(b).unwrap_or(i64::MAX)
+}
+
+/// Runs one system once; the cluster is stopped before this returns.
+async fn run_once<C: BenchCluster>(
+    cluster: &mut C,
+    system: System,
+    n: usize,
+    run: usize,
+    params: &Params,
+) -> RunResult {
+    let names = node_names(n);
+    let victim = victim_of(n);
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let mut obs = Observer::new(rx, names.clone(), victim.clone());
+    let mut result = RunResult::new(system, n, run, victim.clone());
+
+    // 1. Start.
+    if let Err(e) = cluster.start_all(&names, &tx).await {
+        result.failures.push(format!("start: {e}"));
+        cluster.stop_all().await;
+        return result;
+    }
+    let last_ready = unix_ms();
+    result.last_ready_ms = Some(last_ready);
+
+    // 2. Join convergence.
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    obs.pump_until(deadline, |o| o.converged_at().is_some())
+        .await;
+    match obs.converged_at() {
+        Some(at) => {
+            result.converged_at_ms = Some(at);
+            result.convergence_from_last_ready_ms = Some(signed_diff(at, last_ready));
+            result.convergence_from_first_start_ms = Some(signed_diff(at, result.first_start_ms));
+            result.converged_last = obs
+                .converged_last()
+                .map(|(node, member)| format!("{node} learned of {member}"));
+        }
+        None => result.failures.push(format!(
+            "join: not converged after {JOIN_TIMEOUT:?}; incomplete views at {:?}",
+            obs.incomplete()
+        )),
+    }
+
+    // 3. Steady state.
+    obs.pump_until(Instant::now() + params.settle, |_| false)
+        .await;
+    match measure_window(cluster, &mut obs, params.window).await {
+        Ok(nodes) => result.nodes = nodes,
+        Err(e) => result.failures.push(format!("steady state: {e}")),
+    }
+
+    // 4. Detection. Every node's events have been followed since its start, so
+    // nothing the survivors say about the victim can be missed.
+    match cluster.kill(&victim).await {
+        Ok(t0) => {
+            result.kill_ms = Some(t0);
+            obs.set_kill_time(t0);
+            let deadline = Instant::now() + DETECT_TIMEOUT;
+            if !obs.pump_until(deadline, Observer::all_detected).await {
+                result.failures.push(format!(
+                    "detection: {victim} not declared down after {DETECT_TIMEOUT:?} by {:?}",
+                    obs.undetected_by()
+                ));
+            }
+            result.detection_ms = obs.detections();
+            result.undetected_by = obs.undetected_by();
+            result.first_suspicion_ms = obs.first_suspicion();
+        }
+        Err(e) => result.failures.push(format!("detection: {e}")),
+    }
+
+    // 5. Stop.
+    obs.stop_counting();
+    result.false_positives = obs.false_positives().to_vec();
+    for name in &names {
+        if *name != victim
+            && let Some(why) = obs.closed(name)
+        {
+            result
+                .failures
+                .push(format!("{name} stopped reporting during the run: {why}"));
+        }
+    }
+    cluster.stop_all().await;
+    result
+}
+
+/// Measures the steady-state window: counters and `/proc` samples at both ends.
+async fn measure_window<C: BenchCluster>(
+    cluster: &mut C,
+    obs: &mut Observer,
+    window: Duration,
+) -> Result<Vec<NodeSteady>, String> {
+    let pids = cluster.pids();
+    let sample_all = || {
+        pids.iter()
+            .map(|(name, pid)| {
+                procstat::sample(*pid)
+                    .map(|s| (name.clone(), s))
+                    .map_err(|e| format!("{name} (pid {pid}): /proc: {e}"))
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()
+    };
+    let cpu_start = sample_all()?;
+    cluster.window_start(obs).await?;
+    obs.pump_until(Instant::now() + window, |_| false).await;
+    let cpu_end = sample_all()?;
+    let traffic = cluster.traffic(obs).await?;
+
+    let mut nodes = Vec::new();
+    for (name, (a, b)) in traffic {
+        let (Some(c0), Some(c1)) = (cpu_start.get(&name), cpu_end.get(&name)) else {
+            continue;
+        };
+        let secs = (b.t_ms - a.t_ms) / 1000.0;
+        if secs <= 0.0 {
+            return Err(format!("{name}: counters cover no time"));
+        }
+        let rate = |x: u64, y: u64| y.saturating_sub(x) as f64 / secs;
+        nodes.push(NodeSteady {
+            name,
+            traffic_secs: secs,
+            tx_bytes_per_s: rate(a.tx_bytes, b.tx_bytes),
+            tx_packets_per_s: rate(a.tx_packets, b.tx_packets),
+            rx_bytes_per_s: rate(a.rx_bytes, b.rx_bytes),
+            rx_packets_per_s: rate(a.rx_packets, b.rx_packets),
+            cpu_fraction: procstat::cpu_fraction(c0, c1),
+            rss_bytes: c1.rss_bytes,
+            connections_opened: a
+                .connections_opened
+                .zip(b.connections_opened)
+                .map(|(x, y)| y.saturating_sub(x)),
+            swim_datagrams_per_s: a
+                .swim_datagrams
+                .zip(b.swim_datagrams)
+                .map(|(x, y)| rate(x, y)),
+        });
+    }
+    if nodes.len() != pids.len() {
+        return Err(format!(
+            "figures for {} of {} nodes only",
+            nodes.len(),
+            pids.len()
+        ));
+    }
+    Ok(nodes)
+}
+
+/// One run of `system` with a fresh cluster, dropped (every process gone) before
+/// this returns.
+pub async fn run_system(
+    system: System,
+    n: usize,
+    run: usize,
+    params: &Params,
+    bins: &Binaries,
+) -> RunResult {
+    let names = node_names(n);
+    let setup_failure = |e: String| {
+        let mut result = RunResult::new(system, n, run, victim_of(n));
+        result.failures.push(format!("setup: {e}"));
+        result
+    };
+    match system {
+        System::Vigil => match VigilCluster::new(&bins.vigil, &names) {
+            Ok(mut c) => run_once(&mut c, system, n, run, params).await,
+            Err(e) => setup_failure(e),
+        },
+        System::UdpNode => match UdpCluster::new(&bins.udp_node) {
+            Ok(mut c) => run_once(&mut c, system, n, run, params).await,
+            Err(e) => setup_failure(e),
+        },
+    }
+}
+
+/// Runs every size and run, interleaving the systems (vigil run r, then udp-node
+/// run r) so that drift in the machine's load hits both.
+pub async fn run_bench(params: &Params, bins: &Binaries) -> Report {
+    let mut report = Report::begin(params);
+    for &n in &params.sizes {
+        for run in 1..=params.runs {
+            for system in [System::Vigil, System::UdpNode] {
+                eprintln!(
+                    "cluster bench: N={n} run {run}/{} {}...",
+                    params.runs,
+                    system.as_str()
+                );
+                let result = run_system(system, n, run, params, bins).await;
+                eprintln!("  {}", report::one_line(&result));
+                report.runs.push(result);
+            }
+        }
+    }
+    report.finish();
+    report
+}

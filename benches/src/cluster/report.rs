@@ -1,0 +1,627 @@
+//! Summaries of the runs, the targets from the issue, the Markdown section for
+//! docs/BENCHMARKS.md and the raw JSON.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::systems::unix_ms;
+use super::{Params, RunResult, System};
+use crate::procstat::{Summary, summarize};
+
+/// Targets from the issue. Reported next to the figures, never asserted.
+pub const TARGET_BYTES_RATIO: f64 = 1.5;
+pub const TARGET_CPU_PERCENT: f64 = 1.0;
+pub const TARGET_RSS_MIB: f64 = 30.0;
+pub const TARGET_CONVERGENCE_MS: f64 = 3000.0;
+/// The cluster size the CPU, RSS and convergence targets are stated for.
+pub const TARGET_N: usize = 50;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: Option<String>,
+    pub kernel: Option<String>,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        });
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|s| s.trim().to_string());
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(1, usize::from),
+            cpu_model,
+            kernel,
+        }
+    }
+}
+
+/// `git rev-parse --short HEAD` of the workspace, marked when the tree has changes.
+pub fn git_revision() -> Option<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = run(&["rev-parse", "--short", "HEAD"])?;
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty {
+        format!("{head} (with uncommitted changes)")
+    } else {
+        head
+    })
+}
+
+fn load_average() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// The workspace root (this package's parent directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Figures of one system at one size, over all its runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemSummary {
+    pub system: System,
+    pub n: usize,
+    pub runs: usize,
+    /// Runs that recorded any failure.
+    pub failed_runs: usize,
+    pub convergence_failures: usize,
+    pub convergence_from_last_ready_ms: Option<Summary>,
+    pub convergence_from_first_start_ms: Option<Summary>,
+    /// Over all observers of all runs.
+    pub detection_ms: Option<Summary>,
+    /// Over the observers of each run.
+    pub detection_per_run_ms: Vec<Option<Summary>>,
+    /// Survivors that never declared the victim down, summed over runs.
+    pub undetected: usize,
+    pub first_suspicion_ms: Option<Summary>,
+    /// Per node, pooled over runs.
+    pub tx_bytes_per_s: Option<Summary>,
+    pub tx_packets_per_s: Option<Summary>,
+    pub rx_bytes_per_s: Option<Summary>,
+    pub rx_packets_per_s: Option<Summary>,
+    pub cpu_percent: Option<Summary>,
+    pub rss_mib: Option<Summary>,
+    /// QUIC connections opened per node during the window (vigil only).
+    pub connections_opened: Option<Summary>,
+    /// SWIM datagrams sent per second per node (vigil only).
+    pub swim_datagrams_per_s: Option<Summary>,
+    pub false_positives: usize,
+}
+
+fn summary_of(values: impl Iterator<Item = f64>) -> Option<Summary> {
+    let mut v: Vec<f64> = values.collect();
+    summarize(&mut v)
+}
+
+impl SystemSummary {
+    fn of(system: System, n: usize, runs: &[&RunResult]) -> SystemSummary {
+        let nodes = || runs.iter().flat_map(|r| r.nodes.iter());
+        SystemSummary {
+            system,
+            n,
+            runs: runs.len(),
+            failed_runs: runs.iter().filter(|r| !r.failures.is_empty()).count(),
+            convergence_failures: runs.iter().filter(|r| r.converged_at_ms.is_none()).count(),
+            convergence_from_last_ready_ms: summary_of(
+                runs.iter()
+                    .filter_map(|r| r.convergence_from_last_ready_ms)
+                    .map(|v| v as f64),
+            ),
+            convergence_from_first_start_ms: summary_of(
+                runs.iter()
+                    .filter_map(|r| r.convergence_from_first_start_ms)
+                    .map(|v| v as f64),
+            ),
+            detection_ms: summary_of(
+                runs.iter()
+                    .flat_map(|r| r.detection_ms.values())
+                    .map(|&v| v as f64),
+            ),
+            detection_per_run_ms: runs
+                .iter()
+                .map(|r| summary_of(r.detection_ms.values().map(|&v| v as f64)))
+                .collect(),
+            undetected: runs.iter().map(|r| r.undetected_by.len()).sum(),
+            first_suspicion_ms: summary_of(
+                runs.iter()
+                    .filter_map(|r| r.first_suspicion_ms)
+                    .map(|v| v as f64),
+            ),
+            tx_bytes_per_s: summary_of(nodes().map(|n| n.tx_bytes_per_s)),
+            tx_packets_per_s: summary_of(nodes().map(|n| n.tx_packets_per_s)),
+            rx_bytes_per_s: summary_of(nodes().map(|n| n.rx_bytes_per_s)),
+            rx_packets_per_s: summary_of(nodes().map(|n| n.rx_packets_per_s)),
+            cpu_percent: summary_of(nodes().map(|n| n.cpu_fraction * 100.0)),
+            rss_mib: summary_of(nodes().map(|n| n.rss_bytes as f64 / MIB)),
+            connections_opened: summary_of(
+                nodes().filter_map(|n| n.connections_opened.map(|c| c as f64)),
+            ),
+            swim_datagrams_per_s: summary_of(nodes().filter_map(|n| n.swim_datagrams_per_s)),
+            false_positives: runs.iter().map(|r| r.false_positives.len()).sum(),
+        }
+    }
+}
+
+/// vigil's median over udp-node's, per figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    pub tx_bytes_per_s: Option<f64>,
+    pub tx_packets_per_s: Option<f64>,
+    pub cpu: Option<f64>,
+    pub rss: Option<f64>,
+    pub detection: Option<f64>,
+}
+
+fn ratio(a: Option<Summary>, b: Option<Summary>) -> Option<f64> {
+    let (a, b) = (a?.median, b?.median);
+    (b > 0.0).then(|| a / b)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    /// `None` when there is nothing to judge (the size was not run).
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeSummary {
+    pub n: usize,
+    pub vigil: SystemSummary,
+    pub udp_node: SystemSummary,
+    pub ratios: Ratios,
+}
+
+/// The whole benchmark: how it was run, every run's raw figures, the summaries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub date: String,
+    pub unix_ms: u64,
+    pub machine: Machine,
+    pub git: Option<String>,
+    pub load_average_before: Option<String>,
+    pub load_average_after: Option<String>,
+    pub params: Params,
+    pub runs: Vec<RunResult>,
+    pub summaries: Vec<SizeSummary>,
+    pub targets: Vec<Target>,
+}
+
+impl Report {
+    pub fn begin(params: &Params) -> Report {
+        let now = unix_ms();
+        Report {
+            command: params.command_line(),
+            date: vigil::events::format_unix_ms(now),
+            unix_ms: now,
+            machine: Machine::probe(),
+            git: git_revision(),
+            load_average_before: load_average(),
+            load_average_after: None,
+            params: params.clone(),
+            runs: Vec::new(),
+            summaries: Vec::new(),
+            targets: Vec::new(),
+        }
+    }
+
+    /// Computes the summaries and targets from the runs.
+    pub fn finish(&mut self) {
+        self.load_average_after = load_average();
+        let mut sizes: Vec<usize> = Vec::new();
+        for r in &self.runs {
+            if !sizes.contains(&r.n) {
+                sizes.push(r.n);
+            }
+        }
+        self.summaries = sizes
+            .into_iter()
+            .map(|n| {
+                let of = |system| {
+                    let runs: Vec<&RunResult> = self
+                        .runs
+                        .iter()
+                        .filter(|r| r.n == n && r.system == system)
+                        .collect();
+                    SystemSummary::of(system, n, &runs)
+                };
+                let vigil = of(System::Vigil);
+                let udp = of(System::UdpNode);
+                let ratios = Ratios {
+                    tx_bytes_per_s: ratio(vigil.tx_bytes_per_s, udp.tx_bytes_per_s),
+                    tx_packets_per_s: ratio(vigil.tx_packets_per_s, udp.tx_packets_per_s),
+                    cpu: ratio(vigil.cpu_percent, udp.cpu_percent),
+                    rss: ratio(vigil.rss_mib, udp.rss_mib),
+                    detection: ratio(vigil.detection_ms, udp.detection_ms),
+                };
+                SizeSummary {
+                    n,
+                    vigil,
+                    udp_node: udp,
+                    ratios,
+                }
+            })
+            .collect();
+        self.targets = targets(&self.summaries);
+    }
+
+    /// Writes the raw numbers as JSON to `path` (relative paths from the workspace
+    /// root), creating its directory. Returns the path written.
+    pub fn write_json(&self, path: Option<&Path>) -> std::io::Result<PathBuf> {
+        let root = workspace_root();
+        let path = match path {
+            Some(p) if p.is_absolute() => p.to_path_buf(),
+            Some(p) => root.join(p),
+            None => root
+                .join("bench-results")
+                .join(format!("cluster-{}.json", self.unix_ms / 1000)),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&path, json)?;
+        Ok(path)
+    }
+
+    /// A section ready to paste into docs/BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            md,
+            "## Whole cluster: vigil vs. the same core over plain UDP\n"
+        );
+        let _ = writeln!(md, "Command (from the workspace root):\n");
+        let _ = writeln!(md, "```sh\n{}\n```\n", self.command);
+        let _ = writeln!(md, "- Date: {}", self.date);
+        let _ = writeln!(
+            md,
+            "- Machine: {} CPUs (nproc), {}, Linux {}",
+            m.nproc,
+            m.cpu_model.as_deref().unwrap_or("unknown CPU"),
+            m.kernel.as_deref().unwrap_or("unknown")
+        );
+        let _ = writeln!(
+            md,
+            "- Commit: {}",
+            self.git.as_deref().unwrap_or("unknown (no git)")
+        );
+        let _ = writeln!(
+            md,
+            "- Load average (1/5/15 min) before: {}; after: {}",
+            self.load_average_before.as_deref().unwrap_or("?"),
+            self.load_average_after.as_deref().unwrap_or("?")
+        );
+        let _ = writeln!(
+            md,
+            "- Setup: N nodes on 127.0.0.1, zones az1/az2/az3 round robin, the first node seeds the \
+             others, started one after the other; both systems run `vigil_protocol` profile \"lan\" \
+             (same foca configuration). The systems never run at the same time: for each run r, \
+             vigil then udp-node. Settle {} s after convergence, then a {} s window.",
+            self.params.settle.as_secs(),
+            self.params.window.as_secs()
+        );
+        let _ = writeln!(
+            md,
+            "- vigil: `vigil agent` processes (QUIC datagrams, mutual TLS, RUST_LOG=info). \
+             udp-node: `benches/src/bin/udp-node.rs`, the same core, each envelope one plain UDP \
+             datagram (identical payload, no encryption, no authentication).\n"
+        );
+
+        for s in &self.summaries {
+            let _ = writeln!(md, "### N = {}\n", s.n);
+            let _ = writeln!(
+                md,
+                "| figure | vigil min / median / max | udp-node min / median / max | vigil / udp-node (medians) |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|");
+            let (v, u, r) = (&s.vigil, &s.udp_node, &s.ratios);
+            let mut row = |what: &str,
+                           a: Option<Summary>,
+                           b: Option<Summary>,
+                           digits: usize,
+                           ratio: Option<f64>| {
+                let _ = writeln!(
+                    md,
+                    "| {what} | {} | {} | {} |",
+                    fmt_summary(a, digits),
+                    fmt_summary(b, digits),
+                    ratio.map_or("–".to_string(), |x| format!("{x:.2}×"))
+                );
+            };
+            row(
+                "join convergence after the last node was ready (ms), over runs",
+                v.convergence_from_last_ready_ms,
+                u.convergence_from_last_ready_ms,
+                0,
+                ratio(
+                    v.convergence_from_last_ready_ms,
+                    u.convergence_from_last_ready_ms,
+                ),
+            );
+            row(
+                "join convergence after the first start (ms), over runs",
+                v.convergence_from_first_start_ms,
+                u.convergence_from_first_start_ms,
+                0,
+                ratio(
+                    v.convergence_from_first_start_ms,
+                    u.convergence_from_first_start_ms,
+                ),
+            );
+            row(
+                "detection: kill → member_down (ms), all observers of all runs",
+                v.detection_ms,
+                u.detection_ms,
+                0,
+                r.detection,
+            );
+            row(
+                "kill → first member_suspected (ms), over runs",
+                v.first_suspicion_ms,
+                u.first_suspicion_ms,
+                0,
+                ratio(v.first_suspicion_ms, u.first_suspicion_ms),
+            );
+            row(
+                "UDP bytes/s sent per node",
+                v.tx_bytes_per_s,
+                u.tx_bytes_per_s,
+                0,
+                r.tx_bytes_per_s,
+            );
+            row(
+                "UDP packets/s sent per node",
+                v.tx_packets_per_s,
+                u.tx_packets_per_s,
+                1,
+                r.tx_packets_per_s,
+            );
+            row(
+                "… of which SWIM messages (vigil: QUIC datagrams; the rest are ACK-only packets, handshakes, QUIC housekeeping)",
+                v.swim_datagrams_per_s,
+                u.tx_packets_per_s,
+                1,
+                ratio(v.swim_datagrams_per_s, u.tx_packets_per_s),
+            );
+            row(
+                "UDP bytes/s received per node",
+                v.rx_bytes_per_s,
+                u.rx_bytes_per_s,
+                0,
+                ratio(v.rx_bytes_per_s, u.rx_bytes_per_s),
+            );
+            row(
+                "UDP packets/s received per node",
+                v.rx_packets_per_s,
+                u.rx_packets_per_s,
+                1,
+                ratio(v.rx_packets_per_s, u.rx_packets_per_s),
+            );
+            row(
+                "CPU, % of one core per node",
+                v.cpu_percent,
+                u.cpu_percent,
+                2,
+                r.cpu,
+            );
+            row("RSS per node (MiB)", v.rss_mib, u.rss_mib, 1, r.rss);
+            row(
+                "QUIC connections opened per node during the window (handshakes in the traffic)",
+                v.connections_opened,
+                None,
+                0,
+                None,
+            );
+            let _ = writeln!(
+                md,
+                "| false positives (suspected/down about a live node), all runs | {} | {} | |",
+                v.false_positives, u.false_positives
+            );
+            let _ = writeln!(
+                md,
+                "| runs with a failure / runs | {} / {} | {} / {} | |\n",
+                v.failed_runs, v.runs, u.failed_runs, u.runs
+            );
+        }
+
+        let _ = writeln!(md, "Per run (detection over the survivors of that run):\n");
+        let _ = writeln!(
+            md,
+            "| N | system | run | convergence after last ready / after first start (ms) | detection min / median / max (ms) | first suspicion (ms) | false positives | failures |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for r in &self.runs {
+            let conv = match (
+                r.convergence_from_last_ready_ms,
+                r.convergence_from_first_start_ms,
+            ) {
+                (Some(a), Some(b)) => format!("{a} / {b}"),
+                _ => "not converged".to_string(),
+            };
+            let det = summary_of(r.detection_ms.values().map(|&v| v as f64));
+            let mut det = fmt_summary(det, 0);
+            if !r.undetected_by.is_empty() {
+                let _ = write!(det, " ({} survivors never detected)", r.undetected_by.len());
+            }
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.n,
+                r.system.as_str(),
+                r.run,
+                conv,
+                det,
+                r.first_suspicion_ms
+                    .map_or("–".to_string(), |v| v.to_string()),
+                r.false_positives.len(),
+                if r.failures.is_empty() {
+                    "–".to_string()
+                } else {
+                    r.failures.join("; ").replace('|', "\\|")
+                }
+            );
+        }
+        let _ = writeln!(md);
+
+        let _ = writeln!(md, "Targets from the issue (reported, not asserted):\n");
+        let _ = writeln!(md, "| target | measured (vigil) | verdict |");
+        let _ = writeln!(md, "|---|---|---|");
+        for t in &self.targets {
+            let verdict = match t.met {
+                Some(true) => "met",
+                Some(false) => "missed",
+                None => "not measured",
+            };
+            let _ = writeln!(md, "| {} | {} | {verdict} |", t.what, t.measured);
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "How to read: traffic is UDP payload (vigil: counted at the QUIC endpoint's socket, \
+             so QUIC headers, encryption overhead, ACKs and handshakes are included; udp-node: its \
+             datagrams, which are the bare envelopes). CPU is user+system time from /proc over \
+             the window. Per-node figures pool every node of every run. Detection and suspicion \
+             times are the observing node's event timestamp minus the harness's clock just \
+             before SIGKILL (one host, one clock). Convergence is the latest of the events that \
+             gave each node a complete view, minus the harness's clock when the last node \
+             reported ready (or before the first node was started)."
+        );
+        md
+    }
+}
+
+fn targets(summaries: &[SizeSummary]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for s in summaries {
+        out.push(Target {
+            what: format!(
+                "N={}: UDP bytes/s per node ≤ {TARGET_BYTES_RATIO}× plain UDP (medians)",
+                s.n
+            ),
+            measured: s
+                .ratios
+                .tx_bytes_per_s
+                .map_or("–".to_string(), |r| format!("{r:.2}×")),
+            met: s.ratios.tx_bytes_per_s.map(|r| r <= TARGET_BYTES_RATIO),
+        });
+    }
+    let at = summaries.iter().find(|s| s.n == TARGET_N).map(|s| &s.vigil);
+    let cpu = at.and_then(|v| v.cpu_percent);
+    out.push(Target {
+        what: format!(
+            "N={TARGET_N}: idle CPU ≤ {TARGET_CPU_PERCENT}% of a core per node (judged on the median node)"
+        ),
+        measured: cpu.map_or("–".to_string(), |c| {
+            format!("median {:.2}%, max {:.2}%", c.median, c.max)
+        }),
+        met: cpu.map(|c| c.median <= TARGET_CPU_PERCENT),
+    });
+    let rss = at.and_then(|v| v.rss_mib);
+    out.push(Target {
+        what: format!(
+            "N={TARGET_N}: RSS ≤ {TARGET_RSS_MIB} MiB per node (judged on the largest node)"
+        ),
+        measured: rss.map_or("–".to_string(), |r| {
+            format!("median {:.1} MiB, max {:.1} MiB", r.median, r.max)
+        }),
+        met: rss.map(|r| r.max <= TARGET_RSS_MIB),
+    });
+    let conv = at.and_then(|v| v.convergence_from_last_ready_ms);
+    let conv_failures = at.map_or(0, |v| v.convergence_failures);
+    out.push(Target {
+        what: format!(
+            "N={TARGET_N}: join convergence ≤ {} s after the last node is ready (judged on the median run)",
+            TARGET_CONVERGENCE_MS / 1000.0
+        ),
+        measured: conv.map_or("–".to_string(), |c| {
+            let mut s = format!("median {:.0} ms, max {:.0} ms", c.median, c.max);
+            if conv_failures > 0 {
+                let _ = write!(s, ", {conv_failures} runs never converged");
+            }
+            s
+        }),
+        met: at.map(|_| {
+            conv_failures == 0 && conv.is_some_and(|c| c.median <= TARGET_CONVERGENCE_MS)
+        }),
+    });
+    out
+}
+
+fn fmt_summary(s: Option<Summary>, digits: usize) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.d$} / {:.d$} / {:.d$}",
+            s.min,
+            s.median,
+            s.max,
+            d = digits
+        ),
+        None => "–".to_string(),
+    }
+}
+
+/// A one-line account of a run, for progress output.
+pub fn one_line(r: &RunResult) -> String {
+    let conv = match (r.convergence_from_last_ready_ms, &r.converged_last) {
+        (Some(c), Some(last)) => format!("converged {c} ms after last ready (last: {last})"),
+        (Some(c), None) => format!("converged {c} ms after last ready"),
+        (None, _) => "not converged".to_string(),
+    };
+    let det = summary_of(r.detection_ms.values().map(|&v| v as f64))
+        .map_or("no detection".to_string(), |s| {
+            format!("detected in {:.0}/{:.0}/{:.0} ms", s.min, s.median, s.max)
+        });
+    let tx = summary_of(r.nodes.iter().map(|n| n.tx_bytes_per_s))
+        .map_or("no traffic figures".to_string(), |s| {
+            format!("median {:.0} B/s sent per node", s.median)
+        });
+    let cpu = summary_of(r.nodes.iter().map(|n| n.cpu_fraction * 100.0))
+        .map_or(String::new(), |s| format!(", median CPU {:.2}%", s.median));
+    let conns = summary_of(
+        r.nodes
+            .iter()
+            .filter_map(|n| n.connections_opened.map(|c| c as f64)),
+    )
+    .map_or(String::new(), |s| {
+        format!(
+            ", median {:.0} connections opened per node in the window",
+            s.median
+        )
+    });
+    let mut line = format!(
+        "{conv}; {det}; {tx}{cpu}{conns}; {} false positives",
+        r.false_positives.len()
+    );
+    for f in &r.failures {
+        let _ = write!(line, "\n  FAILURE: {f}");
+    }
+    line
+}
