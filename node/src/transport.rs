@@ -208,7 +208,7 @@ impl Transport {
             metrics: Arc::clone(&metrics),
         });
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config(),
             Some(server_config),
             socket,
             runtime,
@@ -535,7 +535,20 @@ impl Transport {
     }
 }
 
-fn quic_transport_config(
+/// Endpoint settings: 4-byte connection IDs instead of quinn's 8 save 4 bytes on
+/// every packet (a SWIM datagram carries about 60 bytes); a node holds at most a few
+/// hundred connections, so 32 random bits keep them apart.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.cid_generator(|| Box::new(quinn_proto::RandomConnectionIdGenerator::new(CID_LEN)));
+    config
+}
+
+/// Connection ID length, in bytes.
+const CID_LEN: usize = 4;
+
+/// The QUIC transport settings of every connection (public for the benchmarks).
+pub fn quic_transport_config(
     config: &TransportConfig,
 ) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
@@ -553,6 +566,10 @@ fn quic_transport_config(
         .stream_receive_window(VarInt::from_u32(256 * 1024))
         .receive_window(VarInt::from_u32(1024 * 1024))
         .send_window(1024 * 1024);
+    // SWIM packets are capped to fit QUIC's minimum 1200-byte path MTU, so probing for
+    // a larger MTU buys nothing; its padded probes were half of a handshake's bytes
+    // (docs/BENCHMARKS.md, "Handshake cost").
+    t.mtu_discovery_config(None);
     Ok(t)
 }
 

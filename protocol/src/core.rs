@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use foca::{BroadcastHandler, Codec, Foca, Invalidates, OwnedNotification, PostcardCodec, Timer};
-use rand::SeedableRng;
+use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::digest::{self, Digest};
 use crate::identity::{NodeId, NodeName};
 use crate::profile::{self, Profile};
 use crate::wire::{self, Body, DecodeError};
@@ -227,11 +228,16 @@ impl InputError {
 /// the claim is unproven. The QUIC node never needs this; its transport knows the
 /// sender from the certificate and [`Core::handle_datagram`] checks the claim.
 pub fn peek_sender(bytes: &[u8]) -> Result<NodeName, InputError> {
-    let Body::Swim(packet) = wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)?;
-    let header: foca::Header<NodeId> = PostcardCodec
-        .decode_header(packet)
-        .map_err(InputError::SwimHeader)?;
-    Ok(header.src.name)
+    match wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)? {
+        Body::Swim { packet, .. } => {
+            let header: foca::Header<NodeId> = PostcardCodec
+                .decode_header(packet)
+                .map_err(InputError::SwimHeader)?;
+            Ok(header.src.name)
+        }
+        Body::Pull { requester, .. } => Ok(requester.name),
+        Body::State { sender, .. } => Ok(sender),
+    }
 }
 
 /// A short stable label for a foca error, for metrics.
@@ -345,6 +351,16 @@ impl BroadcastHandler<NodeId> for GossipRelay {
     }
 }
 
+/// A timer of the core: foca's, or the core's own.
+#[derive(Debug)]
+enum CoreTimer {
+    Swim(Timer<NodeId>),
+}
+
+/// Members per `Body::State` part: the largest identities (63-byte name, 64-byte
+/// zone, IPv6 address) still fit a 64 KiB stream frame.
+const STATE_PART_MEMBERS: usize = 300;
+
 /// Collects what foca asks for during one call.
 #[derive(Default)]
 struct Collected {
@@ -370,6 +386,8 @@ impl foca::Runtime<NodeId> for &mut Collected {
 #[derive(Debug)]
 struct ViewEntry {
     info: MemberInfo,
+    /// Generation this entry adds to the digest (live members only).
+    in_digest: Option<u64>,
     /// Sweep number of the last sync that saw this member in foca's state.
     seen_in_sweep: u64,
 }
@@ -381,7 +399,7 @@ pub struct Core {
     gossip: Arc<Mutex<GossipState>>,
     /// foca timers by (due time, insertion sequence): all are delivered, in order,
     /// even when the driver calls late.
-    timers: BTreeMap<(Duration, u64), Timer<NodeId>>,
+    timers: BTreeMap<(Duration, u64), CoreTimer>,
     timer_seq: u64,
     effects: VecDeque<Effect>,
     collected: Collected,
@@ -391,6 +409,14 @@ pub struct Core {
     local_since: Duration,
     /// Cluster size the current foca configuration was computed for.
     configured_size: u32,
+    /// The core's own random choices (pull partners), separate from foca's.
+    rng: ChaCha8Rng,
+    /// Digest of the live view, the local node included.
+    digest: Digest,
+    /// Generation of the local node in the digest.
+    digest_self: u64,
+    /// When this node last pulled (anti-entropy is at most one pull per probe period).
+    last_pull: Option<Duration>,
 }
 
 impl Core {
@@ -398,6 +424,9 @@ impl Core {
     /// gossip targets); the same seed and inputs give the same outputs.
     pub fn new(identity: NodeId, profile: Profile, rng_seed: u64) -> Self {
         let gossip = Arc::new(Mutex::new(GossipState::default()));
+        let mut digest = Digest::default();
+        digest.toggle(&identity.name, identity.generation);
+        let digest_self = identity.generation;
         let swim = Foca::with_custom_broadcast(
             identity,
             profile::swim_config(profile, 1),
@@ -420,6 +449,10 @@ impl Core {
             local: LocalState::Joining,
             local_since: Duration::ZERO,
             configured_size: 1,
+            rng: ChaCha8Rng::seed_from_u64(rng_seed ^ 0x7669_6769_6c00_0001),
+            digest,
+            digest_self,
+            last_pull: None,
         }
     }
 
@@ -473,6 +506,47 @@ impl Core {
         }
     }
 
+    /// Checks that the view matches foca's state exactly (for simulators and tests;
+    /// O(members)). `Err` describes the first difference.
+    pub fn check_view(&self) -> Result<(), String> {
+        let mut seen = 0usize;
+        for member in self.swim.iter_membership_state() {
+            let id = member.id();
+            let Some(entry) = self.view.get(&id.name) else {
+                return Err(format!("{id:?} is in SWIM state but not in the view"));
+            };
+            let info = &entry.info;
+            let state = MemberState::from(member.state());
+            if info.id != *id || info.state != state || info.incarnation != member.incarnation() {
+                return Err(format!(
+                    "view has {:?} {:?}@{}, SWIM has {id:?} {state:?}@{}",
+                    info.id,
+                    info.state,
+                    info.incarnation,
+                    member.incarnation()
+                ));
+            }
+            seen += 1;
+        }
+        if seen != self.view.len() {
+            return Err(format!(
+                "view has {} members, SWIM state {seen}",
+                self.view.len()
+            ));
+        }
+        let mut expected = Digest::default();
+        expected.toggle(&self.identity().name, self.identity().generation);
+        for entry in self.view.values() {
+            if entry.info.state != MemberState::Down {
+                expected.toggle(&entry.info.id.name, entry.info.id.generation);
+            }
+        }
+        if expected != self.digest {
+            return Err("the maintained digest differs from the view's".into());
+        }
+        Ok(())
+    }
+
     /// Asks `seed` to let us in. The seed's name must be known (the transport learns
     /// it from the seed's certificate); its generation and zone may be placeholders.
     pub fn announce(&mut self, now: Duration, seed: NodeId) -> Result<(), CommandError> {
@@ -503,10 +577,122 @@ impl Core {
                 authenticated: from.clone(),
             });
         }
-        let Body::Swim(packet) = wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)?;
-        let result = self.swim.handle_data(packet, &mut self.collected);
-        self.after_call(now);
-        result.map_err(InputError::from)
+        match wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)? {
+            Body::Swim { digest, packet } => {
+                let result = self.swim.handle_data(packet, &mut self.collected);
+                self.after_call(now);
+                // The sender's view differs from ours even after its news: pull the
+                // difference from it.
+                if u64::from_le_bytes(digest) != self.digest.summary() {
+                    self.pull_from(now, from);
+                }
+                result.map_err(InputError::from)
+            }
+            Body::Pull { requester, buckets } => {
+                // `peek_sender` already tied the requester's name to `from`.
+                if self.local != LocalState::Left {
+                    let theirs: Vec<u64> = buckets.into_iter().map(u64::from_le_bytes).collect();
+                    self.answer_pull(requester, &theirs);
+                }
+                Ok(())
+            }
+            Body::State { members, .. } => {
+                // Applied without re-broadcasting: the sender's cluster already knows
+                // all of it, and a joiner re-gossiping every member would flood.
+                let result = self
+                    .swim
+                    .apply_many(members.into_iter(), false, &mut self.collected);
+                self.after_call(now);
+                result.map_err(InputError::from)
+            }
+        }
+    }
+
+    /// Sends `to` our members in the buckets where its digest differs from ours (all
+    /// of them for a joiner), in parts.
+    fn answer_pull(&mut self, to: NodeId, theirs: &[u64]) {
+        let differing = self.digest.differing(theirs);
+        let mut members: Vec<foca::Member<NodeId>> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| differing[digest::bucket_of(&m.id().name)])
+            .cloned()
+            .collect();
+        let me = self.identity().clone();
+        if differing[digest::bucket_of(&me.name)] {
+            // foca keeps no entry for itself; the incarnation is only a floor.
+            members.push(foca::Member::new(me, 0, foca::State::Alive));
+        }
+        let parts: Vec<&[foca::Member<NodeId>]> = if members.is_empty() {
+            vec![&[]]
+        } else {
+            members.chunks(STATE_PART_MEMBERS).collect()
+        };
+        for part in parts {
+            let body = Body::State {
+                sender: self.identity().name.clone(),
+                members: part.to_vec(),
+            };
+            match wire::encode(&body, wire::MAX_STREAM_FRAME_LEN) {
+                Ok(envelope) => self.effects.push_back(Effect::Send {
+                    to: to.clone(),
+                    envelope: Bytes::from(envelope),
+                }),
+                Err(_) => debug_assert!(false, "a state part exceeds a stream frame"),
+            }
+        }
+    }
+
+    /// Asks `from` for the members of the buckets where our digests differ, unless
+    /// this node pulled less than a probe period ago.
+    fn pull_from(&mut self, now: Duration, from: &NodeName) {
+        if self.local == LocalState::Left {
+            return;
+        }
+        let interval = profile::probe_period(self.profile);
+        if self.last_pull.is_some_and(|t| now < t + interval) {
+            return;
+        }
+        let Some(entry) = self.view.get(from) else {
+            return;
+        };
+        let to = entry.info.id.clone();
+        self.send_pull(now, to);
+    }
+
+    fn send_pull(&mut self, now: Duration, to: NodeId) {
+        let body = Body::Pull {
+            requester: self.identity().clone(),
+            buckets: self
+                .digest
+                .buckets()
+                .iter()
+                .map(|b| b.to_le_bytes())
+                .collect(),
+        };
+        if let Ok(envelope) = wire::encode(&body, wire::MAX_DATAGRAM_LEN) {
+            self.last_pull = Some(now);
+            self.effects.push_back(Effect::Send {
+                to,
+                envelope: Bytes::from(envelope),
+            });
+        }
+    }
+
+    /// Pulls from a random live member (on joining: the reply to an announce names
+    /// only a sample of the members).
+    fn pull_from_random(&mut self, now: Duration) {
+        let candidates: Vec<NodeId> = self
+            .view
+            .values()
+            .filter(|e| e.info.state != MemberState::Down)
+            .map(|e| e.info.id.clone())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let pick = candidates[self.rng.random_range(0..candidates.len())].clone();
+        self.send_pull(now, pick);
     }
 
     /// When [`Core::handle_timeout`] must be called next.
@@ -522,9 +708,12 @@ impl Core {
             if entry.key().0 > now {
                 break;
             }
-            let timer = entry.remove();
-            if let Err(e) = self.swim.handle_timer(timer, &mut self.collected) {
-                errors.push(e);
+            match entry.remove() {
+                CoreTimer::Swim(timer) => {
+                    if let Err(e) = self.swim.handle_timer(timer, &mut self.collected) {
+                        errors.push(e);
+                    }
+                }
             }
             self.after_call(now);
         }
@@ -570,8 +759,15 @@ impl Core {
     /// into events.
     fn after_call(&mut self, now: Duration) {
         let collected = std::mem::take(&mut self.collected);
+        // The view may have changed during the call: digest after syncing it.
+        self.sync_view(now);
+        let digest = self.digest.summary().to_le_bytes();
         for (to, packet) in collected.sends {
-            match wire::encode(&Body::Swim(&packet), wire::MAX_STREAM_FRAME_LEN) {
+            let body = Body::Swim {
+                digest,
+                packet: &packet,
+            };
+            match wire::encode(&body, wire::MAX_STREAM_FRAME_LEN) {
                 Ok(envelope) => self.effects.push_back(Effect::Send {
                     to,
                     envelope: Bytes::from(envelope),
@@ -582,11 +778,11 @@ impl Core {
         }
         for (after, timer) in collected.timers {
             self.timer_seq += 1;
-            self.timers.insert((now + after, self.timer_seq), timer);
+            self.timers
+                .insert((now + after, self.timer_seq), CoreTimer::Swim(timer));
         }
-        // Member changes first: they are the cause of the local ones (the last member
-        // going down is why the node becomes isolated).
-        self.sync_view(now);
+        // Member changes (synced above) come before local ones: they are the cause
+        // (the last member going down is why the node becomes isolated).
         for notification in collected.notifications {
             match notification {
                 OwnedNotification::Active => {
@@ -594,6 +790,9 @@ impl Core {
                     let identity = self.identity().clone();
                     self.effects
                         .push_back(Effect::Event(Event::LocalActive { identity }));
+                    // A joiner learns only a sample of the members from the reply to
+                    // its announce; pull the rest at once.
+                    self.pull_from_random(now);
                 }
                 OwnedNotification::Idle => {
                     if self.local == LocalState::Active {
@@ -603,6 +802,9 @@ impl Core {
                 }
                 OwnedNotification::Rejoin(identity) => {
                     let previous_generation = identity.generation.saturating_sub(1);
+                    self.digest.toggle(&identity.name, self.digest_self);
+                    self.digest.toggle(&identity.name, identity.generation);
+                    self.digest_self = identity.generation;
                     self.effects.push_back(Effect::Event(Event::LocalRejoined {
                         identity,
                         previous_generation,
@@ -650,98 +852,122 @@ impl Core {
             let incarnation = member.incarnation();
             let left =
                 state == MemberState::Down && gossip.left.get(&id.name) == Some(&id.generation);
-            let mut emit = |event| self.effects.push_back(Effect::Event(event));
-            let Some(entry) = self.view.get_mut(&id.name) else {
-                if state != MemberState::Down {
-                    emit(Event::MemberJoined { member: id.clone() });
-                    if state == MemberState::Suspect {
-                        emit(Event::MemberSuspected {
-                            member: id.clone(),
-                            incarnation,
-                        });
-                    }
-                }
-                self.view.insert(
-                    id.name.clone(),
-                    ViewEntry {
-                        info: MemberInfo {
-                            id: id.clone(),
-                            state,
-                            incarnation,
-                            left,
-                            is_local: false,
-                            since: now,
-                        },
-                        seen_in_sweep: sweep,
-                    },
-                );
-                continue;
-            };
-            entry.seen_in_sweep = sweep;
-            let info = &mut entry.info;
-            if info.id != *id {
-                let previous_generation = info.id.generation;
-                info.id = id.clone();
-                info.left = false;
-                if state != MemberState::Down {
-                    emit(Event::MemberRestarted {
-                        member: id.clone(),
-                        previous_generation,
-                    });
-                    if state == MemberState::Suspect {
-                        emit(Event::MemberSuspected {
-                            member: id.clone(),
-                            incarnation,
-                        });
-                    }
-                }
-                info.state = state;
-                info.incarnation = incarnation;
-                info.since = now;
-                continue;
-            }
-            if info.state != state || info.incarnation != incarnation {
-                match (info.state, state) {
-                    (MemberState::Alive | MemberState::Suspect, MemberState::Down) => {
-                        emit(if left {
-                            Event::MemberLeft { member: id.clone() }
-                        } else {
-                            Event::MemberDown { member: id.clone() }
-                        });
-                    }
-                    (MemberState::Down, MemberState::Alive | MemberState::Suspect) => {
+            'update: {
+                let mut emit = |event| self.effects.push_back(Effect::Event(event));
+                let Some(entry) = self.view.get_mut(&id.name) else {
+                    if state != MemberState::Down {
                         emit(Event::MemberJoined { member: id.clone() });
+                        if state == MemberState::Suspect {
+                            emit(Event::MemberSuspected {
+                                member: id.clone(),
+                                incarnation,
+                            });
+                        }
                     }
-                    (_, MemberState::Suspect) => emit(Event::MemberSuspected {
-                        member: id.clone(),
-                        incarnation,
-                    }),
-                    (MemberState::Suspect, MemberState::Alive) => emit(Event::MemberRefuted {
-                        member: id.clone(),
-                        incarnation,
-                    }),
-                    // A newer incarnation we never saw suspected, or a down member's
-                    // bookkeeping: nothing a client needs to hear about.
-                    (MemberState::Alive, MemberState::Alive)
-                    | (MemberState::Down, MemberState::Down) => {}
-                }
-                if info.state != state {
+                    self.view.insert(
+                        id.name.clone(),
+                        ViewEntry {
+                            info: MemberInfo {
+                                id: id.clone(),
+                                state,
+                                incarnation,
+                                left,
+                                is_local: false,
+                                since: now,
+                            },
+                            in_digest: None,
+                            seen_in_sweep: sweep,
+                        },
+                    );
+                    break 'update;
+                };
+                entry.seen_in_sweep = sweep;
+                let info = &mut entry.info;
+                if info.id != *id {
+                    let previous_generation = info.id.generation;
+                    info.id = id.clone();
+                    info.left = false;
+                    if state != MemberState::Down {
+                        emit(Event::MemberRestarted {
+                            member: id.clone(),
+                            previous_generation,
+                        });
+                        if state == MemberState::Suspect {
+                            emit(Event::MemberSuspected {
+                                member: id.clone(),
+                                incarnation,
+                            });
+                        }
+                    }
+                    info.state = state;
+                    info.incarnation = incarnation;
                     info.since = now;
+                    break 'update;
                 }
-                info.state = state;
-                info.incarnation = incarnation;
+                if info.state != state || info.incarnation != incarnation {
+                    match (info.state, state) {
+                        (MemberState::Alive | MemberState::Suspect, MemberState::Down) => {
+                            emit(if left {
+                                Event::MemberLeft { member: id.clone() }
+                            } else {
+                                Event::MemberDown { member: id.clone() }
+                            });
+                        }
+                        (MemberState::Down, MemberState::Alive | MemberState::Suspect) => {
+                            emit(Event::MemberJoined { member: id.clone() });
+                        }
+                        (_, MemberState::Suspect) => emit(Event::MemberSuspected {
+                            member: id.clone(),
+                            incarnation,
+                        }),
+                        (MemberState::Suspect, MemberState::Alive) => emit(Event::MemberRefuted {
+                            member: id.clone(),
+                            incarnation,
+                        }),
+                        // A newer incarnation we never saw suspected, or a down member's
+                        // bookkeeping: nothing a client needs to hear about.
+                        (MemberState::Alive, MemberState::Alive)
+                        | (MemberState::Down, MemberState::Down) => {}
+                    }
+                    if info.state != state {
+                        info.since = now;
+                    }
+                    info.state = state;
+                    info.incarnation = incarnation;
+                }
+                if left && !info.left {
+                    // The leave notice arrived after the down update.
+                    info.left = true;
+                    if info.state == MemberState::Down && info.since != now {
+                        emit(Event::MemberLeft { member: id.clone() });
+                    }
+                }
             }
-            if left && !info.left {
-                // The leave notice arrived after the down update.
-                info.left = true;
-                if info.state == MemberState::Down && info.since != now {
-                    emit(Event::MemberLeft { member: id.clone() });
+            // Keep the digest in step with the view: live identities only.
+            if let Some(entry) = self.view.get_mut(&id.name) {
+                let live =
+                    (entry.info.state != MemberState::Down).then_some(entry.info.id.generation);
+                if entry.in_digest != live {
+                    if let Some(old) = entry.in_digest {
+                        self.digest.toggle(&id.name, old);
+                    }
+                    if let Some(new) = live {
+                        self.digest.toggle(&id.name, new);
+                    }
+                    entry.in_digest = live;
                 }
             }
         }
         drop(gossip);
         // foca forgets down members after `remove_down_after`; so do we.
-        self.view.retain(|_, entry| entry.seen_in_sweep == sweep);
+        let digest = &mut self.digest;
+        self.view.retain(|name, entry| {
+            let keep = entry.seen_in_sweep == sweep;
+            if !keep && let Some(old) = entry.in_digest {
+                digest.toggle(name, old);
+            }
+            keep
+        });
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`core`]: the membership core (foca underneath) and its effects and events.
 
 pub mod core;
+pub mod digest;
 pub mod identity;
 pub mod profile;
 pub mod wire;

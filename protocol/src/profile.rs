@@ -101,6 +101,11 @@ pub fn suspicion_timeout(profile: Profile, cluster_size: u32) -> Duration {
     c.probe_period.mul_f64(c.suspicion_mult * scale)
 }
 
+/// The longest a suspicion can last before the member is declared down.
+pub fn max_suspicion_timeout(profile: Profile, cluster_size: u32) -> Duration {
+    suspicion_timeout(profile, cluster_size)
+}
+
 /// The probe period of `profile` (fixed for the life of a node).
 pub fn probe_period(profile: Profile) -> Duration {
     constants(profile).probe_period

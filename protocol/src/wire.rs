@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::NodeId;
+
 /// First two bytes of every envelope.
 pub const MAGIC: [u8; 2] = *b"VG";
 /// The wire protocol version this build speaks.
@@ -24,21 +26,43 @@ pub const HEADER_LEN: usize = 3;
 pub const MAX_DATAGRAM_LEN: usize = 1452;
 /// The largest envelope accepted on a stream (length prefix excluded).
 pub const MAX_STREAM_FRAME_LEN: usize = 64 * 1024;
-/// Bytes the envelope adds around a SWIM packet: header, variant tag and a length
-/// prefix of at most two bytes (SWIM packets are smaller than 16 KiB).
-pub const SWIM_OVERHEAD: usize = HEADER_LEN + 1 + 2;
+/// Bytes the envelope adds around a SWIM packet: header, variant tag, digest and a
+/// length prefix of at most two bytes (SWIM packets are smaller than 16 KiB).
+pub const SWIM_OVERHEAD: usize = HEADER_LEN + 1 + 8 + 2;
 
 /// What an envelope carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body<'a> {
-    /// One foca (SWIM) packet, opaque at this layer.
-    Swim(#[serde(borrow)] &'a [u8]),
+    /// One foca (SWIM) packet, opaque at this layer, with the digest of the sender's
+    /// live membership view (little-endian u64, see `digest`).
+    Swim {
+        digest: [u8; 8],
+        #[serde(borrow)]
+        packet: &'a [u8],
+    },
+    /// "Send me the members of the buckets where our digests differ." `buckets` holds
+    /// the requester's 64 bucket digests (little-endian u64 each); `requester` lets
+    /// the answer be addressed before the requester is in the answering node's view,
+    /// and its name must be the name the transport authenticated.
+    Pull {
+        requester: NodeId,
+        buckets: Vec<[u8; 8]>,
+    },
+    /// Members, in answer to a pull, from `sender`, whose name must be the name the
+    /// transport authenticated. A large answer comes in several parts, each applied
+    /// on its own.
+    State {
+        sender: crate::identity::NodeName,
+        members: Vec<foca::Member<NodeId>>,
+    },
 }
 
 impl Body<'_> {
     pub fn kind(&self) -> &'static str {
         match self {
-            Body::Swim(_) => "swim",
+            Body::Swim { .. } => "swim",
+            Body::Pull { .. } => "pull",
+            Body::State { .. } => "state",
         }
     }
 }
@@ -174,11 +198,21 @@ mod tests {
     #[test]
     fn swim_body_round_trips_with_small_overhead() {
         let payload = vec![7u8; 1000];
-        let bytes = encode(&Body::Swim(&payload), MAX_DATAGRAM_LEN).unwrap();
+        let bytes = encode(
+            &Body::Swim {
+                digest: [1; 8],
+                packet: &payload,
+            },
+            MAX_DATAGRAM_LEN,
+        )
+        .unwrap();
         assert!(bytes.len() <= payload.len() + SWIM_OVERHEAD);
         assert_eq!(
             decode(&bytes, MAX_DATAGRAM_LEN).unwrap(),
-            Body::Swim(&payload)
+            Body::Swim {
+                digest: [1; 8],
+                packet: &payload
+            }
         );
     }
 
@@ -198,9 +232,9 @@ mod tests {
             decode(&[0u8; 11], 10),
             Err(DecodeError::TooLarge { len: 11, max: 10 })
         );
-        // Variant 0 (Swim) claiming 5 bytes but carrying 1.
+        // Variant 0 (Swim): digest, then a packet claiming 5 bytes but carrying 1.
         assert!(matches!(
-            decode(b"VG\x01\x00\x05a", 100),
+            decode(b"VG\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05a", 100),
             Err(DecodeError::Malformed(_))
         ));
         assert!(matches!(
@@ -208,7 +242,7 @@ mod tests {
             Err(DecodeError::Malformed(_))
         ));
         assert_eq!(
-            decode(b"VG\x01\x00\x01ab", 100),
+            decode(b"VG\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01ab", 100),
             Err(DecodeError::TrailingBytes { extra: 1 })
         );
     }
@@ -217,14 +251,27 @@ mod tests {
     fn encode_refuses_bodies_over_the_limit() {
         let payload = vec![0u8; 100];
         assert!(matches!(
-            encode(&Body::Swim(&payload), 50),
+            encode(
+                &Body::Swim {
+                    digest: [1; 8],
+                    packet: &payload
+                },
+                50
+            ),
             Err(EncodeError::TooLarge { max: 50, .. })
         ));
     }
 
     #[test]
     fn stream_frame_length_is_checked_before_allocation() {
-        let env = encode(&Body::Swim(b"x"), MAX_DATAGRAM_LEN).unwrap();
+        let env = encode(
+            &Body::Swim {
+                digest: [0; 8],
+                packet: b"x",
+            },
+            MAX_DATAGRAM_LEN,
+        )
+        .unwrap();
         let framed = frame_for_stream(&env).unwrap();
         let prefix: [u8; 4] = framed[..4].try_into().unwrap();
         assert_eq!(stream_frame_len(prefix), Ok(env.len()));

@@ -18,7 +18,7 @@ fn name(n: &str) -> NodeName {
 }
 
 fn node_id(n: &str, generation: u64) -> NodeId {
-    let port = 7000 + u16::from(n.as_bytes()[1] - b'0');
+    let port = 7000 + n[1..].parse::<u16>().unwrap();
     NodeId::new(
         name(n),
         ([127, 0, 0, 1], port).into(),
@@ -353,7 +353,8 @@ fn junk_input_is_refused_with_a_typed_error() {
         (&b""[..], "empty"),
         (b"GET / HTTP/1.1", "bad_magic"),
         (b"VG\x02\x00\x00", "unsupported_version"),
-        (b"VG\x01\x00\x03\xff\xff\xff", "swim_header"),
+        // A well-formed envelope (digest, then 3 bytes) around a junk SWIM header.
+        (b"VG\x01\x00\0\0\0\0\0\0\0\0\x03\xff\xff\xff", "swim_header"),
     ] {
         let err = core
             .handle_datagram(Duration::ZERO, &from, bytes)
@@ -405,4 +406,43 @@ fn the_last_member_going_down_is_reported_before_isolation() {
         .expect("isolated");
     assert!(down < isolated, "{kinds:?}");
     assert_eq!(net.cores[&name("n1")].local_state(), LocalState::Isolated);
+}
+
+#[test]
+fn fifty_cores_joining_through_one_seed_converge_within_seconds() {
+    // Infection-style gossip with 4 log10(n + 1) transmissions misses a few members
+    // in a burst of joins; before digest-driven pulls, 11 of 90 such runs needed a
+    // whole probe round (about 20 s) to complete every view.
+    let names: Vec<String> = (1..=50).map(|i| format!("n{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for stagger_ms in [0u64, 5, 20] {
+        for seeds in 0..5u64 {
+            let mut net = Net::new(&refs);
+            for (i, n) in refs.iter().enumerate() {
+                let core = Core::new(node_id(n, 1), Profile::Lan, 7000 + i as u64 * 31 + seeds);
+                net.cores.insert(name(n), core);
+            }
+            let seed = net.cores[&name("n1")].identity().clone();
+            for n in &refs[1..] {
+                let now = net.now;
+                net.cores
+                    .get_mut(&name(n))
+                    .unwrap()
+                    .announce(now, seed.clone())
+                    .unwrap();
+                net.drain(&name(n));
+                net.run_for(Duration::from_millis(stagger_ms));
+            }
+            net.run_for(Duration::from_secs(3));
+            for n in &refs {
+                let core = &net.cores[&name(n)];
+                assert_eq!(
+                    core.live_count(),
+                    50,
+                    "stagger {stagger_ms} ms, seeds {seeds}: {n}"
+                );
+                core.check_view().unwrap();
+            }
+        }
+    }
 }

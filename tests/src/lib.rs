@@ -14,7 +14,7 @@ pub const DETECT: Duration = Duration::from_secs(30);
 #[macro_export]
 macro_rules! vigil_bin {
     () => {
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_vigil"))
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_vigil-test-node"))
     };
 }
 
