@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         }
     };
     let bins = Binaries {
-        vigil: env!("CARGO_BIN_EXE_vigil").into(),
+        vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
         udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,12 @@
 //! - **0-RTT**: like resumed, but the datagram goes out as early data
 //!   (`Connecting::into_0rtt`), against a server that waits for the full handshake
 //!   as vigil's listener does, and against one that answers in 0.5-RTT;
-//! - **warm**: the datagram echo on an established connection.
+//! - **warm**: the datagram echo on an established connection;
+//! - **cold with path-MTU discovery on** (quinn's default, which vigil turns off),
+//!   for comparison.
+//!
+//! Both ends use the node's own QUIC settings
+//! (`vigil::transport::{quic_transport_config, endpoint_config}`).
 //!
 //! Client and server run in this process, so the CPU time per operation
 //! (`getrusage(RUSAGE_SELF)`) covers both ends.
@@ -128,26 +133,37 @@ pub struct HandshakeReport {
     pub scenarios: Vec<Scenario>,
 }
 
-/// vigil's QUIC transport settings for the LAN profile (node/src/transport.rs,
-/// `quic_transport_config`, which is private to the node; keep the two in step).
-/// `mtu_discovery: false` departs from vigil, for the comparison row.
+/// vigil's QUIC transport settings for the LAN profile: the node's own
+/// `quic_transport_config` with the values `run_agent` (node/src/node.rs) passes
+/// for `--profile lan`. `mtu_discovery: true` departs from vigil (which turns
+/// path-MTU discovery off) back to quinn's default, for the comparison row.
 fn transport_config(mtu_discovery: bool) -> Result<Arc<quinn::TransportConfig>, HandshakeError> {
-    let mut t = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(Duration::from_secs(60)).map_err(quic_err)?;
-    t.max_idle_timeout(Some(idle))
-        .keep_alive_interval(None)
-        .initial_rtt(Duration::from_millis(20))
-        .datagram_receive_buffer_size(Some(64 * 1024))
-        .datagram_send_buffer_size(64 * 1024)
-        .max_concurrent_uni_streams(VarInt::from_u32(16))
-        .max_concurrent_bidi_streams(VarInt::from_u32(0))
-        .stream_receive_window(VarInt::from_u32(256 * 1024))
-        .receive_window(VarInt::from_u32(1024 * 1024))
-        .send_window(1024 * 1024);
-    if !mtu_discovery {
-        t.mtu_discovery_config(None);
+    let lan = vigil::transport::TransportConfig {
+        bind: ([127, 0, 0, 1], 0).into(),
+        cache_capacity: 256,
+        idle_timeout: Duration::from_secs(60),
+        dial_timeout: Duration::from_secs(5),
+        initial_rtt: Duration::from_millis(20),
+    };
+    let mut t = vigil::transport::quic_transport_config(&lan).map_err(quic_err)?;
+    if mtu_discovery {
+        t.mtu_discovery_config(Some(quinn::MtuDiscoveryConfig::default()));
     }
     Ok(Arc::new(t))
+}
+
+/// An endpoint on loopback with vigil's endpoint settings
+/// (`vigil::transport::endpoint_config`: 4-byte connection IDs); a server if
+/// `server` is given.
+fn endpoint(server: Option<quinn::ServerConfig>) -> Result<Endpoint, HandshakeError> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let runtime = quinn::default_runtime().ok_or_else(|| quic_err("no async runtime for quinn"))?;
+    Ok(Endpoint::new(
+        vigil::transport::endpoint_config(),
+        server,
+        socket,
+        runtime,
+    )?)
 }
 
 /// rustls's in-memory session cache, counting the tickets handed out for
@@ -508,22 +524,25 @@ pub async fn run(iterations: usize) -> Result<HandshakeReport, HandshakeError> {
     tls::issue_node_cert(&pki, &client_name, &pki, 30, true)?;
     let server_tls = tls::load_node_tls(&pki, &server_name)?;
     let client_tls = tls::load_node_tls(&pki, &client_name)?;
-    let transport = transport_config(true)?;
-    let no_pmtud = transport_config(false)?;
+    let transport = transport_config(false)?;
+    let with_pmtud = transport_config(true)?;
 
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut servers = Vec::new();
     let mut addrs = Vec::new();
-    for (half_rtt, transport) in [(false, &transport), (true, &transport), (false, &no_pmtud)] {
+    for (half_rtt, transport) in [
+        (false, &transport),
+        (true, &transport),
+        (false, &with_pmtud),
+    ] {
         let mut config = server_tls.quinn_server_config()?;
         config.transport_config(Arc::clone(transport));
-        let endpoint = Endpoint::server(config, loopback)?;
+        let endpoint = endpoint(Some(config))?;
         addrs.push(endpoint.local_addr()?);
         // The task owns the endpoint; aborting it at the end closes the server.
         servers.push(tokio::spawn(echo_server(endpoint, half_rtt)));
     }
-    let (vigil_like, half_rtt, vigil_no_pmtud) = (addrs[0], addrs[1], addrs[2]);
-    let client = Endpoint::client(loopback)?;
+    let (vigil_like, half_rtt, pmtud_on) = (addrs[0], addrs[1], addrs[2]);
+    let client = endpoint(None)?;
     let payload = Bytes::from(vec![0x5a; PAYLOAD_LEN]);
 
     let setup = Setup {
@@ -612,11 +631,11 @@ pub async fn run(iterations: usize) -> Result<HandshakeReport, HandshakeError> {
     scenarios.push(
         connection_scenario(
             &setup,
-            "(e) cold, path-MTU discovery off on both sides (vigil has it on; for comparison)",
-            vigil_no_pmtud,
+            "(e) cold, path-MTU discovery ON (quinn's default; for comparison)",
+            pmtud_on,
             false,
             None,
-            || client_config(&client_tls, &no_pmtud, None),
+            || client_config(&client_tls, &with_pmtud, None),
         )
         .await?,
     );
@@ -706,15 +725,17 @@ impl HandshakeReport {
         let _ = writeln!(
             md,
             "- Setup: one process, loopback, vigil's TLS configurations (`vigil::tls::load_node_tls`: \
-             TLS 1.3, mutual certificates from a cluster CA, server name = node name) and its LAN \
-             QUIC transport settings; quinn with datagrams; a {}-byte datagram echoed by the server; \
-             {} operations per scenario after {WARMUP} warm-up ones; tokio with 2 worker threads. \
-             CPU is getrusage(RUSAGE_SELF) user+system over the scenario divided by operations \
-             (client and server together). Client bytes count every UDP payload the client sent \
-             and received until the echo: Initial packets padded to 1200 bytes and quinn's \
-             path-MTU probes (on by default, as in vigil) included. The server's certificate rides \
-             in room its first datagram would otherwise pad, so resumption saves CPU and time \
-             but no bytes here.\n",
+             TLS 1.3, mutual certificates from a cluster CA, server name = node name), its LAN \
+             QUIC transport settings (`vigil::transport::quic_transport_config`: path-MTU \
+             discovery off) and endpoint settings (`vigil::transport::endpoint_config`: 4-byte \
+             connection IDs) on both sides; quinn with datagrams; a {}-byte datagram echoed by \
+             the server; {} operations per scenario after {WARMUP} warm-up ones; tokio with 2 \
+             worker threads. CPU is getrusage(RUSAGE_SELF) user+system over the scenario divided \
+             by operations (client and server together). Client bytes count every UDP payload \
+             the client sent and received until the echo, Initial packets padded to 1200 bytes \
+             included; row (e) turns quinn's path-MTU discovery back on (both sides) to show what \
+             its padded probes cost. The server's certificate rides in room its first datagram \
+             would otherwise pad, so resumption saves CPU and time but no bytes here.\n",
             self.payload_bytes, self.iterations
         );
         let _ = writeln!(

@@ -14,11 +14,11 @@ async fn both_systems_converge_detect_and_count_on_three_nodes() {
         sizes: vec![3],
         runs: 1,
         window: Duration::from_secs(2),
-        settle: Duration::from_secs(1),
+        settle: Some(Duration::from_secs(1)),
         out: None,
     };
     let bins = Binaries {
-        vigil: env!("CARGO_BIN_EXE_vigil").into(),
+        vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
         udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
     };
     let report = run_bench(&params, &bins).await;
@@ -53,6 +53,24 @@ async fn both_systems_converge_detect_and_count_on_three_nodes() {
                 node.name
             );
             assert!(node.rx_packets_per_s > 0.0, "{system} {}: rx", node.name);
+            assert!(
+                node.wire_tx_bytes_per_s > node.tx_bytes_per_s,
+                "{system} {}: wire bytes",
+                node.name
+            );
+            // udp-node's warm-up runs between two of its once-a-second lines, which
+            // a 1 s settle may not separate; vigil's counters are read on the spot.
+            let warmup = node.warmup.as_ref().unwrap();
+            if run.system == System::Vigil {
+                assert!(warmup.secs > 0.0, "{system} {}: warm-up", node.name);
+                assert!(warmup.tx_bytes > 0, "{system} {}: warm-up", node.name);
+            }
+            assert_eq!(
+                warmup.connections_opened.is_some(),
+                run.system == System::Vigil,
+                "{system} {}: warm-up connections",
+                node.name
+            );
             assert!(node.rss_bytes > 0, "{system} {}: rss", node.name);
             assert!(node.cpu_fraction.is_finite() && node.cpu_fraction >= 0.0);
         }
@@ -61,6 +79,12 @@ async fn both_systems_converge_detect_and_count_on_three_nodes() {
     let summary = &report.summaries[0];
     assert_eq!(summary.n, 3);
     assert!(summary.ratios.tx_bytes_per_s.is_some());
+    assert!(summary.ratios.wire_tx_bytes_per_s.is_some());
+    assert!(markdown.contains("on the wire"), "{markdown}");
+    assert!(
+        markdown.contains("warm-up: bytes sent per node"),
+        "{markdown}"
+    );
     assert!(markdown.contains("### N = 3"), "{markdown}");
     assert!(markdown.contains("| 3 | vigil | 1 |"), "{markdown}");
     assert!(markdown.contains("| 3 | udp-node | 1 |"), "{markdown}");

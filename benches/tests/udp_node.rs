@@ -210,7 +210,9 @@ fn garbage_is_counted_and_sigterm_leaves_gracefully() {
     // datagram: each is counted and dropped, and the node carries on.
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
     junk.send_to(b"XXjunk", &a1_addr).unwrap();
-    junk.send_to(b"VG\x01\x00\x03\xff\xff\xff", &a1_addr)
+    // Envelope header, `Body::Swim` tag, an 8-byte view digest, then a 3-byte "SWIM
+    // packet" whose header cannot decode.
+    junk.send_to(b"VG\x01\x00\0\0\0\0\0\0\0\0\x03\xff\xff\xff", &a1_addr)
         .unwrap();
     junk.send_to(&[0u8; 1600], &a1_addr).unwrap();
     let at_least = |v: &Value, n: u64| v.as_u64().is_some_and(|x| x >= n);

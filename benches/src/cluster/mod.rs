@@ -8,9 +8,13 @@
 //! 2. follow every node's events from its first one and time join convergence: the
 //!    latest of the events that completed each node's view (all N-1 others alive),
 //!    stamped by the nodes themselves;
-//! 3. after a settle time, measure a steady-state window per node: UDP payload bytes
-//!    and packets per second (vigil: `/metrics` at both ends; udp-node: its own
-//!    cumulative counters), CPU share of one core and RSS (from `/proc`);
+//! 3. after a settle time long enough for vigil's mesh warm-up (each node dials every
+//!    peer during its first probe round: N probe periods, plus a margin), measure a
+//!    steady-state window per node: UDP payload bytes and packets per second
+//!    (vigil: `/metrics` at both ends; udp-node: its own cumulative counters), the
+//!    same on the wire (plus IPv4 and UDP headers), CPU share of one core and RSS
+//!    (from `/proc`); the warm-up (last node ready → window start) is recorded
+//!    separately: bytes and packets sent and, for vigil, QUIC connections opened;
 //! 4. SIGKILL one node (not the seed) and time each survivor's `member_down` for it
 //!    and the first `member_suspected`; count every suspicion or death declared about
 //!    a node that was not killed as a false positive;
@@ -31,7 +35,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use self::observe::{CHANNEL_CAPACITY, FalsePositive, Observer};
+use self::observe::{CHANNEL_CAPACITY, FalsePositive, Observer, Traffic};
 pub use self::report::Report;
 use self::systems::{BenchCluster, UdpCluster, VigilCluster, unix_ms};
 use crate::procstat;
@@ -40,6 +44,19 @@ use crate::procstat;
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Margin added to the mesh warm-up in the default settle time.
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The default wait between join convergence and the measurement window at `n`
+/// nodes: N probe periods of the LAN profile plus [`SETTLE_MARGIN`]. A vigil node
+/// dials each peer the first time it probes it, so its first probe round (N - 1
+/// probes) opens a connection to every peer; those handshakes are a one-time cost
+/// and belong before the window, not in it.
+pub fn default_settle(n: usize) -> Duration {
+    let period = vigil_protocol::profile::probe_period(vigil_protocol::Profile::Lan);
+    period * u32::try_from(n).unwrap_or(u32::MAX) + SETTLE_MARGIN
+}
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Params {
@@ -47,8 +64,9 @@ pub struct Params {
     pub runs: usize,
     #[serde(rename = "window_secs", serialize_with = "secs")]
     pub window: Duration,
-    #[serde(rename = "settle_secs", serialize_with = "secs")]
-    pub settle: Duration,
+    /// `None`: [`default_settle`] for each size; `Some`: this for every size.
+    #[serde(rename = "settle_secs", serialize_with = "opt_secs")]
+    pub settle: Option<Duration>,
     /// Where the raw numbers go; relative paths are taken from the workspace root.
     pub out: Option<PathBuf>,
 }
@@ -57,13 +75,20 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
 impl Default for Params {
     fn default() -> Self {
         Params {
             sizes: vec![10, 50],
             runs: 3,
             window: Duration::from_secs(20),
-            settle: Duration::from_secs(5),
+            settle: None,
             out: None,
         }
     }
@@ -75,7 +100,9 @@ usage: cargo bench -p vigil-benches --bench cluster -- [OPTIONS]
   --sizes N,N,...     cluster sizes (default 10,50; each at least 2)
   --runs R            runs per size and system (default 3)
   --window-secs S     steady-state measurement window (default 20)
-  --settle-secs S     wait after convergence before the window (default 5)
+  --settle-secs S     wait after convergence before the window, for every size
+                      (default N x the LAN probe period + 5 s: vigil's mesh
+                      warm-up, one connection to each peer, is over by then)
   --out PATH          raw results as JSON (default bench-results/cluster-<unix>.json,
                       relative to the workspace root)";
 
@@ -134,23 +161,32 @@ impl Params {
                     }
                     params.window = Duration::from_secs(secs as u64);
                 }
-                "--settle-secs" => params.settle = Duration::from_secs(number(&value)? as u64),
+                "--settle-secs" => {
+                    params.settle = Some(Duration::from_secs(number(&value)? as u64));
+                }
                 _ => params.out = Some(PathBuf::from(value)),
             }
         }
         Ok(Some(params))
     }
 
+    /// The settle time used at `n` nodes.
+    pub fn settle_for(&self, n: usize) -> Duration {
+        self.settle.unwrap_or_else(|| default_settle(n))
+    }
+
     /// The command line that reproduces a run with these parameters.
     pub fn command_line(&self) -> String {
         let sizes: Vec<String> = self.sizes.iter().map(usize::to_string).collect();
         let mut line = format!(
-            "cargo bench -p vigil-benches --bench cluster -- --sizes {} --runs {} --window-secs {} --settle-secs {}",
+            "cargo bench -p vigil-benches --bench cluster -- --sizes {} --runs {} --window-secs {}",
             sizes.join(","),
             self.runs,
             self.window.as_secs(),
-            self.settle.as_secs()
         );
+        if let Some(settle) = self.settle {
+            line.push_str(&format!(" --settle-secs {}", settle.as_secs()));
+        }
         if let Some(out) = &self.out {
             line.push_str(&format!(" --out {}", out.display()));
         }
@@ -196,12 +232,33 @@ pub struct NodeSteady {
     pub cpu_fraction: f64,
     /// Resident set size at the end of the window.
     pub rss_bytes: u64,
+    /// UDP bytes per second on the wire: payload plus [`IP_UDP_HEADER_BYTES`] per
+    /// packet.
+    pub wire_tx_bytes_per_s: f64,
     /// QUIC connections the node established during the window (vigil only): each
     /// one is a handshake inside the traffic figures.
     pub connections_opened: Option<u64>,
     /// SWIM messages sent per second as QUIC datagrams (vigil only; for udp-node
     /// every packet is one).
     pub swim_datagrams_per_s: Option<f64>,
+    /// What the node sent between the last node's ready line and the window's start
+    /// (the join and, for vigil, the mesh warm-up); `None` when it was not read.
+    pub warmup: Option<NodeWarmup>,
+}
+
+/// IPv4 (20 bytes, no options) plus UDP (8 bytes) header per packet.
+pub const IP_UDP_HEADER_BYTES: f64 = 28.0;
+
+/// Totals of one node between the last node's ready line and the window's start.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeWarmup {
+    /// Length of the interval the totals cover.
+    pub secs: f64,
+    /// UDP payload bytes sent.
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// QUIC connections established, both directions (vigil only).
+    pub connections_opened: Option<u64>,
 }
 
 /// Everything measured in one run of one system.
@@ -215,6 +272,9 @@ pub struct RunResult {
     pub first_start_ms: u64,
     /// Unix ms when the last node's ready line was read.
     pub last_ready_ms: Option<u64>,
+    /// The wait between convergence (or giving up on it) and the window.
+    #[serde(serialize_with = "secs")]
+    pub settle_secs: Duration,
     /// Node time (Unix ms) of join convergence.
     pub converged_at_ms: Option<u64>,
     pub convergence_from_last_ready_ms: Option<i64>,
@@ -237,13 +297,14 @@ pub struct RunResult {
 
 impl RunResult {
     /// A run with nothing measured yet.
-    fn new(system: System, n: usize, run: usize, victim: String) -> RunResult {
+    fn new(system: System, n: usize, run: usize, victim: String, settle: Duration) -> RunResult {
         RunResult {
             system,
             n,
             run,
             first_start_ms: unix_ms(),
             last_ready_ms: None,
+            settle_secs: settle,
             converged_at_ms: None,
             convergence_from_last_ready_ms: None,
             convergence_from_first_start_ms: None,
@@ -286,7 +347,8 @@ async fn run_once<C: BenchCluster>(
     let victim = victim_of(n);
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let mut obs = Observer::new(rx, names.clone(), victim.clone());
-    let mut result = RunResult::new(system, n, run, victim.clone());
+    let settle = params.settle_for(n);
+    let mut result = RunResult::new(system, n, run, victim.clone(), settle);
 
     // 1. Start.
     if let Err(e) = cluster.start_all(&names, &tx).await {
@@ -296,6 +358,10 @@ async fn run_once<C: BenchCluster>(
     }
     let last_ready = unix_ms();
     result.last_ready_ms = Some(last_ready);
+    // The warm-up's start: counters as the last node became ready.
+    if let Err(e) = cluster.mark_ready(last_ready).await {
+        result.failures.push(format!("warm-up: {e}"));
+    }
 
     // 2. Join convergence.
     let deadline = Instant::now() + JOIN_TIMEOUT;
@@ -317,8 +383,7 @@ async fn run_once<C: BenchCluster>(
     }
 
     // 3. Steady state.
-    obs.pump_until(Instant::now() + params.settle, |_| false)
-        .await;
+    obs.pump_until(Instant::now() + settle, |_| false).await;
     match measure_window(cluster, &mut obs, params.window).await {
         Ok(nodes) => result.nodes = nodes,
         Err(e) => result.failures.push(format!("steady state: {e}")),
@@ -360,7 +425,9 @@ async fn run_once<C: BenchCluster>(
     result
 }
 
-/// Measures the steady-state window: counters and `/proc` samples at both ends.
+/// Measures the steady-state window: counters and `/proc` samples at both ends;
+/// and the warm-up, from the counters as the last node became ready to the
+/// window's start.
 async fn measure_window<C: BenchCluster>(
     cluster: &mut C,
     obs: &mut Observer,
@@ -381,6 +448,7 @@ async fn measure_window<C: BenchCluster>(
     obs.pump_until(Instant::now() + window, |_| false).await;
     let cpu_end = sample_all()?;
     let traffic = cluster.traffic(obs).await?;
+    let at_ready = cluster.at_ready(obs);
 
     let mut nodes = Vec::new();
     for (name, (a, b)) in traffic {
@@ -392,11 +460,14 @@ async fn measure_window<C: BenchCluster>(
             return Err(format!("{name}: counters cover no time"));
         }
         let rate = |x: u64, y: u64| y.saturating_sub(x) as f64 / secs;
+        let tx_bytes_per_s = rate(a.tx_bytes, b.tx_bytes);
+        let tx_packets_per_s = rate(a.tx_packets, b.tx_packets);
         nodes.push(NodeSteady {
-            name,
+            name: name.clone(),
             traffic_secs: secs,
-            tx_bytes_per_s: rate(a.tx_bytes, b.tx_bytes),
-            tx_packets_per_s: rate(a.tx_packets, b.tx_packets),
+            tx_bytes_per_s,
+            tx_packets_per_s,
+            wire_tx_bytes_per_s: tx_bytes_per_s + IP_UDP_HEADER_BYTES * tx_packets_per_s,
             rx_bytes_per_s: rate(a.rx_bytes, b.rx_bytes),
             rx_packets_per_s: rate(a.rx_packets, b.rx_packets),
             cpu_fraction: procstat::cpu_fraction(c0, c1),
@@ -409,6 +480,7 @@ async fn measure_window<C: BenchCluster>(
                 .swim_datagrams
                 .zip(b.swim_datagrams)
                 .map(|(x, y)| rate(x, y)),
+            warmup: at_ready.get(&name).map(|r| warmup(r, &a)),
         });
     }
     if nodes.len() != pids.len() {
@@ -419,6 +491,19 @@ async fn measure_window<C: BenchCluster>(
         ));
     }
     Ok(nodes)
+}
+
+/// What a node sent between two readings of its counters.
+fn warmup(from: &Traffic, to: &Traffic) -> NodeWarmup {
+    NodeWarmup {
+        secs: (to.t_ms - from.t_ms).max(0.0) / 1000.0,
+        tx_bytes: to.tx_bytes.saturating_sub(from.tx_bytes),
+        tx_packets: to.tx_packets.saturating_sub(from.tx_packets),
+        connections_opened: from
+            .connections_opened
+            .zip(to.connections_opened)
+            .map(|(x, y)| y.saturating_sub(x)),
+    }
 }
 
 /// One run of `system` with a fresh cluster, dropped (every process gone) before
@@ -432,7 +517,7 @@ pub async fn run_system(
 ) -> RunResult {
     let names = node_names(n);
     let setup_failure = |e: String| {
-        let mut result = RunResult::new(system, n, run, victim_of(n));
+        let mut result = RunResult::new(system, n, run, victim_of(n), params.settle_for(n));
         result.failures.push(format!("setup: {e}"));
         result
     };
@@ -468,4 +553,47 @@ pub async fn run_bench(params: &Params, bins: &Binaries) -> Report {
     }
     report.finish();
     report
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn settle_defaults_to_n_probe_periods_plus_a_margin_unless_given() {
+        let period = vigil_protocol::profile::probe_period(vigil_protocol::Profile::Lan);
+        let params = Params::parse(["--sizes".to_string(), "10,50".to_string()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(params.settle, None);
+        assert_eq!(params.settle_for(50), period * 50 + SETTLE_MARGIN);
+        assert!(!params.command_line().contains("--settle-secs"));
+
+        let params = Params::parse(["--settle-secs=7".to_string()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(params.settle_for(50), Duration::from_secs(7));
+        assert_eq!(params.settle_for(10), Duration::from_secs(7));
+        assert!(params.command_line().ends_with("--settle-secs 7"));
+    }
+
+    #[test]
+    fn warmup_is_the_difference_of_two_readings() {
+        let at = |t_ms: f64, tx_bytes, conns| Traffic {
+            t_ms,
+            tx_bytes,
+            tx_packets: tx_bytes / 100,
+            connections_opened: conns,
+            ..Traffic::default()
+        };
+        let w = warmup(&at(1000.0, 500, Some(1)), &at(3500.0, 10_500, Some(9)));
+        assert_eq!((w.secs, w.tx_bytes, w.tx_packets), (2.5, 10_000, 100));
+        assert_eq!(w.connections_opened, Some(8));
+        assert_eq!(
+            warmup(&at(0.0, 0, None), &at(1.0, 0, None)).connections_opened,
+            None
+        );
+    }
 }

@@ -61,6 +61,15 @@ pub(crate) trait BenchCluster {
     /// Running nodes and their process ids.
     fn pids(&self) -> Vec<(String, u32)>;
 
+    /// Marks the start of the warm-up: the last node became ready at `unix_ms`
+    /// (vigil: reads the counters now).
+    async fn mark_ready(&mut self, unix_ms: u64) -> Result<(), String>;
+
+    /// Every node's cumulative counters as the last node became ready, as far as
+    /// they are known. Asked after the window, when udp-node's lines about that
+    /// moment have surely arrived.
+    fn at_ready(&self, obs: &Observer) -> BTreeMap<String, Traffic>;
+
     /// Marks the start of a measurement window (vigil: reads the counters now).
     async fn window_start(&mut self, obs: &mut Observer) -> Result<(), String>;
 
@@ -85,6 +94,7 @@ pub(crate) trait BenchCluster {
 pub struct VigilCluster {
     cluster: LocalCluster,
     followers: Vec<JoinHandle<()>>,
+    at_ready: BTreeMap<String, Traffic>,
     at_start: BTreeMap<String, Traffic>,
 }
 
@@ -98,6 +108,7 @@ impl VigilCluster {
         Ok(VigilCluster {
             cluster,
             followers: Vec::new(),
+            at_ready: BTreeMap::new(),
             at_start: BTreeMap::new(),
         })
     }
@@ -231,6 +242,15 @@ impl BenchCluster for VigilCluster {
             .collect()
     }
 
+    async fn mark_ready(&mut self, _unix_ms: u64) -> Result<(), String> {
+        self.at_ready = self.scrape().await?;
+        Ok(())
+    }
+
+    fn at_ready(&self, _obs: &Observer) -> BTreeMap<String, Traffic> {
+        self.at_ready.clone()
+    }
+
     async fn window_start(&mut self, _obs: &mut Observer) -> Result<(), String> {
         self.at_start = self.scrape().await?;
         Ok(())
@@ -288,6 +308,7 @@ pub struct UdpCluster {
     binary: PathBuf,
     dir: tempfile::TempDir,
     nodes: BTreeMap<String, UdpNode>,
+    ready_ms: f64,
     window_start_ms: f64,
 }
 
@@ -323,6 +344,7 @@ impl UdpCluster {
             binary: binary.to_path_buf(),
             dir,
             nodes: BTreeMap::new(),
+            ready_ms: 0.0,
             window_start_ms: 0.0,
         })
     }
@@ -473,6 +495,30 @@ impl BenchCluster for UdpCluster {
             .iter()
             .filter(|(_, n)| n.child.is_some())
             .map(|(name, n)| (name.clone(), n.pid))
+            .collect()
+    }
+
+    async fn mark_ready(&mut self, unix_ms: u64) -> Result<(), String> {
+        // Unix ms stay far below 2^53, so this is exact.
+        self.ready_ms = unix_ms as f64;
+        Ok(())
+    }
+
+    fn at_ready(&self, obs: &Observer) -> BTreeMap<String, Traffic> {
+        // The last line at or before that moment; a node reports once at its start
+        // and then every second, so only a node that had just started may have none
+        // yet, and its counters were then (about) zero.
+        self.nodes
+            .keys()
+            .map(|name| {
+                let at = obs
+                    .stats_at_or_before(name, self.ready_ms)
+                    .unwrap_or(Traffic {
+                        t_ms: self.ready_ms,
+                        ..Traffic::default()
+                    });
+                (name.clone(), at)
+            })
             .collect()
     }
 
