@@ -9,7 +9,9 @@
 //! Time is a `Duration` since an origin the driver picks (process start for the node,
 //! zero for the simulator). It must never go backwards.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use nohash_hasher::BuildNoHashHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -116,6 +118,9 @@ pub enum Event {
     },
     /// The cluster declared the local node down and it could not renew its identity.
     LocalDefunct,
+    /// Two distinct node names share a 64-bit name key, so SWIM takes them for one
+    /// node. One of them must be renamed.
+    NameKeyCollision { first: NodeId, second: NodeId },
 }
 
 impl Event {
@@ -132,6 +137,7 @@ impl Event {
             Event::LocalIsolated => "local_isolated",
             Event::LocalRejoined { .. } => "local_rejoined",
             Event::LocalDefunct => "local_defunct",
+            Event::NameKeyCollision { .. } => "name_key_collision",
         }
     }
 
@@ -148,6 +154,7 @@ impl Event {
             Event::LocalActive { identity } | Event::LocalRejoined { identity, .. } => {
                 Some(identity)
             }
+            Event::NameKeyCollision { second, .. } => Some(second),
             Event::LocalIsolated | Event::LocalDefunct => None,
         }
     }
@@ -240,6 +247,28 @@ pub fn peek_sender(bytes: &[u8]) -> Result<NodeName, InputError> {
     }
 }
 
+/// The members a SWIM packet can change: its sender and the members in its updates.
+/// Anything undecodable makes the whole view suspect (foca will refuse it anyway).
+fn touched_by_packet(packet: &[u8]) -> Touched {
+    let mut buf = packet;
+    let Ok(header) = Codec::<NodeId>::decode_header(&mut PostcardCodec, &mut buf) else {
+        return Touched::Everything;
+    };
+    let mut touched = Touched::Nothing;
+    touched.add(&header.src.name);
+    if buf.len() >= 2 && header.message != foca::Message::Broadcast {
+        let count = u16::from_be_bytes([buf[0], buf[1]]);
+        buf = &buf[2..];
+        for _ in 0..count {
+            match Codec::<NodeId>::decode_member(&mut PostcardCodec, &mut buf) {
+                Ok(member) => touched.add(&member.id().name),
+                Err(_) => return Touched::Everything,
+            }
+        }
+    }
+    touched
+}
+
 /// A short stable label for a foca error, for metrics.
 pub fn swim_error_kind(e: &foca::Error) -> &'static str {
     match e {
@@ -304,6 +333,8 @@ const MAX_LEFT_REMEMBERED: usize = 65_536;
 #[derive(Debug, Default)]
 struct GossipState {
     left: BTreeMap<NodeName, u64>,
+    /// Members whose "left" flag may have changed since the last view sync.
+    touched: Vec<NodeName>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +376,7 @@ impl BroadcastHandler<NodeId> for GossipRelay {
                     }
                 }
                 state.left.insert(name.clone(), generation);
+                state.touched.push(name.clone());
                 Ok(Some(GossipKey::Left { name, generation }))
             }
         }
@@ -388,8 +420,41 @@ struct ViewEntry {
     info: MemberInfo,
     /// Generation this entry adds to the digest (live members only).
     in_digest: Option<u64>,
-    /// Sweep number of the last sync that saw this member in foca's state.
-    seen_in_sweep: u64,
+}
+
+/// View entries by `NodeName::key` (already a hash: no rehashing).
+type View = HashMap<u64, ViewEntry, BuildNoHashHasher<u64>>;
+
+/// Members a call may have changed in foca's state.
+#[derive(Debug, Default)]
+enum Touched {
+    #[default]
+    Nothing,
+    /// Names in insertion order (kept deterministic), and the same names as a set.
+    Members(Vec<NodeName>, HashSet<NodeName>),
+    Everything,
+}
+
+impl Touched {
+    fn add(&mut self, name: &NodeName) {
+        match self {
+            Touched::Nothing => {
+                *self = Touched::Members(vec![name.clone()], HashSet::from([name.clone()]));
+            }
+            Touched::Members(names, set) => {
+                if set.insert(name.clone()) {
+                    names.push(name.clone());
+                }
+            }
+            Touched::Everything => {}
+        }
+    }
+
+    fn add_all(&mut self, names: Vec<NodeName>) {
+        for name in &names {
+            self.add(name);
+        }
+    }
 }
 
 /// The membership core of one node.
@@ -403,8 +468,13 @@ pub struct Core {
     timer_seq: u64,
     effects: VecDeque<Effect>,
     collected: Collected,
-    view: BTreeMap<NodeName, ViewEntry>,
-    sweep: u64,
+    /// The members by name key, as foca identifies them. Iterated only where order
+    /// cannot matter or after sorting (no hash order leaks into behaviour).
+    view: View,
+    /// What the current call may have changed (see `sync_view`).
+    touched: Touched,
+    /// The member foca is probing: its fate is decided when the next probe starts.
+    probe_target: Option<NodeName>,
     local: LocalState,
     local_since: Duration,
     /// Cluster size the current foca configuration was computed for.
@@ -444,8 +514,9 @@ impl Core {
             timer_seq: 0,
             effects: VecDeque::new(),
             collected: Collected::default(),
-            view: BTreeMap::new(),
-            sweep: 0,
+            view: View::default(),
+            touched: Touched::Nothing,
+            probe_target: None,
             local: LocalState::Joining,
             local_since: Duration::ZERO,
             configured_size: 1,
@@ -480,7 +551,9 @@ impl Core {
 
     /// Every member this node knows, the local node first, then by name.
     pub fn members(&self) -> impl Iterator<Item = MemberInfo> + '_ {
-        std::iter::once(self.local_info()).chain(self.view.values().map(|e| e.info.clone()))
+        let mut others: Vec<MemberInfo> = self.view.values().map(|e| e.info.clone()).collect();
+        others.sort_by(|a, b| a.id.name.cmp(&b.id.name));
+        std::iter::once(self.local_info()).chain(others)
     }
 
     /// One member by name (the local node included).
@@ -488,7 +561,14 @@ impl Core {
         if name == &self.identity().name {
             return Some(self.local_info());
         }
-        self.view.get(name).map(|e| e.info.clone())
+        self.view_entry(name).map(|e| e.info.clone())
+    }
+
+    /// The view entry for `name` (the key matches and so does the name).
+    fn view_entry(&self, name: &NodeName) -> Option<&ViewEntry> {
+        self.view
+            .get(&name.key())
+            .filter(|e| e.info.id.name == *name)
     }
 
     fn local_info(&self) -> MemberInfo {
@@ -512,7 +592,10 @@ impl Core {
         let mut seen = 0usize;
         for member in self.swim.iter_membership_state() {
             let id = member.id();
-            let Some(entry) = self.view.get(&id.name) else {
+            if id.name == self.identity().name {
+                continue; // an older generation of ourselves, not listed
+            }
+            let Some(entry) = self.view_entry(&id.name) else {
                 return Err(format!("{id:?} is in SWIM state but not in the view"));
             };
             let info = &entry.info;
@@ -556,6 +639,7 @@ impl Core {
         if self.local == LocalState::Left {
             return Err(CommandError::AlreadyLeft);
         }
+        // An announce only sends; foca's member list is unchanged.
         let result = self.swim.announce(seed, &mut self.collected);
         self.after_call(now);
         result.map_err(CommandError::from)
@@ -579,6 +663,7 @@ impl Core {
         }
         match wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)? {
             Body::Swim { digest, packet } => {
+                self.touched = touched_by_packet(packet);
                 let result = self.swim.handle_data(packet, &mut self.collected);
                 self.after_call(now);
                 // The sender's view differs from ours even after its news: pull the
@@ -597,6 +682,9 @@ impl Core {
                 Ok(())
             }
             Body::State { members, .. } => {
+                for m in &members {
+                    self.touched.add(&m.id().name);
+                }
                 // Applied without re-broadcasting: the sender's cluster already knows
                 // all of it, and a joiner re-gossiping every member would flood.
                 let result = self
@@ -653,7 +741,7 @@ impl Core {
         if self.last_pull.is_some_and(|t| now < t + interval) {
             return;
         }
-        let Some(entry) = self.view.get(from) else {
+        let Some(entry) = self.view_entry(from) else {
             return;
         };
         let to = entry.info.id.clone();
@@ -682,12 +770,14 @@ impl Core {
     /// Pulls from a random live member (on joining: the reply to an announce names
     /// only a sample of the members).
     fn pull_from_random(&mut self, now: Duration) {
-        let candidates: Vec<NodeId> = self
+        let mut candidates: Vec<NodeId> = self
             .view
             .values()
             .filter(|e| e.info.state != MemberState::Down)
             .map(|e| e.info.id.clone())
             .collect();
+        // Sorted first: the seeded choice must not depend on hash order.
+        candidates.sort_by(|a, b| a.name.cmp(&b.name));
         if candidates.is_empty() {
             return;
         }
@@ -710,6 +800,22 @@ impl Core {
             }
             match entry.remove() {
                 CoreTimer::Swim(timer) => {
+                    match &timer {
+                        Timer::ChangeSuspectToDown { member_id, .. } => {
+                            self.touched.add(&member_id.name);
+                        }
+                        Timer::RemoveDown(id) => self.touched.add(&id.name),
+                        // The previous probe's target turns suspect if it failed.
+                        Timer::ProbeRandomMember(_) => {
+                            if let Some(target) = self.probe_target.clone() {
+                                self.touched.add(&target);
+                            }
+                        }
+                        Timer::SendIndirectProbe { .. }
+                        | Timer::PeriodicAnnounce(_)
+                        | Timer::PeriodicAnnounceDown(_)
+                        | Timer::PeriodicGossip(_) => {}
+                    }
                     if let Err(e) = self.swim.handle_timer(timer, &mut self.collected) {
                         errors.push(e);
                     }
@@ -738,6 +844,7 @@ impl Core {
         // Left before foca runs: it reports the node "defunct" while leaving, which
         // is not news to anyone here.
         self.set_local(now, LocalState::Left);
+        // Leaving changes only the local node's state, which the view does not hold.
         let result = self.swim.leave_cluster(&mut self.collected);
         self.after_call(now);
         result.map_err(CommandError::from)
@@ -759,6 +866,27 @@ impl Core {
     /// into events.
     fn after_call(&mut self, now: Duration) {
         let collected = std::mem::take(&mut self.collected);
+        for notification in &collected.notifications {
+            match notification {
+                OwnedNotification::MemberUp(id) | OwnedNotification::MemberDown(id) => {
+                    self.touched.add(&id.name);
+                }
+                OwnedNotification::Rename(old, new) => {
+                    self.touched.add(&old.name);
+                    self.touched.add(&new.name);
+                    if old.name != new.name {
+                        // Distinct names with the same 64-bit key: foca now takes them
+                        // for one node. Astronomically unlikely; never silent.
+                        self.effects
+                            .push_back(Effect::Event(Event::NameKeyCollision {
+                                first: old.clone(),
+                                second: new.clone(),
+                            }));
+                    }
+                }
+                _ => {}
+            }
+        }
         // The view may have changed during the call: digest after syncing it.
         self.sync_view(now);
         let digest = self.digest.summary().to_le_bytes();
@@ -777,6 +905,9 @@ impl Core {
             }
         }
         for (after, timer) in collected.timers {
+            if let Timer::SendIndirectProbe { probed_id, .. } = &timer {
+                self.probe_target = Some(probed_id.name.clone());
+            }
             self.timer_seq += 1;
             self.timers
                 .insert((now + after, self.timer_seq), CoreTimer::Swim(timer));
@@ -840,53 +971,129 @@ impl Core {
         }
     }
 
-    /// Compares the view with foca's state and emits events for the differences.
-    /// Suspicion changes raise no foca notification, so this runs after every call.
+    /// Brings the view (and its digest) in step with foca's state for every member
+    /// the call may have changed, and emits events for the differences. foca raises
+    /// no notification for suspicion, hence the comparison; only touched members are
+    /// compared, so a message costs one scan of foca's member list, not a lookup per
+    /// member.
     fn sync_view(&mut self, now: Duration) {
-        self.sweep += 1;
-        let sweep = self.sweep;
-        let gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
-        for member in self.swim.iter_membership_state() {
-            let id = member.id();
-            let state = MemberState::from(member.state());
-            let incarnation = member.incarnation();
-            let left =
-                state == MemberState::Down && gossip.left.get(&id.name) == Some(&id.generation);
-            'update: {
-                let mut emit = |event| self.effects.push_back(Effect::Event(event));
-                let Some(entry) = self.view.get_mut(&id.name) else {
-                    if state != MemberState::Down {
-                        emit(Event::MemberJoined { member: id.clone() });
-                        if state == MemberState::Suspect {
-                            emit(Event::MemberSuspected {
-                                member: id.clone(),
-                                incarnation,
-                            });
-                        }
+        let mut touched = std::mem::take(&mut self.touched);
+        let left_items = {
+            let mut gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut gossip.touched)
+        };
+        touched.add_all(left_items);
+        match touched {
+            Touched::Nothing => {}
+            Touched::Everything => {
+                let members: Vec<foca::Member<NodeId>> =
+                    self.swim.iter_membership_state().cloned().collect();
+                // Hash sets here are only queried, never iterated: no order leaks out.
+                let present: HashSet<&NodeName> = members.iter().map(|m| &m.id().name).collect();
+                self.reconcile_all(&members, now);
+                // Forgetting touches only the view and the digest (XOR), so the
+                // order of this list does not matter.
+                let gone: Vec<NodeName> = self
+                    .view
+                    .values()
+                    .map(|e| &e.info.id.name)
+                    .filter(|n| !present.contains(*n))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.forget(&name);
+                }
+            }
+            Touched::Members(names, wanted) => {
+                let members: Vec<foca::Member<NodeId>> = self
+                    .swim
+                    .iter_membership_state()
+                    .filter(|m| wanted.contains(&m.id().name))
+                    .cloned()
+                    .collect();
+                self.reconcile_all(&members, now);
+                let found: HashSet<&NodeName> = members.iter().map(|m| &m.id().name).collect();
+                let gone: Vec<NodeName> = names
+                    .iter()
+                    .filter(|n| !found.contains(n))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.forget(&name);
+                }
+            }
+        }
+    }
+
+    fn reconcile_all(&mut self, members: &[foca::Member<NodeId>], now: Duration) {
+        let left: Vec<bool> = {
+            let gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
+            members
+                .iter()
+                .map(|m| {
+                    m.state() == foca::State::Down
+                        && gossip.left.get(&m.id().name) == Some(&m.id().generation)
+                })
+                .collect()
+        };
+        for (member, left) in members.iter().zip(left) {
+            self.reconcile(member, left, now);
+        }
+    }
+
+    /// foca forgot a member (`remove_down_after`); so do we.
+    fn forget(&mut self, name: &NodeName) {
+        if self.view_entry(name).is_none() {
+            return;
+        }
+        if let Some(entry) = self.view.remove(&name.key())
+            && let Some(generation) = entry.in_digest
+        {
+            self.digest.toggle(name, generation);
+        }
+    }
+
+    /// Updates one view entry from foca's record of the member.
+    fn reconcile(&mut self, member: &foca::Member<NodeId>, left: bool, now: Duration) {
+        let id = member.id();
+        if id.name == self.identity().name {
+            // An older generation of ourselves, which foca keeps as down.
+            return;
+        }
+        let state = MemberState::from(member.state());
+        let incarnation = member.incarnation();
+        let effects = &mut self.effects;
+        let mut emit = |event| effects.push_back(Effect::Event(event));
+        let entry = match self.view.entry(id.name.key()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                if state != MemberState::Down {
+                    emit(Event::MemberJoined { member: id.clone() });
+                    if state == MemberState::Suspect {
+                        emit(Event::MemberSuspected {
+                            member: id.clone(),
+                            incarnation,
+                        });
                     }
-                    self.view.insert(
-                        id.name.clone(),
-                        ViewEntry {
-                            info: MemberInfo {
-                                id: id.clone(),
-                                state,
-                                incarnation,
-                                left,
-                                is_local: false,
-                                since: now,
-                            },
-                            in_digest: None,
-                            seen_in_sweep: sweep,
-                        },
-                    );
-                    break 'update;
-                };
-                entry.seen_in_sweep = sweep;
+                }
+                slot.insert(ViewEntry {
+                    info: MemberInfo {
+                        id: id.clone(),
+                        state,
+                        incarnation,
+                        left,
+                        is_local: false,
+                        since: now,
+                    },
+                    in_digest: None,
+                })
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                let entry = slot.into_mut();
                 let info = &mut entry.info;
                 if info.id != *id {
                     let previous_generation = info.id.generation;
                     info.id = id.clone();
-                    info.left = false;
+                    info.left = left;
                     if state != MemberState::Down {
                         emit(Event::MemberRestarted {
                             member: id.clone(),
@@ -902,72 +1109,62 @@ impl Core {
                     info.state = state;
                     info.incarnation = incarnation;
                     info.since = now;
-                    break 'update;
-                }
-                if info.state != state || info.incarnation != incarnation {
-                    match (info.state, state) {
-                        (MemberState::Alive | MemberState::Suspect, MemberState::Down) => {
-                            emit(if left {
-                                Event::MemberLeft { member: id.clone() }
-                            } else {
-                                Event::MemberDown { member: id.clone() }
-                            });
+                } else {
+                    if info.state != state || info.incarnation != incarnation {
+                        match (info.state, state) {
+                            (MemberState::Alive | MemberState::Suspect, MemberState::Down) => {
+                                emit(if left {
+                                    Event::MemberLeft { member: id.clone() }
+                                } else {
+                                    Event::MemberDown { member: id.clone() }
+                                });
+                            }
+                            (MemberState::Down, MemberState::Alive | MemberState::Suspect) => {
+                                emit(Event::MemberJoined { member: id.clone() });
+                            }
+                            (_, MemberState::Suspect) => emit(Event::MemberSuspected {
+                                member: id.clone(),
+                                incarnation,
+                            }),
+                            (MemberState::Suspect, MemberState::Alive) => {
+                                emit(Event::MemberRefuted {
+                                    member: id.clone(),
+                                    incarnation,
+                                });
+                            }
+                            // A newer incarnation we never saw suspected, or a down
+                            // member's bookkeeping: nothing a client needs to hear.
+                            (MemberState::Alive, MemberState::Alive)
+                            | (MemberState::Down, MemberState::Down) => {}
                         }
-                        (MemberState::Down, MemberState::Alive | MemberState::Suspect) => {
-                            emit(Event::MemberJoined { member: id.clone() });
+                        if info.state != state {
+                            info.since = now;
                         }
-                        (_, MemberState::Suspect) => emit(Event::MemberSuspected {
-                            member: id.clone(),
-                            incarnation,
-                        }),
-                        (MemberState::Suspect, MemberState::Alive) => emit(Event::MemberRefuted {
-                            member: id.clone(),
-                            incarnation,
-                        }),
-                        // A newer incarnation we never saw suspected, or a down member's
-                        // bookkeeping: nothing a client needs to hear about.
-                        (MemberState::Alive, MemberState::Alive)
-                        | (MemberState::Down, MemberState::Down) => {}
+                        info.state = state;
+                        info.incarnation = incarnation;
                     }
-                    if info.state != state {
-                        info.since = now;
-                    }
-                    info.state = state;
-                    info.incarnation = incarnation;
-                }
-                if left && !info.left {
-                    // The leave notice arrived after the down update.
-                    info.left = true;
-                    if info.state == MemberState::Down && info.since != now {
-                        emit(Event::MemberLeft { member: id.clone() });
+                    if left && !info.left {
+                        // The leave notice arrived after the down update.
+                        info.left = true;
+                        if info.state == MemberState::Down && info.since != now {
+                            emit(Event::MemberLeft { member: id.clone() });
+                        }
                     }
                 }
+                entry
             }
-            // Keep the digest in step with the view: live identities only.
-            if let Some(entry) = self.view.get_mut(&id.name) {
-                let live =
-                    (entry.info.state != MemberState::Down).then_some(entry.info.id.generation);
-                if entry.in_digest != live {
-                    if let Some(old) = entry.in_digest {
-                        self.digest.toggle(&id.name, old);
-                    }
-                    if let Some(new) = live {
-                        self.digest.toggle(&id.name, new);
-                    }
-                    entry.in_digest = live;
-                }
+        };
+        // Keep the digest in step with the view: live identities only.
+        let live = (entry.info.state != MemberState::Down).then_some(entry.info.id.generation);
+        if entry.in_digest != live {
+            if let Some(old) = entry.in_digest {
+                self.digest.toggle(&id.name, old);
             }
+            if let Some(new) = live {
+                self.digest.toggle(&id.name, new);
+            }
+            entry.in_digest = live;
         }
-        drop(gossip);
-        // foca forgets down members after `remove_down_after`; so do we.
-        let digest = &mut self.digest;
-        self.view.retain(|name, entry| {
-            let keep = entry.seen_in_sweep == sweep;
-            if !keep && let Some(old) = entry.in_digest {
-                digest.toggle(name, old);
-            }
-            keep
-        });
     }
 }
 

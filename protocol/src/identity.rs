@@ -36,18 +36,61 @@ pub enum NameError {
 /// A node's name: 1 to 63 characters of `a-z`, `0-9` and `-`, starting and ending with
 /// a letter or digit (a DNS label, because it is also the certificate's DNS name).
 ///
-/// Cheap to clone: foca asks for it on nearly every message.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeName(Arc<str>);
+/// Carries a 64-bit key (a fixed hash of the text) so comparisons of different names
+/// usually stop after one integer compare, and so foca can use it as the member's
+/// address (see [`NodeId`]'s `foca::Identity`).
+#[derive(Clone)]
+pub struct NodeName {
+    text: Arc<str>,
+    key: u64,
+}
+
+/// Fixed so every node of every version derives the same key.
+const NAME_KEY_SEED: u64 = 0x7669_6769_6c2d_6e6b;
 
 impl NodeName {
     pub fn new(name: &str) -> Result<Self, NameError> {
         validate_name(name)?;
-        Ok(Self(Arc::from(name)))
+        Ok(Self {
+            text: Arc::from(name),
+            key: xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), NAME_KEY_SEED),
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The name's 64-bit key.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+impl PartialEq for NodeName {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.text == other.text
+    }
+}
+
+impl Eq for NodeName {}
+
+impl PartialOrd for NodeName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeName {
+    /// Alphabetical, so listings sort as people expect.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for NodeName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
     }
 }
 
@@ -73,13 +116,13 @@ fn validate_name(name: &str) -> Result<(), NameError> {
 
 impl fmt::Display for NodeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
 impl fmt::Debug for NodeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
@@ -92,7 +135,7 @@ impl std::str::FromStr for NodeName {
 
 impl Serialize for NodeName {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(&self.text)
     }
 }
 
@@ -210,7 +253,11 @@ impl fmt::Display for NodeId {
 }
 
 impl foca::Identity for NodeId {
-    type Addr = NodeName;
+    /// The name's key. foca compares addresses in linear scans over all members on
+    /// every update, so this must be cheap; two distinct names sharing a 64-bit key
+    /// (about even odds only at 2^32 names) would look like one node, and the core
+    /// reports such a rename as a collision.
+    type Addr = u64;
 
     fn renew(&self) -> Option<Self> {
         // Declared down (e.g. during a partition): come back as the next generation,
@@ -222,8 +269,8 @@ impl foca::Identity for NodeId {
         })
     }
 
-    fn addr(&self) -> NodeName {
-        self.name.clone()
+    fn addr(&self) -> u64 {
+        self.name.key()
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -300,6 +347,10 @@ mod tests {
         let renewed = id.renew().unwrap();
         assert_eq!(renewed.generation, 8);
         assert_eq!(renewed.addr(), id.addr());
+        assert_ne!(
+            NodeName::new("n1").unwrap().key(),
+            NodeName::new("n2").unwrap().key()
+        );
         assert!(renewed.win_addr_conflict(&id));
         assert!(!id.win_addr_conflict(&renewed));
         let last = NodeId {
