@@ -172,35 +172,15 @@ fn emit(line: &Line<'_>) -> io::Result<()> {
 }
 
 fn emit_event(event: &Event, local: &NodeId) -> io::Result<()> {
-    let (name, member, previous_generation, incarnation) = match event {
-        Event::MemberJoined { member } => ("member_joined", Some(member), None, None),
-        Event::MemberSuspected {
-            member,
-            incarnation,
-        } => ("member_suspected", Some(member), None, Some(*incarnation)),
-        Event::MemberRefuted {
-            member,
-            incarnation,
-        } => ("member_refuted", Some(member), None, Some(*incarnation)),
-        Event::MemberDown { member } => ("member_down", Some(member), None, None),
-        Event::MemberLeft { member } => ("member_left", Some(member), None, None),
-        Event::MemberRestarted {
-            member,
-            previous_generation,
-        } => (
-            "member_restarted",
-            Some(member),
-            Some(*previous_generation),
-            None,
-        ),
-        Event::LocalActive { .. } => ("local_active", None, None, None),
-        Event::LocalIsolated => ("local_isolated", None, None, None),
-        Event::LocalRejoined {
-            previous_generation,
-            ..
-        } => ("local_rejoined", None, Some(*previous_generation), None),
-        Event::LocalDefunct => ("local_defunct", None, None, None),
+    // Names come from the protocol, so this node and vigil report the same ones.
+    let name = event.kind();
+    let member = if name.starts_with("member_") {
+        event.member()
+    } else {
+        None
     };
+    let previous_generation = event.previous_generation();
+    let incarnation = event.incarnation();
     let generation = match event {
         Event::LocalActive { identity } | Event::LocalRejoined { identity, .. } => {
             identity.generation
