@@ -568,7 +568,7 @@ pub fn quic_transport_config(
         .send_window(1024 * 1024);
     // SWIM packets are capped to fit QUIC's minimum 1200-byte path MTU, so probing for
     // a larger MTU buys nothing; its padded probes were half of a handshake's bytes
-    // (docs/BENCHMARKS.md, "Handshake cost").
+    // (docs/BENCHMARKS.md, "what a probe pays on a cold connection").
     t.mtu_discovery_config(None);
     Ok(t)
 }
