@@ -243,7 +243,7 @@ pub fn peek_sender(bytes: &[u8]) -> Result<NodeName, InputError> {
             Ok(header.src.name)
         }
         Body::Pull { requester, .. } => Ok(requester.name),
-        Body::State { sender, .. } => Ok(sender),
+        Body::State { sender, .. } | Body::Suspicion { sender, .. } => Ok(sender),
     }
 }
 
@@ -420,6 +420,8 @@ struct ViewEntry {
     info: MemberInfo,
     /// Generation this entry adds to the digest (live members only).
     in_digest: Option<u64>,
+    /// When we last told this member it is suspected (at most once per probe period).
+    notified_at: Option<Duration>,
 }
 
 /// View entries by `NodeName::key` (already a hash: no rehashing).
@@ -671,6 +673,10 @@ impl Core {
                 if u64::from_le_bytes(digest) != self.digest.summary() {
                     self.pull_from(now, from);
                 }
+                // A member we hold as suspect just spoke to us, yet did not refute:
+                // it may never have heard of the suspicion (gossip about it can run
+                // out, e.g. during a partition). Tell it.
+                self.notify_if_suspect(now, from);
                 result.map_err(InputError::from)
             }
             Body::Pull { requester, buckets } => {
@@ -679,6 +685,12 @@ impl Core {
                     let theirs: Vec<u64> = buckets.into_iter().map(u64::from_le_bytes).collect();
                     self.answer_pull(requester, &theirs);
                 }
+                Ok(())
+            }
+            Body::Suspicion {
+                about, incarnation, ..
+            } => {
+                self.on_suspicion(now, from, about, incarnation);
                 Ok(())
             }
             Body::State { members, .. } => {
@@ -729,6 +741,54 @@ impl Core {
                 Err(_) => debug_assert!(false, "a state part exceeds a stream frame"),
             }
         }
+    }
+
+    /// Sends `name` a suspicion notice if we hold it as suspect, at most once per
+    /// probe period.
+    fn notify_if_suspect(&mut self, now: Duration, name: &NodeName) {
+        let interval = profile::probe_period(self.profile);
+        let me = self.identity().name.clone();
+        let Some(entry) = self.view.get_mut(&name.key()) else {
+            return;
+        };
+        if entry.info.id.name != *name || entry.info.state != MemberState::Suspect {
+            return;
+        }
+        if entry.notified_at.is_some_and(|t| now < t + interval) {
+            return;
+        }
+        entry.notified_at = Some(now);
+        let body = Body::Suspicion {
+            sender: me,
+            about: entry.info.id.clone(),
+            incarnation: entry.info.incarnation,
+        };
+        let to = entry.info.id.clone();
+        if let Ok(envelope) = wire::encode(&body, wire::MAX_DATAGRAM_LEN) {
+            self.effects.push_back(Effect::Send {
+                to,
+                envelope: Bytes::from(envelope),
+            });
+        }
+    }
+
+    /// `from` suspects us: refute (foca raises our incarnation and gossips it) and
+    /// tell `from` at once, since its own timer may declare us down.
+    fn on_suspicion(&mut self, now: Duration, from: &NodeName, about: NodeId, incarnation: u16) {
+        if about != *self.identity() || self.local == LocalState::Left {
+            return; // about an older generation of ours, or we are gone anyway
+        }
+        let suspect = foca::Member::new(about, incarnation, foca::State::Suspect);
+        let _ = self
+            .swim
+            .apply_many(std::iter::once(suspect), true, &mut self.collected);
+        // An announce carries our new incarnation in its header, which is all the
+        // suspecting node needs; refutations are rare, so its reply costs little.
+        if let Some(entry) = self.view_entry(from) {
+            let to = entry.info.id.clone();
+            let _ = self.swim.announce(to, &mut self.collected);
+        }
+        self.after_call(now);
     }
 
     /// Asks `from` for the members of the buckets where our digests differ, unless
@@ -1085,6 +1145,7 @@ impl Core {
                         since: now,
                     },
                     in_digest: None,
+                    notified_at: None,
                 })
             }
             std::collections::hash_map::Entry::Occupied(slot) => {

@@ -55,6 +55,14 @@ pub enum Body<'a> {
         sender: crate::identity::NodeName,
         members: Vec<foca::Member<NodeId>>,
     },
+    /// "I hold you (`about`) as suspect at `incarnation`": sent straight to a member
+    /// whose suspicion would otherwise reach it only by gossip, so it can refute at
+    /// once. `sender` must be the name the transport authenticated.
+    Suspicion {
+        sender: crate::identity::NodeName,
+        about: NodeId,
+        incarnation: u16,
+    },
 }
 
 impl Body<'_> {
@@ -63,6 +71,7 @@ impl Body<'_> {
             Body::Swim { .. } => "swim",
             Body::Pull { .. } => "pull",
             Body::State { .. } => "state",
+            Body::Suspicion { .. } => "suspicion",
         }
     }
 }

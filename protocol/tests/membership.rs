@@ -446,3 +446,33 @@ fn fifty_cores_joining_through_one_seed_converge_within_seconds() {
         }
     }
 }
+
+#[test]
+fn a_member_cut_off_alone_rejoins_and_suspects_nobody_afterwards() {
+    // Found by the simulator's swarm (seed 20): while cut off, one member suspects the
+    // others; after the heal they never hear of it (that gossip ran out during the
+    // partition), so unless they are told directly they never refute, and the member
+    // holds them as suspect for good.
+    let names: Vec<String> = (1..=21).map(|i| format!("n{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for cut_secs in [3u64, 6, 10] {
+        let mut net = Net::new(&refs);
+        net.join_all();
+        net.run_for(Duration::from_secs(5));
+        for other in &refs {
+            if *other != "n5" {
+                net.cut.insert((name("n5"), name(other)));
+            }
+        }
+        net.run_for(Duration::from_secs(cut_secs));
+        net.cut.clear();
+        net.run_for(Duration::from_secs(60));
+        assert!(
+            net.all_see_alive(&refs),
+            "cut for {cut_secs} s; n5 sees: {:?}",
+            refs.iter()
+                .map(|m| net.state_seen_by("n5", m))
+                .collect::<Vec<_>>()
+        );
+    }
+}

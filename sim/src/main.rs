@@ -1,0 +1,276 @@
+//! `vigil-sim run` and `vigil-sim swarm`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vigil_protocol::Profile;
+use vigil_sim::scenario::{self, Quantiles, Report, RunSpec, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "vigil-sim",
+    about = "Deterministic simulator for vigil's protocol core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One run of a scenario; prints a report.
+    Run(RunArgs),
+    /// Many seeds, each with its own cluster size, network and faults.
+    Swarm(SwarmArgs),
+}
+
+/// A duration like 500ms, 2s, 1.5s, 10m or 1h.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 30s, 10m or 1h"))?;
+    let secs = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit in {s:?}; use us, ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("{s:?} is not a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 100)]
+    nodes: u32,
+    #[arg(long, default_value = "crash")]
+    scenario: Scenario,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "lan")]
+    profile: Profile,
+    /// Message loss probability (0.01 = 1 %).
+    #[arg(long, default_value_t = 0.01)]
+    loss: f64,
+    /// Smallest one-way latency.
+    #[arg(long, default_value = "200us", value_parser = parse_duration)]
+    latency_min: Duration,
+    /// Largest one-way latency.
+    #[arg(long, default_value = "2ms", value_parser = parse_duration)]
+    latency_max: Duration,
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Steady-state window (the whole run for the steady scenario).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    window: Duration,
+    /// Crashes or stalls to inject.
+    #[arg(long, default_value_t = 5)]
+    faults: u32,
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    fault_spacing: Duration,
+    /// Check every view against the SWIM state every N events (0: off).
+    #[arg(long, default_value_t = 0)]
+    check_views_every: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SwarmArgs {
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    #[arg(long, default_value_t = 40)]
+    max_nodes: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+fn q(label: &str, q: &Quantiles, unit: &str) -> String {
+    if q.n == 0 {
+        return format!("  {label:<34} (none)");
+    }
+    format!(
+        "  {label:<34} min {:>8.3}  p50 {:>8.3}  p99 {:>8.3}  max {:>8.3} {unit}  (n={})",
+        q.min, q.p50, q.p99, q.max, q.n
+    )
+}
+
+fn print_report(r: &Report) {
+    let s = &r.spec;
+    println!(
+        "vigil-sim: {} nodes, scenario {:?}, profile {}, seed {}",
+        s.nodes,
+        s.scenario,
+        s.profile.as_str(),
+        s.seed
+    );
+    println!(
+        "network: latency {:?}..{:?}, loss {:.2}%, duplicate {:.2}%, reorder {:.2}%",
+        s.net.latency_min,
+        s.net.latency_max,
+        s.net.loss * 100.0,
+        s.net.duplicate * 100.0,
+        s.net.reorder * 100.0
+    );
+    match r.join_convergence_secs {
+        Some(t) => println!("join: every view complete {t:.2} s after the last start"),
+        None => println!("join: views NOT complete within 300 s"),
+    }
+    println!("steady state ({:?} window):", s.window);
+    println!(
+        "{}",
+        q(
+            "bytes sent per host per second",
+            &r.steady.bytes_per_host_per_sec,
+            "B/s"
+        )
+    );
+    println!(
+        "{}",
+        q(
+            "messages sent per host per second",
+            &r.steady.messages_per_host_per_sec,
+            "/s"
+        )
+    );
+    for (kind, msgs, bytes) in &r.steady.by_kind {
+        println!("    {kind:<10} {msgs:>8.2} messages/s  {bytes:>10.1} B/s per host (mean)");
+    }
+    let d = &r.detection;
+    if d.crashes > 0 {
+        println!(
+            "detection ({} crashes, seconds after the crash):",
+            d.crashes
+        );
+        println!("{}", q("first suspicion", &d.first_suspicion, "s"));
+        println!(
+            "{}",
+            q("first host to declare it down", &d.first_detector, "s")
+        );
+        println!("{}", q("every live observer", &d.every_observer, "s"));
+        println!("{}", q("last live observer", &d.last_observer, "s"));
+        println!("  observers that missed a crash: {}", d.missed);
+        println!("spread of a down declaration (seconds after the first):");
+        println!("{}", q("to 50 % of hosts", &d.spread_50, "s"));
+        println!("{}", q("to 99 % of hosts", &d.spread_99, "s"));
+        println!("{}", q("to 99.99 % of hosts", &d.spread_9999, "s"));
+    }
+    println!(
+        "false positives: {} (suspicions of healthy hosts: {})",
+        r.false_positives.len(),
+        r.suspicions_of_healthy
+    );
+    for fp in r.false_positives.iter().take(5) {
+        println!(
+            "  at {:?}: {} declared {} down",
+            fp.at, fp.observer, fp.member
+        );
+    }
+    match r.convergence_after_faults_secs {
+        Some(t) => println!("after the faults: views match the truth within {t:.2} s"),
+        None => println!("after the faults: views did NOT converge"),
+    }
+    println!(
+        "simulated {:.0} s in {:.1} s wall ({:.1} simulated s per wall s, {} events); {} messages lost, {} refused",
+        r.simulated_secs,
+        r.wall_secs,
+        r.sim_secs_per_wall_sec,
+        r.events,
+        r.messages_lost,
+        r.input_errors
+    );
+    for v in &r.violations {
+        println!("VIOLATION: {v}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => {
+            let mut spec = RunSpec::new(a.nodes, a.seed, a.scenario);
+            spec.profile = a.profile;
+            spec.net.loss = a.loss;
+            spec.net.latency_min = a.latency_min;
+            spec.net.latency_max = a.latency_max.max(a.latency_min);
+            spec.net.duplicate = a.duplicate;
+            spec.net.reorder = a.reorder;
+            spec.window = a.window;
+            spec.faults = a.faults;
+            spec.fault_spacing = a.fault_spacing;
+            spec.check_views_every = a.check_views_every;
+            let report = scenario::run(&spec);
+            if a.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("vigil-sim: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print_report(&report);
+            }
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "vigil-sim: invariant violated; replay with: cargo run -p vigil-sim --release -- run --nodes {} --scenario {:?} --seed {} --loss {}",
+                    a.nodes, a.scenario, a.seed, a.loss
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Command::Swarm(a) => {
+            let mut failures = 0;
+            let mut fps = 0;
+            for seed in a.first_seed..a.first_seed + a.seeds {
+                let outcome = scenario::swarm_one(seed, a.max_nodes);
+                fps += outcome.false_positives;
+                if a.json
+                    && let Ok(line) = serde_json::to_string(&outcome)
+                {
+                    println!("{line}");
+                }
+                if outcome.failed() {
+                    failures += 1;
+                    eprintln!(
+                        "seed {seed} FAILED ({} nodes): {}{}\n  faults: {:?}\n  replay: {}",
+                        outcome.nodes,
+                        outcome.panic.as_deref().unwrap_or(""),
+                        outcome
+                            .violations
+                            .iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        outcome.faults,
+                        scenario::replay_command(seed, a.max_nodes)
+                    );
+                }
+            }
+            eprintln!(
+                "swarm: {} seeds from {}, {failures} failed, {fps} false positives in total",
+                a.seeds, a.first_seed
+            );
+            if failures == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,991 @@
+//! The simulated world: hosts running `vigil_protocol::Core`, a network with latency,
+//! loss, duplication, reordering and partitions, and faults on a schedule.
+//!
+//! Everything happens in one queue ordered by (simulated time, sequence number), and
+//! every random choice comes from one `ChaCha8Rng` seeded from the run's seed, so a
+//! seed and a configuration reproduce a run bit for bit.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use vigil_protocol::{
+    Core, Effect, Event, LocalState, MemberState, NodeId, NodeName, Profile, Zone,
+};
+
+pub type HostId = u32;
+
+/// Per-message network behaviour.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetConfig {
+    /// One-way latency, drawn uniformly per message.
+    pub latency_min: Duration,
+    pub latency_max: Duration,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a message is held back by up to `reorder_delay` extra.
+    pub reorder: f64,
+    pub reorder_delay: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            latency_min: Duration::from_micros(200),
+            latency_max: Duration::from_millis(2),
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Something that happens to hosts or the network.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Fault {
+    /// The host stops at once (kill -9, power loss).
+    Crash(HostId),
+    /// A crashed host starts again with a new generation and joins through the seeds.
+    Restart(HostId),
+    /// The host processes nothing for `duration` (GC pause, SIGSTOP, CPU starvation),
+    /// then handles everything that queued up.
+    Stall { host: HostId, duration: Duration },
+    /// Every input of the host waits `delay` before it is handled, for `duration`.
+    Slow {
+        host: HostId,
+        delay: Duration,
+        duration: Duration,
+    },
+    /// Hosts in different groups cannot reach each other. With `one_way`, only
+    /// messages from a lower-numbered group to a higher-numbered one are lost.
+    Partition {
+        groups: Vec<Vec<HostId>>,
+        one_way: bool,
+    },
+    /// Ends any partition.
+    Heal,
+    /// Changes the loss probability.
+    SetLoss(f64),
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorldConfig {
+    pub nodes: u32,
+    pub zones: u32,
+    pub profile: Profile,
+    pub seed: u64,
+    pub net: NetConfig,
+    /// Hosts every other host joins through.
+    pub seeds: u32,
+    /// Delay between the starts of consecutive hosts at bootstrap.
+    pub start_stagger: Duration,
+    /// Check every core's view against foca's state every this many events (0: never).
+    pub check_views_every: u64,
+}
+
+impl WorldConfig {
+    pub fn new(nodes: u32, seed: u64) -> Self {
+        WorldConfig {
+            nodes,
+            zones: 3,
+            profile: Profile::Lan,
+            seed,
+            net: NetConfig::default(),
+            seeds: 3,
+            start_stagger: Duration::from_millis(2),
+            check_views_every: 0,
+        }
+    }
+}
+
+/// A broken invariant: the run is wrong, not merely slow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum Violation {
+    #[error("at {at:?}: {host}'s view disagrees with its SWIM state: {detail}")]
+    ViewInconsistent {
+        at: Duration,
+        host: String,
+        detail: String,
+    },
+    #[error("{after:?} after the last fault, views still differ from the truth: {detail}")]
+    NotConverged { after: Duration, detail: String },
+}
+
+/// A down declaration about a host that was up, reachable and running normally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FalsePositive {
+    pub at: Duration,
+    pub observer: String,
+    pub member: String,
+}
+
+/// What happened after one crash.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    pub host: String,
+    pub crashed_at: Duration,
+    /// Delay until each observer (alive through the whole detection) saw the host
+    /// down, sorted.
+    pub observed_after: Vec<Duration>,
+    /// Observers that never saw it down before the run ended.
+    pub missed: usize,
+    pub first_suspected_after: Option<Duration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct HostStats {
+    pub tx_bytes: u64,
+    pub tx_messages: u64,
+    pub rx_bytes: u64,
+    pub rx_messages: u64,
+}
+
+#[derive(Debug)]
+enum Action {
+    Deliver {
+        to: HostId,
+        from: HostId,
+        bytes: Bytes,
+        /// Already held back by a slow host once.
+        delayed: bool,
+    },
+    Timer {
+        host: HostId,
+        /// Already held back by a slow host once.
+        delayed: bool,
+    },
+    StallEnd {
+        host: HostId,
+    },
+    SlowEnd {
+        host: HostId,
+    },
+    Join {
+        host: HostId,
+    },
+    Fault(Fault),
+}
+
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    action: Action,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Same join policy as the node: announce to the seeds, back off from 200 ms to 10 s,
+/// and when isolated also to the members known most recently.
+const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+struct Host {
+    name: NodeName,
+    zone: Zone,
+    addr: SocketAddr,
+    generation: u64,
+    core: Option<Core>,
+    started: bool,
+    stalled_until: Option<Duration>,
+    slow_delay: Option<Duration>,
+    /// Inputs that arrived while stalled, handled in order when the stall ends.
+    backlog: Vec<(HostId, Bytes)>,
+    /// Due time of the timer entry in the queue, if any.
+    timer_at: Option<Duration>,
+    join_backoff: Duration,
+    join_pending: bool,
+    /// Last time the host was impaired (stalled, slowed, restarted): down declarations
+    /// about it shortly after are not false positives.
+    impaired_until: Duration,
+    stats: HostStats,
+}
+
+/// When one observer first suspected, and first declared down, one generation of a
+/// host.
+type Sighting = (Option<Duration>, Option<Duration>);
+
+/// An event a core reported, with when and where.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub at: Duration,
+    pub observer: HostId,
+    pub event: Event,
+}
+
+pub struct World {
+    pub config: WorldConfig,
+    now: Duration,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    rng: ChaCha8Rng,
+    hosts: Vec<Host>,
+    by_name: BTreeMap<NodeName, HostId>,
+    partition: Option<(Vec<u32>, bool)>,
+    /// Until when a partition (or its healing) may explain down declarations.
+    partition_effect_until: Duration,
+    loss: f64,
+    events_handled: u64,
+    /// Every core event, if recording is on.
+    pub observed: Vec<Observed>,
+    pub record_events: bool,
+    pub false_positives: Vec<FalsePositive>,
+    pub suspicions_of_healthy: u64,
+    crashes: Vec<(HostId, u64, Duration)>,
+    /// (host, generation) -> per observer: first suspect, first down.
+    sightings: BTreeMap<(HostId, u64), BTreeMap<HostId, Sighting>>,
+    pub violations: Vec<Violation>,
+    pub messages_lost: u64,
+    pub input_errors: u64,
+    /// Messages and bytes sent, by envelope kind (swim, pull, state).
+    pub sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
+}
+
+fn host_name(i: HostId) -> NodeName {
+    // Names are the identity everywhere; a fixed format keeps them valid.
+    NodeName::new(&format!("h{i}")).unwrap_or_else(|_| unreachable!("h<digits> is a valid name"))
+}
+
+fn host_addr(i: HostId) -> SocketAddr {
+    let [_, b, c, d] = i.to_be_bytes();
+    SocketAddr::from((Ipv4Addr::new(10, b, c, d), 7946))
+}
+
+impl World {
+    pub fn new(config: WorldConfig) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let zones: Vec<Zone> = (0..config.zones.max(1))
+            .map(|z| Zone::new(&format!("az{}", z + 1)).unwrap_or_else(|_| unreachable!()))
+            .collect();
+        let mut hosts = Vec::with_capacity(config.nodes as usize);
+        let mut by_name = BTreeMap::new();
+        for i in 0..config.nodes {
+            let name = host_name(i);
+            by_name.insert(name.clone(), i);
+            hosts.push(Host {
+                name,
+                zone: zones[(i as usize) % zones.len()].clone(),
+                addr: host_addr(i),
+                generation: 1 + u64::from(rng.next_u32() % 1000),
+                core: None,
+                started: false,
+                stalled_until: None,
+                slow_delay: None,
+                backlog: Vec::new(),
+                timer_at: None,
+                join_backoff: JOIN_BACKOFF_MIN,
+                join_pending: false,
+                impaired_until: Duration::ZERO,
+                stats: HostStats::default(),
+            });
+        }
+        let loss = config.net.loss;
+        World {
+            config,
+            now: Duration::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            rng,
+            hosts,
+            by_name,
+            partition: None,
+            partition_effect_until: Duration::ZERO,
+            loss,
+            events_handled: 0,
+            observed: Vec::new(),
+            record_events: false,
+            false_positives: Vec::new(),
+            suspicions_of_healthy: 0,
+            crashes: Vec::new(),
+            sightings: BTreeMap::new(),
+            violations: Vec::new(),
+            messages_lost: 0,
+            input_errors: 0,
+            sent_by_kind: BTreeMap::new(),
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    pub fn nodes(&self) -> u32 {
+        self.config.nodes
+    }
+
+    pub fn events_handled(&self) -> u64 {
+        self.events_handled
+    }
+
+    fn schedule(&mut self, at: Duration, action: Action) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            action,
+        }));
+    }
+
+    /// Starts every host, staggered, each joining through the seeds.
+    pub fn bootstrap(&mut self) {
+        for i in 0..self.config.nodes {
+            let at = self.now + self.config.start_stagger * i;
+            self.schedule(at, Action::Fault(Fault::Restart(i)));
+        }
+    }
+
+    /// Schedules `fault` at `at`.
+    pub fn schedule_fault(&mut self, at: Duration, fault: Fault) {
+        self.schedule(at, Action::Fault(fault));
+    }
+
+    /// Runs until the queue is empty or simulated time reaches `until`.
+    pub fn run_until(&mut self, until: Duration) {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > until {
+                break;
+            }
+            let Some(Reverse(Scheduled { at, action, .. })) = self.queue.pop() else {
+                break;
+            };
+            self.now = self.now.max(at);
+            self.events_handled += 1;
+            self.handle(action);
+            let every = self.config.check_views_every;
+            if every > 0 && self.events_handled.is_multiple_of(every) {
+                self.check_views();
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn handle(&mut self, action: Action) {
+        match action {
+            Action::Deliver {
+                to,
+                from,
+                bytes,
+                delayed,
+            } => self.deliver(to, from, bytes, delayed),
+            Action::Timer { host, delayed } => self.fire_timer(host, delayed),
+            Action::StallEnd { host } => self.end_stall(host),
+            Action::SlowEnd { host } => {
+                if let Some(h) = self.hosts.get_mut(host as usize) {
+                    h.slow_delay = None;
+                    h.impaired_until = self.now;
+                }
+            }
+            Action::Join { host } => self.join_attempt(host),
+            Action::Fault(fault) => self.apply_fault(fault),
+        }
+    }
+
+    fn is_up(&self, host: HostId) -> bool {
+        self.hosts
+            .get(host as usize)
+            .is_some_and(|h| h.core.is_some())
+    }
+
+    fn blocked(&self, from: HostId, to: HostId) -> bool {
+        match &self.partition {
+            None => false,
+            Some((group_of, one_way)) => {
+                let (a, b) = (group_of[from as usize], group_of[to as usize]);
+                a != b && (!one_way || a < b)
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: HostId, from: HostId, bytes: Bytes, delayed: bool) {
+        if self.blocked(from, to) {
+            self.messages_lost += 1;
+            return;
+        }
+        let now = self.now;
+        let Some(host) = self.hosts.get_mut(to as usize) else {
+            return;
+        };
+        if host.core.is_none() {
+            return;
+        }
+        if let Some(until) = host.stalled_until
+            && now < until
+        {
+            host.backlog.push((from, bytes));
+            return;
+        }
+        if let (Some(delay), false) = (host.slow_delay, delayed) {
+            self.schedule(
+                now + delay,
+                Action::Deliver {
+                    to,
+                    from,
+                    bytes,
+                    delayed: true,
+                },
+            );
+            return;
+        }
+        self.input(to, from, &bytes);
+        self.after_input(to);
+    }
+
+    fn input(&mut self, to: HostId, from: HostId, bytes: &Bytes) {
+        let now = self.now;
+        let from_name = self.hosts[from as usize].name.clone();
+        let host = &mut self.hosts[to as usize];
+        host.stats.rx_bytes += bytes.len() as u64;
+        host.stats.rx_messages += 1;
+        if let Some(core) = host.core.as_mut()
+            && core.handle_datagram(now, &from_name, bytes).is_err()
+        {
+            self.input_errors += 1;
+        }
+    }
+
+    fn fire_timer(&mut self, host_id: HostId, delayed: bool) {
+        let now = self.now;
+        let Some(host) = self.hosts.get_mut(host_id as usize) else {
+            return;
+        };
+        if host.timer_at != Some(now) {
+            return; // superseded by an earlier or later timer entry
+        }
+        if let (Some(delay), false) = (host.slow_delay, delayed) {
+            // A slow host notices its timers late, like everything else.
+            host.timer_at = Some(now + delay);
+            self.schedule(
+                now + delay,
+                Action::Timer {
+                    host: host_id,
+                    delayed: true,
+                },
+            );
+            return;
+        }
+        host.timer_at = None;
+        if host.stalled_until.is_some_and(|until| now < until) {
+            return; // rescheduled when the stall ends
+        }
+        if let Some(core) = host.core.as_mut() {
+            let _ = core.handle_timeout(now);
+        }
+        self.after_input(host_id);
+    }
+
+    fn end_stall(&mut self, host_id: HostId) {
+        let now = self.now;
+        let Some(host) = self.hosts.get_mut(host_id as usize) else {
+            return;
+        };
+        if host.stalled_until.is_none_or(|until| until > now) {
+            return;
+        }
+        host.stalled_until = None;
+        host.impaired_until = now;
+        // The node drains what queued up before it looks at its (overdue) timers.
+        let backlog = std::mem::take(&mut host.backlog);
+        for (from, bytes) in backlog {
+            self.input(host_id, from, &bytes);
+            self.drain(host_id);
+        }
+        if let Some(core) = self.hosts[host_id as usize].core.as_mut() {
+            let _ = core.handle_timeout(now);
+        }
+        self.after_input(host_id);
+    }
+
+    /// Executes the host's effects and re-arms its timer.
+    fn after_input(&mut self, host_id: HostId) {
+        self.drain(host_id);
+        let now = self.now;
+        let host = &mut self.hosts[host_id as usize];
+        let Some(core) = host.core.as_ref() else {
+            return;
+        };
+        // One queue entry per host: a later entry, if any, fires harmlessly early and
+        // re-arms; an entry whose time no longer matches `timer_at` is stale.
+        if let Some(due) = core.poll_timeout() {
+            let due = due.max(now);
+            if host.timer_at.is_none_or(|t| due < t) {
+                host.timer_at = Some(due);
+                self.schedule(
+                    due,
+                    Action::Timer {
+                        host: host_id,
+                        delayed: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn drain(&mut self, host_id: HostId) {
+        loop {
+            let effect = match self.hosts[host_id as usize].core.as_mut() {
+                Some(core) => core.poll_effect(),
+                None => None,
+            };
+            let Some(effect) = effect else { break };
+            match effect {
+                Effect::Send { to, envelope } => self.send(host_id, &to, envelope),
+                Effect::Event(event) => self.observe(host_id, event),
+            }
+        }
+    }
+
+    fn send(&mut self, from: HostId, to: &NodeId, envelope: Bytes) {
+        let Some(&to_id) = self.by_name.get(&to.name) else {
+            return;
+        };
+        let stats = &mut self.hosts[from as usize].stats;
+        stats.tx_bytes += envelope.len() as u64;
+        stats.tx_messages += 1;
+        let kind =
+            vigil_protocol::wire::decode(&envelope, vigil_protocol::wire::MAX_STREAM_FRAME_LEN)
+                .map_or("undecodable", |b| b.kind());
+        let entry = self.sent_by_kind.entry(kind).or_default();
+        entry.0 += 1;
+        entry.1 += envelope.len() as u64;
+        if self.rng.random_bool(self.loss.clamp(0.0, 1.0)) {
+            self.messages_lost += 1;
+            return;
+        }
+        let copies = if self
+            .rng
+            .random_bool(self.config.net.duplicate.clamp(0.0, 1.0))
+        {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let net = &self.config.net;
+            let span = net.latency_max.saturating_sub(net.latency_min);
+            let mut latency = net.latency_min + span.mul_f64(self.rng.random::<f64>());
+            if self.rng.random_bool(net.reorder.clamp(0.0, 1.0)) {
+                latency += net.reorder_delay.mul_f64(self.rng.random::<f64>());
+            }
+            let at = self.now + latency;
+            self.schedule(
+                at,
+                Action::Deliver {
+                    to: to_id,
+                    from,
+                    bytes: envelope.clone(),
+                    delayed: false,
+                },
+            );
+        }
+    }
+
+    fn observe(&mut self, observer: HostId, event: Event) {
+        let now = self.now;
+        match &event {
+            Event::MemberDown { member } | Event::MemberLeft { member } => {
+                if let Some(&m) = self.by_name.get(&member.name) {
+                    self.sighting(m, member.generation, observer, false);
+                    if self.is_healthy(m, member.generation) {
+                        self.false_positives.push(FalsePositive {
+                            at: now,
+                            observer: self.hosts[observer as usize].name.to_string(),
+                            member: member.name.to_string(),
+                        });
+                    }
+                }
+            }
+            Event::MemberSuspected { member, .. } => {
+                if let Some(&m) = self.by_name.get(&member.name) {
+                    self.sighting(m, member.generation, observer, true);
+                    if self.is_healthy(m, member.generation) {
+                        self.suspicions_of_healthy += 1;
+                    }
+                }
+            }
+            Event::LocalActive { .. } => {
+                let host = &mut self.hosts[observer as usize];
+                host.join_pending = false;
+                host.join_backoff = JOIN_BACKOFF_MIN;
+            }
+            Event::LocalIsolated => {
+                let host = &mut self.hosts[observer as usize];
+                if !host.join_pending {
+                    host.join_pending = true;
+                    self.schedule(now, Action::Join { host: observer });
+                }
+            }
+            Event::LocalRejoined { identity, .. } => {
+                self.hosts[observer as usize].generation = identity.generation;
+            }
+            _ => {}
+        }
+        if self.record_events {
+            self.observed.push(Observed {
+                at: now,
+                observer,
+                event,
+            });
+        }
+    }
+
+    /// The host runs this generation, has not been impaired recently, and no
+    /// partition could explain its absence.
+    fn is_healthy(&self, host: HostId, generation: u64) -> bool {
+        let Some(h) = self.hosts.get(host as usize) else {
+            return false;
+        };
+        let grace = self.explanation_window();
+        h.core.is_some()
+            && h.generation == generation
+            && h.stalled_until.is_none()
+            && h.slow_delay.is_none()
+            && self.now >= h.impaired_until + grace
+            && self.partition.is_none()
+            && self.now >= self.partition_effect_until + grace
+    }
+
+    /// How long after an impairment a down declaration may still be explained by it:
+    /// the longest suspicion plus a few probe periods.
+    fn explanation_window(&self) -> Duration {
+        let n = self.config.nodes.max(1);
+        vigil_protocol::profile::max_suspicion_timeout(self.config.profile, n)
+            + vigil_protocol::profile::probe_period(self.config.profile) * 4
+    }
+
+    fn sighting(&mut self, host: HostId, generation: u64, observer: HostId, suspect: bool) {
+        let now = self.now;
+        let entry = self
+            .sightings
+            .entry((host, generation))
+            .or_default()
+            .entry(observer)
+            .or_insert((None, None));
+        if suspect {
+            entry.0.get_or_insert(now);
+        } else {
+            entry.1.get_or_insert(now);
+        }
+    }
+
+    fn join_attempt(&mut self, host_id: HostId) {
+        let now = self.now;
+        let seeds: Vec<NodeId> = (0..self.config.seeds.min(self.config.nodes))
+            .filter(|s| *s != host_id)
+            .map(|s| {
+                let h = &self.hosts[s as usize];
+                // Like the node, the seed's generation is unknown: a placeholder.
+                NodeId::new(h.name.clone(), h.addr, h.zone.clone(), 0)
+            })
+            .collect();
+        let host = &mut self.hosts[host_id as usize];
+        let Some(core) = host.core.as_mut() else {
+            return;
+        };
+        match core.local_state() {
+            LocalState::Active | LocalState::Left => {
+                host.join_pending = false;
+                return;
+            }
+            LocalState::Joining | LocalState::Isolated => {}
+        }
+        if host.stalled_until.is_some_and(|u| now < u) {
+            let at = host.stalled_until.unwrap_or(now);
+            self.schedule(at, Action::Join { host: host_id });
+            return;
+        }
+        for seed in seeds {
+            let _ = core.announce(now, seed);
+        }
+        if core.local_state() == LocalState::Isolated {
+            let mut known: Vec<_> = core.members().filter(|m| !m.is_local).collect();
+            known.sort_by(|a, b| {
+                b.since
+                    .cmp(&a.since)
+                    .then_with(|| a.id.name.cmp(&b.id.name))
+            });
+            for m in known.into_iter().take(3) {
+                let _ = core.announce(now, m.id);
+            }
+        }
+        let jitter = 0.8 + 0.4 * self.rng.random::<f64>();
+        let host = &mut self.hosts[host_id as usize];
+        let wait = host.join_backoff.mul_f64(jitter);
+        host.join_backoff = (host.join_backoff * 2).min(JOIN_BACKOFF_MAX);
+        self.schedule(now + wait, Action::Join { host: host_id });
+        self.after_input(host_id);
+    }
+
+    fn apply_fault(&mut self, fault: Fault) {
+        let now = self.now;
+        match fault {
+            Fault::Crash(h) => {
+                let Some(host) = self.hosts.get_mut(h as usize) else {
+                    return;
+                };
+                if host.core.take().is_some() {
+                    host.backlog.clear();
+                    host.timer_at = None;
+                    host.stalled_until = None;
+                    host.slow_delay = None;
+                    host.join_pending = false;
+                    self.crashes.push((h, host.generation, now));
+                }
+            }
+            Fault::Restart(h) => {
+                let seed = self.rng.next_u64();
+                let profile = self.config.profile;
+                let Some(host) = self.hosts.get_mut(h as usize) else {
+                    return;
+                };
+                if host.core.is_some() {
+                    return;
+                }
+                if host.started {
+                    host.generation += 1_000;
+                }
+                host.started = true;
+                let id = NodeId::new(
+                    host.name.clone(),
+                    host.addr,
+                    host.zone.clone(),
+                    host.generation,
+                );
+                host.core = Some(Core::new(id, profile, seed));
+                host.impaired_until = now;
+                host.join_backoff = JOIN_BACKOFF_MIN;
+                // Every host joins through the seeds, like a node with --seed. The very
+                // first one finds nobody yet and is found by the others instead.
+                host.join_pending = true;
+                self.schedule(now, Action::Join { host: h });
+            }
+            Fault::Stall { host: h, duration } => {
+                if let Some(host) = self.hosts.get_mut(h as usize)
+                    && host.core.is_some()
+                {
+                    let until = now + duration;
+                    host.stalled_until = Some(host.stalled_until.map_or(until, |u| u.max(until)));
+                    self.schedule(until, Action::StallEnd { host: h });
+                }
+            }
+            Fault::Slow {
+                host: h,
+                delay,
+                duration,
+            } => {
+                if let Some(host) = self.hosts.get_mut(h as usize)
+                    && host.core.is_some()
+                {
+                    host.slow_delay = Some(delay);
+                    self.schedule(now + duration, Action::SlowEnd { host: h });
+                }
+            }
+            Fault::Partition { groups, one_way } => {
+                let mut group_of = vec![u32::MAX; self.hosts.len()];
+                for (g, members) in groups.iter().enumerate() {
+                    for &m in members {
+                        if let Some(slot) = group_of.get_mut(m as usize) {
+                            *slot = g as u32;
+                        }
+                    }
+                }
+                self.partition = Some((group_of, one_way));
+            }
+            Fault::Heal => {
+                if self.partition.take().is_some() {
+                    self.partition_effect_until = now;
+                }
+            }
+            Fault::SetLoss(p) => self.loss = p,
+        }
+    }
+
+    /// Compares every live core's view with its SWIM state.
+    pub fn check_views(&mut self) {
+        let now = self.now;
+        for host in &self.hosts {
+            if let Some(core) = host.core.as_ref()
+                && let Err(detail) = core.check_view()
+            {
+                self.violations.push(Violation::ViewInconsistent {
+                    at: now,
+                    host: host.name.to_string(),
+                    detail,
+                });
+            }
+        }
+    }
+
+    /// Differences between the live hosts' views and the truth (empty when converged):
+    /// every live host sees every other live host's current generation alive and no
+    /// crashed host alive.
+    pub fn divergence(&self, limit: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let live: Vec<&Host> = self.hosts.iter().filter(|h| h.core.is_some()).collect();
+        for observer in &live {
+            let Some(core) = observer.core.as_ref() else {
+                continue;
+            };
+            if live.len() > 1 && core.local_state() != LocalState::Active {
+                out.push(format!("{} is {:?}", observer.name, core.local_state()));
+            }
+            for other in &self.hosts {
+                if other.name == observer.name {
+                    continue;
+                }
+                let seen = core.member(&other.name);
+                let ok = match (&other.core, &seen) {
+                    (Some(_), Some(m)) => {
+                        m.state == MemberState::Alive && m.id.generation == other.generation
+                    }
+                    (Some(_), None) => false,
+                    (None, Some(m)) => m.state == MemberState::Down,
+                    (None, None) => true,
+                };
+                if !ok {
+                    out.push(format!(
+                        "{} sees {} as {:?}",
+                        observer.name,
+                        other.name,
+                        seen.map(|m| (m.state, m.id.generation))
+                    ));
+                }
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs until the views match the truth, checking every `step`, for at most
+    /// `bound`. Returns how long it took.
+    pub fn run_until_converged(&mut self, bound: Duration, step: Duration) -> Option<Duration> {
+        let start = self.now;
+        loop {
+            if self.divergence(1).is_empty() {
+                return Some(self.now - start);
+            }
+            if self.now - start >= bound {
+                return None;
+            }
+            self.run_for(step);
+        }
+    }
+
+    /// Like [`World::run_until_converged`], recording a violation on failure.
+    pub fn require_convergence(&mut self, bound: Duration) -> Option<Duration> {
+        let took = self.run_until_converged(bound, Duration::from_millis(250));
+        if took.is_none() {
+            let detail = self.divergence(5).join("; ");
+            self.violations.push(Violation::NotConverged {
+                after: bound,
+                detail,
+            });
+        }
+        took
+    }
+
+    pub fn live_hosts(&self) -> Vec<HostId> {
+        (0..self.config.nodes).filter(|h| self.is_up(*h)).collect()
+    }
+
+    pub fn host_stats(&self) -> Vec<HostStats> {
+        self.hosts.iter().map(|h| h.stats).collect()
+    }
+
+    pub fn name_of(&self, host: HostId) -> String {
+        self.hosts
+            .get(host as usize)
+            .map_or_else(String::new, |h| h.name.to_string())
+    }
+
+    /// Picks a random live host other than the seeds, if any.
+    pub fn random_live_host(&mut self) -> Option<HostId> {
+        let candidates: Vec<HostId> = self
+            .live_hosts()
+            .into_iter()
+            .filter(|h| *h >= self.config.seeds)
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = self.rng.random_range(0..candidates.len());
+        Some(candidates[i])
+    }
+
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    /// Detection figures for every crash so far. Observers are the hosts that were up
+    /// at the crash and are still up now.
+    pub fn detections(&self) -> Vec<Detection> {
+        self.crashes
+            .iter()
+            .map(|&(host, generation, crashed_at)| {
+                let seen = self.sightings.get(&(host, generation));
+                let mut observed_after = Vec::new();
+                let mut missed = 0;
+                let mut first_suspected_after: Option<Duration> = None;
+                for observer in 0..self.config.nodes {
+                    if observer == host || !self.is_up(observer) {
+                        continue;
+                    }
+                    let sighting = seen.and_then(|s| s.get(&observer));
+                    if let Some((suspect, _)) = sighting
+                        && let Some(t) = suspect
+                        && *t >= crashed_at
+                    {
+                        let d = *t - crashed_at;
+                        first_suspected_after = Some(first_suspected_after.map_or(d, |f| f.min(d)));
+                    }
+                    match sighting.and_then(|s| s.1) {
+                        Some(t) if t >= crashed_at => observed_after.push(t - crashed_at),
+                        _ => missed += 1,
+                    }
+                }
+                observed_after.sort();
+                Detection {
+                    host: self.name_of(host),
+                    crashed_at,
+                    observed_after,
+                    missed,
+                    first_suspected_after,
+                }
+            })
+            .collect()
+    }
+
+    /// Zone of a host, for zone partitions.
+    pub fn zone_index(&self, host: HostId) -> u32 {
+        host % self.config.zones.max(1)
+    }
+}
