@@ -109,3 +109,39 @@ async fn a_restarted_node_rejoins_under_a_new_generation() {
     c.wait_converged(CONVERGE).await.expect("converge again");
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_until_declared_down_rejoins_by_itself() {
+    // SIGSTOP cuts the node off as a partition would; after SIGCONT it must learn it
+    // was declared down, come back as a new generation, and the views must agree
+    // again with no operator action.
+    let mut c = cluster!(&FIVE);
+    start_all(&mut c, &FIVE).await;
+    c.wait_converged(CONVERGE).await.expect("converge");
+    let old_generation = c.node("n5").unwrap().generation;
+    c.signal("n5", nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for observer in ["n1", "n2", "n3", "n4"] {
+        c.wait_members(observer, "n5 down", DETECT, |ms| {
+            ms.iter().any(|m| m.name == "n5" && m.state == "down")
+        })
+        .await
+        .expect("n5 declared down while paused");
+    }
+    c.signal("n5", nix::sys::signal::Signal::SIGCONT).unwrap();
+    let rejoined = c
+        .wait_event("n5", CONVERGE, |e| e.kind == "local_rejoined")
+        .await
+        .expect("n5 renews its identity");
+    let new_generation = rejoined.member_generation.expect("its new generation");
+    assert!(new_generation > old_generation);
+    for observer in ["n1", "n2", "n3", "n4"] {
+        c.wait_members(observer, "n5 alive again", CONVERGE, |ms| {
+            ms.iter()
+                .any(|m| m.name == "n5" && m.state == "alive" && m.generation == new_generation)
+        })
+        .await
+        .expect("n5 back in every view");
+    }
+    c.wait_converged(CONVERGE).await.expect("views agree again");
+    c.stop_all().await;
+}
