@@ -702,25 +702,12 @@ async fn warm_scenario(
 impl HandshakeReport {
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        let m = &self.machine;
-        let _ = writeln!(
-            md,
-            "## QUIC + mutual TLS: what a probe pays on a cold connection\n"
-        );
-        let _ = writeln!(md, "Command (from the workspace root):\n");
-        let _ = writeln!(md, "```sh\n{}\n```\n", self.command);
-        let _ = writeln!(md, "- Date: {}", self.date);
-        let _ = writeln!(
-            md,
-            "- Machine: {} CPUs (nproc), {}, Linux {}",
-            m.nproc,
-            m.cpu_model.as_deref().unwrap_or("unknown CPU"),
-            m.kernel.as_deref().unwrap_or("unknown")
-        );
-        let _ = writeln!(
-            md,
-            "- Commit: {}",
-            self.git.as_deref().unwrap_or("unknown (no git)")
+        self.machine.write_provenance(
+            &mut md,
+            "QUIC + mutual TLS: what a probe pays on a cold connection",
+            &self.command,
+            &self.date,
+            self.git.as_deref(),
         );
         let _ = writeln!(
             md,

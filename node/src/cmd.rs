@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
+use crate::api::MemberJson;
 use crate::cli::{CertCommand, Cli, Command, EventsArgs, HealthArgs, MembersArgs};
 use crate::client::{self, StreamItem};
 use crate::config::{self, AgentConfig, LogFormat};
@@ -33,16 +34,9 @@ pub fn main_entry() -> ExitCode {
                 }
             };
             init_logging(config.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(true) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("vigil: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(crate::node::run_agent(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -64,15 +58,9 @@ pub fn main_entry() -> ExitCode {
             }
         },
         Command::Demo(args) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(false) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("vigil: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(demo::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -114,16 +102,26 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
+/// A Tokio runtime: two worker threads for the daemon, the current thread for the
+/// short-lived commands.
+fn runtime(daemon: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if daemon {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("vigil: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn run_client(fut: impl std::future::Future<Output = Result<(), Failure>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("vigil: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,24 +143,11 @@ async fn members(args: MembersArgs) -> Result<(), Failure> {
         writeln!(out)?;
         return Ok(());
     }
-    let name_w = members
-        .iter()
-        .map(|m| m.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let zone_w = members
-        .iter()
-        .map(|m| m.zone.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let addr_w = members
-        .iter()
-        .map(|m| m.addr.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width =
+        |field: fn(&MemberJson) -> usize| members.iter().map(field).max().unwrap_or(0).max(4);
+    let name_w = width(|m| m.name.len() + 1);
+    let zone_w = width(|m| m.zone.len());
+    let addr_w = width(|m| m.addr.len());
     writeln!(
         out,
         "{:<name_w$}  {:<zone_w$}  {:<addr_w$}  {:<7}  {:>14}  SINCE",

@@ -28,6 +28,29 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The heading, command, date, machine and commit lines every report starts with.
+    pub fn write_provenance(
+        &self,
+        md: &mut String,
+        title: &str,
+        command: &str,
+        date: &str,
+        git: Option<&str>,
+    ) {
+        let _ = writeln!(md, "## {title}\n");
+        let _ = writeln!(md, "Command (from the workspace root):\n");
+        let _ = writeln!(md, "```sh\n{command}\n```\n");
+        let _ = writeln!(md, "- Date: {date}");
+        let _ = writeln!(
+            md,
+            "- Machine: {} CPUs (nproc), {}, Linux {}",
+            self.nproc,
+            self.cpu_model.as_deref().unwrap_or("unknown CPU"),
+            self.kernel.as_deref().unwrap_or("unknown")
+        );
+        let _ = writeln!(md, "- Commit: {}", git.unwrap_or("unknown (no git)"));
+    }
+
     pub fn probe() -> Machine {
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
             s.lines()
@@ -336,25 +359,12 @@ impl Report {
     /// A section ready to paste into docs/BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        let m = &self.machine;
-        let _ = writeln!(
-            md,
-            "## Whole cluster: vigil vs. the same core over plain UDP\n"
-        );
-        let _ = writeln!(md, "Command (from the workspace root):\n");
-        let _ = writeln!(md, "```sh\n{}\n```\n", self.command);
-        let _ = writeln!(md, "- Date: {}", self.date);
-        let _ = writeln!(
-            md,
-            "- Machine: {} CPUs (nproc), {}, Linux {}",
-            m.nproc,
-            m.cpu_model.as_deref().unwrap_or("unknown CPU"),
-            m.kernel.as_deref().unwrap_or("unknown")
-        );
-        let _ = writeln!(
-            md,
-            "- Commit: {}",
-            self.git.as_deref().unwrap_or("unknown (no git)")
+        self.machine.write_provenance(
+            &mut md,
+            "Whole cluster: vigil vs. the same core over plain UDP",
+            &self.command,
+            &self.date,
+            self.git.as_deref(),
         );
         let _ = writeln!(
             md,
