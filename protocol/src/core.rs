@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{self, Digest};
 use crate::identity::{NodeId, NodeName};
+use crate::lifeguard::{self, Detector, Health, Suspicions};
 use crate::profile::{self, Profile};
 use crate::wire::{self, Body, DecodeError};
 
@@ -303,11 +304,28 @@ pub enum CommandError {
 enum GossipItem {
     /// The named generation left on purpose.
     Left { name: NodeName, generation: u64 },
+    /// `by`'s own probe of `member` failed: an independent confirmation of the
+    /// suspicion `(member, generation, incarnation)` (Lifeguard).
+    Suspected {
+        member: NodeName,
+        generation: u64,
+        incarnation: u16,
+        by: NodeName,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum GossipKey {
-    Left { name: NodeName, generation: u64 },
+    Left {
+        name: NodeName,
+        generation: u64,
+    },
+    Suspected {
+        member: NodeName,
+        generation: u64,
+        incarnation: u16,
+        by: NodeName,
+    },
 }
 
 impl Invalidates for GossipKey {
@@ -320,8 +338,36 @@ impl Invalidates for GossipKey {
                     generation: other_generation,
                 },
             ) => name == other_name && generation >= other_generation,
+            (
+                GossipKey::Suspected {
+                    member,
+                    generation,
+                    incarnation,
+                    by,
+                },
+                GossipKey::Suspected {
+                    member: m,
+                    generation: g,
+                    incarnation: i,
+                    by: b,
+                },
+            ) => member == m && by == b && (generation, incarnation) >= (g, i),
+            (GossipKey::Left { .. }, GossipKey::Suspected { .. })
+            | (GossipKey::Suspected { .. }, GossipKey::Left { .. }) => false,
         }
     }
+}
+
+/// Confirmers remembered per suspicion: more than `lifeguard::expected_confirmations`
+/// ever asks for.
+const MAX_CONFIRMERS: usize = 8;
+
+/// Independent confirmations of one member's current suspicion.
+#[derive(Debug, Clone)]
+struct Confirmations {
+    generation: u64,
+    incarnation: u16,
+    by: Vec<NodeName>,
 }
 
 /// Most names remembered as having left; the oldest generation is forgotten first.
@@ -335,6 +381,11 @@ struct GossipState {
     left: BTreeMap<NodeName, u64>,
     /// Members whose "left" flag may have changed since the last view sync.
     touched: Vec<NodeName>,
+    /// Confirmations by member key. Entries are dropped when the member stops being
+    /// suspect, so this stays within the membership's size.
+    confirmations: BTreeMap<u64, Confirmations>,
+    /// Members whose confirmations changed since the core last looked.
+    confirmed: Vec<NodeName>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +430,46 @@ impl BroadcastHandler<NodeId> for GossipRelay {
                 state.touched.push(name.clone());
                 Ok(Some(GossipKey::Left { name, generation }))
             }
+            GossipItem::Suspected {
+                member,
+                generation,
+                incarnation,
+                by,
+            } => {
+                let entry =
+                    state
+                        .confirmations
+                        .entry(member.key())
+                        .or_insert_with(|| Confirmations {
+                            generation,
+                            incarnation,
+                            by: Vec::new(),
+                        });
+                match (generation, incarnation).cmp(&(entry.generation, entry.incarnation)) {
+                    std::cmp::Ordering::Less => return Ok(None), // stale: refuted since
+                    std::cmp::Ordering::Greater => {
+                        *entry = Confirmations {
+                            generation,
+                            incarnation,
+                            by: Vec::new(),
+                        };
+                    }
+                    std::cmp::Ordering::Equal => {}
+                }
+                if entry.by.contains(&by) {
+                    return Ok(None); // known: stop spreading it
+                }
+                if entry.by.len() < MAX_CONFIRMERS {
+                    entry.by.push(by.clone());
+                }
+                state.confirmed.push(member.clone());
+                Ok(Some(GossipKey::Suspected {
+                    member,
+                    generation,
+                    incarnation,
+                    by,
+                }))
+            }
         }
     }
 }
@@ -386,7 +477,11 @@ impl BroadcastHandler<NodeId> for GossipRelay {
 /// A timer of the core: foca's, or the core's own.
 #[derive(Debug)]
 enum CoreTimer {
-    Swim(Timer<NodeId>),
+    /// `postponed`: already delayed once because it fired late (see `lifeguard`).
+    Swim {
+        timer: Timer<NodeId>,
+        postponed: bool,
+    },
 }
 
 /// Members per `Body::State` part: the largest identities (63-byte name, 64-byte
@@ -462,7 +557,7 @@ impl Touched {
 /// The membership core of one node.
 pub struct Core {
     swim: Swim,
-    profile: Profile,
+    detector: Detector,
     gossip: Arc<Mutex<GossipState>>,
     /// foca timers by (due time, insertion sequence): all are delivered, in order,
     /// even when the driver calls late.
@@ -489,19 +584,31 @@ pub struct Core {
     digest_self: u64,
     /// When this node last pulled (anti-entropy is at most one pull per probe period).
     last_pull: Option<Duration>,
+    health: Health,
+    suspicions: Suspicions,
+    /// Our own probes that failed during the current call: (member, incarnation).
+    own_failures: Vec<(NodeId, u16)>,
+    /// All of them, ever (to tell a successful probe round from a failed one).
+    own_failures_total: u64,
 }
 
 impl Core {
     /// A core for `identity`. `rng_seed` feeds every random choice (probe order,
     /// gossip targets); the same seed and inputs give the same outputs.
     pub fn new(identity: NodeId, profile: Profile, rng_seed: u64) -> Self {
+        Self::with_detector(identity, Detector::Vigil(profile), rng_seed)
+    }
+
+    /// A core with an explicit detector (the simulator compares vigil's with plain
+    /// foca's).
+    pub fn with_detector(identity: NodeId, detector: Detector, rng_seed: u64) -> Self {
         let gossip = Arc::new(Mutex::new(GossipState::default()));
         let mut digest = Digest::default();
         digest.toggle(&identity.name, identity.generation);
         let digest_self = identity.generation;
         let swim = Foca::with_custom_broadcast(
             identity,
-            profile::swim_config(profile, 1),
+            detector.swim_config(1),
             ChaCha8Rng::seed_from_u64(rng_seed),
             PostcardCodec,
             GossipRelay {
@@ -510,7 +617,7 @@ impl Core {
         );
         Self {
             swim,
-            profile,
+            detector,
             gossip,
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -526,6 +633,10 @@ impl Core {
             digest,
             digest_self,
             last_pull: None,
+            health: Health::default(),
+            suspicions: Suspicions::default(),
+            own_failures: Vec::new(),
+            own_failures_total: 0,
         }
     }
 
@@ -533,8 +644,19 @@ impl Core {
         self.swim.identity()
     }
 
+    /// The profile (for a plain-foca detector, the LAN profile it resembles).
     pub fn profile(&self) -> Profile {
-        self.profile
+        self.detector.profile().unwrap_or(Profile::Lan)
+    }
+
+    pub fn detector(&self) -> Detector {
+        self.detector
+    }
+
+    /// The local health multiplier: 0 when healthy, up to 8 when this node's own
+    /// probes keep failing or its timers fire late.
+    pub fn health_multiplier(&self) -> u32 {
+        self.health.multiplier()
     }
 
     pub fn local_state(&self) -> LocalState {
@@ -543,7 +665,13 @@ impl Core {
 
     /// The foca configuration in force (it follows the cluster size).
     pub fn swim_config(&self) -> foca::Config {
-        profile::swim_config(self.profile, self.configured_size)
+        self.detector.swim_config(self.configured_size)
+    }
+
+    /// Updates and notices still waiting to be gossiped. Zero once a change has been
+    /// passed on as many times as the profile asks.
+    pub fn gossip_backlog(&self) -> usize {
+        self.swim.updates_backlog() + self.swim.custom_broadcast_backlog()
     }
 
     /// Live members (alive or suspect), the local node included.
@@ -746,7 +874,10 @@ impl Core {
     /// Sends `name` a suspicion notice if we hold it as suspect, at most once per
     /// probe period.
     fn notify_if_suspect(&mut self, now: Duration, name: &NodeName) {
-        let interval = profile::probe_period(self.profile);
+        if !self.detector.extended() {
+            return;
+        }
+        let interval = self.detector.probe_period();
         let me = self.identity().name.clone();
         let Some(entry) = self.view.get_mut(&name.key()) else {
             return;
@@ -775,9 +906,12 @@ impl Core {
     /// `from` suspects us: refute (foca raises our incarnation and gossips it) and
     /// tell `from` at once, since its own timer may declare us down.
     fn on_suspicion(&mut self, now: Duration, from: &NodeName, about: NodeId, incarnation: u16) {
-        if about != *self.identity() || self.local == LocalState::Left {
+        if about != *self.identity() || self.local == LocalState::Left || !self.detector.extended()
+        {
             return; // about an older generation of ours, or we are gone anyway
         }
+        // Someone could not reach us: maybe we are the slow one (Lifeguard).
+        self.health.worse();
         let suspect = foca::Member::new(about, incarnation, foca::State::Suspect);
         let _ = self
             .swim
@@ -794,10 +928,10 @@ impl Core {
     /// Asks `from` for the members of the buckets where our digests differ, unless
     /// this node pulled less than a probe period ago.
     fn pull_from(&mut self, now: Duration, from: &NodeName) {
-        if self.local == LocalState::Left {
+        if self.local == LocalState::Left || !self.detector.extended() {
             return;
         }
-        let interval = profile::probe_period(self.profile);
+        let interval = self.detector.probe_period();
         if self.last_pull.is_some_and(|t| now < t + interval) {
             return;
         }
@@ -830,6 +964,9 @@ impl Core {
     /// Pulls from a random live member (on joining: the reply to an announce names
     /// only a sample of the members).
     fn pull_from_random(&mut self, now: Duration) {
+        if !self.detector.extended() {
+            return;
+        }
         let mut candidates: Vec<NodeId> = self
             .view
             .values()
@@ -854,36 +991,168 @@ impl Core {
     /// foca reported (they indicate driver bugs, not network input).
     pub fn handle_timeout(&mut self, now: Duration) -> Vec<foca::Error> {
         let mut errors = Vec::new();
+        let late_after = self.detector.probe_rtt() / 2;
+        let mut noted_lateness = false;
         while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > now {
+            let key = *entry.key();
+            if key.0 > now {
                 break;
             }
-            match entry.remove() {
-                CoreTimer::Swim(timer) => {
-                    match &timer {
-                        Timer::ChangeSuspectToDown { member_id, .. } => {
-                            self.touched.add(&member_id.name);
-                        }
-                        Timer::RemoveDown(id) => self.touched.add(&id.name),
-                        // The previous probe's target turns suspect if it failed.
-                        Timer::ProbeRandomMember(_) => {
-                            if let Some(target) = self.probe_target.clone() {
-                                self.touched.add(&target);
-                            }
-                        }
-                        Timer::SendIndirectProbe { .. }
-                        | Timer::PeriodicAnnounce(_)
-                        | Timer::PeriodicAnnounceDown(_)
-                        | Timer::PeriodicGossip(_) => {}
-                    }
-                    if let Err(e) = self.swim.handle_timer(timer, &mut self.collected) {
-                        errors.push(e);
+            let CoreTimer::Swim { timer, postponed } = entry.remove();
+            let judges = matches!(
+                timer,
+                Timer::ProbeRandomMember(_)
+                    | Timer::SendIndirectProbe { .. }
+                    | Timer::ChangeSuspectToDown { .. }
+            );
+            if self.detector.extended() && judges && !postponed && now > key.0 + late_after {
+                // We did not run when this was due (a stall, CPU starvation): what
+                // queued up meanwhile may hold the acks and refutations it is about
+                // to judge without. Let the driver hand those over first.
+                if !noted_lateness {
+                    noted_lateness = true;
+                    self.health.worse();
+                }
+                let new_key =
+                    self.insert_timer(now + self.detector.probe_rtt(), timer.clone(), true);
+                if let Timer::ChangeSuspectToDown { member_id, .. } = &timer {
+                    self.suspicions.fired(&member_id.name, key);
+                    if let Some(t) = self.suspicions.timing.get_mut(&member_id.name.key()) {
+                        t.entries.push(new_key);
                     }
                 }
+                continue;
             }
+            let probe_round = matches!(timer, Timer::ProbeRandomMember(_));
+            match &timer {
+                Timer::ChangeSuspectToDown { member_id, .. } => {
+                    self.touched.add(&member_id.name);
+                    self.suspicions.fired(&member_id.name, key);
+                }
+                Timer::RemoveDown(id) => self.touched.add(&id.name),
+                // The previous probe's target turns suspect if it failed.
+                Timer::ProbeRandomMember(_) => {
+                    if let Some(target) = self.probe_target.clone() {
+                        self.touched.add(&target);
+                    }
+                }
+                Timer::SendIndirectProbe { .. }
+                | Timer::PeriodicAnnounce(_)
+                | Timer::PeriodicAnnounceDown(_)
+                | Timer::PeriodicGossip(_) => {}
+            }
+            if let Err(e) = self.swim.handle_timer(timer, &mut self.collected) {
+                errors.push(e);
+            }
+            let failures_before = self.own_failures_total;
             self.after_call(now);
+            if probe_round && self.detector.extended() && self.own_failures_total == failures_before
+            {
+                // The previous probe was answered (foca suspects nobody for it).
+                self.health.better();
+            }
         }
         errors
+    }
+
+    /// Inserts a foca timer due at `due`; returns its key.
+    fn insert_timer(
+        &mut self,
+        due: Duration,
+        timer: Timer<NodeId>,
+        postponed: bool,
+    ) -> (Duration, u64) {
+        self.timer_seq += 1;
+        let key = (due, self.timer_seq);
+        self.timers
+            .insert(key, CoreTimer::Swim { timer, postponed });
+        key
+    }
+
+    /// Independent confirmations of `member`'s current suspicion, ours excluded.
+    fn confirmations(&self, member: &NodeId, incarnation: u16) -> u32 {
+        let gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
+        gossip
+            .confirmations
+            .get(&member.name.key())
+            .filter(|c| c.generation == member.generation && c.incarnation == incarnation)
+            .map_or(0, |c| {
+                let mine = &self.identity().name;
+                u32::try_from(c.by.iter().filter(|b| *b != mine).count()).unwrap_or(u32::MAX)
+            })
+    }
+
+    /// When the suspicion of `member` at `incarnation` (started at `started`) ends.
+    fn suspicion_due(&self, member: &NodeId, incarnation: u16, started: Duration) -> Duration {
+        let n = u32::try_from(self.live_count()).unwrap_or(u32::MAX);
+        let Some(profile) = self.detector.profile() else {
+            return started + self.detector.max_suspicion(n);
+        };
+        let (min, max) = profile::suspicion_bounds(profile, n);
+        let k = lifeguard::expected_confirmations(n);
+        let c = self.confirmations(member, incarnation);
+        // A node that knows it is struggling gives accused members longer to refute.
+        started
+            + self
+                .health
+                .scale(lifeguard::suspicion_timeout(min, max, k, c))
+    }
+
+    /// Schedules foca's `ChangeSuspectToDown` at the Lifeguard deadline instead of
+    /// foca's fixed timeout.
+    fn schedule_suspicion(&mut self, now: Duration, timer: Timer<NodeId>) {
+        let Timer::ChangeSuspectToDown {
+            member_id,
+            incarnation,
+            ..
+        } = &timer
+        else {
+            return;
+        };
+        let (member, incarnation) = (member_id.clone(), *incarnation);
+        let started = self
+            .suspicions
+            .start(&member.name, member.generation, incarnation, now)
+            .started;
+        let due = self.suspicion_due(&member, incarnation, started).max(now);
+        let key = self.insert_timer(due, timer, false);
+        if let Some(t) = self.suspicions.timing.get_mut(&member.name.key()) {
+            t.entries.push(key);
+        }
+    }
+
+    /// New confirmations arrived: bring the affected suspicions' deadlines forward.
+    fn reschedule_suspicions(&mut self, now: Duration, members: Vec<NodeName>) {
+        for name in members {
+            let Some(timing) = self.suspicions.timing.get(&name.key()).cloned() else {
+                continue;
+            };
+            let Some(member) = self.view_entry(&name).map(|e| e.info.id.clone()) else {
+                continue;
+            };
+            if member.generation != timing.generation {
+                continue;
+            }
+            let due = self
+                .suspicion_due(&member, timing.incarnation, timing.started)
+                .max(now);
+            let mut entries = Vec::with_capacity(timing.entries.len());
+            for key in timing.entries {
+                if key.0 <= due {
+                    entries.push(key);
+                    continue;
+                }
+                match self.timers.remove(&key) {
+                    Some(CoreTimer::Swim { timer, postponed }) => {
+                        entries.push(self.insert_timer(due, timer, postponed));
+                    }
+                    None => {}
+                }
+            }
+            if let Some(t) = self.suspicions.timing.get_mut(&name.key()) {
+                t.entries = entries;
+            }
+        }
     }
 
     /// Leaves the cluster: tells a few members at once and spreads a notice that this
@@ -964,13 +1233,74 @@ impl Core {
                 Err(_) => debug_assert!(false, "SWIM packet larger than a stream frame"),
             }
         }
+        let extended = self.detector.extended();
         for (after, timer) in collected.timers {
-            if let Timer::SendIndirectProbe { probed_id, .. } = &timer {
-                self.probe_target = Some(probed_id.name.clone());
+            match &timer {
+                Timer::SendIndirectProbe { probed_id, .. } => {
+                    self.probe_target = Some(probed_id.name.clone());
+                    // Lifeguard: a struggling node waits longer for acks...
+                    let after = if extended {
+                        self.health.scale(after)
+                    } else {
+                        after
+                    };
+                    self.insert_timer(now + after, timer, false);
+                }
+                Timer::ProbeRandomMember(_) => {
+                    // ...and probes less often.
+                    let after = if extended {
+                        self.health.scale(after)
+                    } else {
+                        after
+                    };
+                    self.insert_timer(now + after, timer, false);
+                }
+                Timer::ChangeSuspectToDown {
+                    member_id,
+                    incarnation,
+                    ..
+                } => {
+                    // foca schedules this only when our own probe failed.
+                    self.own_failures.push((member_id.clone(), *incarnation));
+                    self.own_failures_total += 1;
+                    if extended {
+                        self.schedule_suspicion(now, timer);
+                    } else {
+                        self.insert_timer(now + after, timer, false);
+                    }
+                }
+                Timer::RemoveDown(_)
+                | Timer::PeriodicAnnounce(_)
+                | Timer::PeriodicAnnounceDown(_)
+                | Timer::PeriodicGossip(_) => {
+                    self.insert_timer(now + after, timer, false);
+                }
             }
-            self.timer_seq += 1;
-            self.timers
-                .insert((now + after, self.timer_seq), CoreTimer::Swim(timer));
+        }
+        let failures = std::mem::take(&mut self.own_failures);
+        if extended {
+            for (member, incarnation) in failures {
+                self.health.worse();
+                // Tell the suspect (it may be alive and only slow or cut off from us)
+                // and everyone else (an independent confirmation).
+                self.notify_if_suspect(now, &member.name);
+                let item = GossipItem::Suspected {
+                    member: member.name.clone(),
+                    generation: member.generation,
+                    incarnation,
+                    by: self.identity().name.clone(),
+                };
+                if let Ok(data) = postcard::to_allocvec(&item) {
+                    let _ = self.swim.add_broadcast(&data);
+                }
+            }
+            let confirmed = {
+                let mut gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
+                std::mem::take(&mut gossip.confirmed)
+            };
+            if !confirmed.is_empty() {
+                self.reschedule_suspicions(now, confirmed);
+            }
         }
         // Member changes (synced above) come before local ones: they are the cause
         // (the last member going down is why the node becomes isolated).
@@ -1023,7 +1353,7 @@ impl Core {
             // the profile keeps both fixed.
             if self
                 .swim
-                .set_config(profile::swim_config(self.profile, size))
+                .set_config(self.detector.swim_config(size))
                 .is_ok()
             {
                 self.configured_size = size;
@@ -1087,7 +1417,14 @@ impl Core {
 
     fn reconcile_all(&mut self, members: &[foca::Member<NodeId>], now: Duration) {
         let left: Vec<bool> = {
-            let gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut gossip = self.gossip.lock().unwrap_or_else(PoisonError::into_inner);
+            for m in members {
+                if m.state() != foca::State::Suspect {
+                    // The suspicion is over, one way or the other.
+                    gossip.confirmations.remove(&m.id().name.key());
+                    self.suspicions.clear(&m.id().name);
+                }
+            }
             members
                 .iter()
                 .map(|m| {

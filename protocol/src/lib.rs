@@ -12,6 +12,7 @@
 pub mod core;
 pub mod digest;
 pub mod identity;
+pub mod lifeguard;
 pub mod profile;
 pub mod wire;
 
@@ -19,4 +20,5 @@ pub use crate::core::{
     CommandError, Core, Effect, Event, InputError, LocalState, MemberInfo, MemberState, peek_sender,
 };
 pub use crate::identity::{NameError, NodeId, NodeName, Zone};
+pub use crate::lifeguard::Detector;
 pub use crate::profile::Profile;

@@ -53,8 +53,11 @@ impl std::str::FromStr for Profile {
 struct Constants {
     probe_period: Duration,
     probe_rtt: Duration,
-    /// Suspicion lasts `suspicion_mult * max(1, log10 n)` probe periods.
+    /// A fully confirmed suspicion lasts `suspicion_mult * max(1, log10 n)` probe
+    /// periods (Lifeguard's minimum)...
     suspicion_mult: f64,
+    /// ...and an unconfirmed one this many times longer (Lifeguard's maximum).
+    suspicion_max_ratio: f64,
     gossip_every: Duration,
     gossip_fanout: usize,
     announce_every: Duration,
@@ -64,12 +67,17 @@ struct Constants {
 fn constants(profile: Profile) -> Constants {
     match profile {
         Profile::Lan => Constants {
-            probe_period: Duration::from_millis(500),
-            // Budget for one QUIC handshake round trip on a cold connection plus the
-            // ping itself (see docs/ARCHITECTURE.md, "Connection policy").
-            probe_rtt: Duration::from_millis(200),
-            suspicion_mult: 4.0,
-            gossip_every: Duration::from_millis(200),
+            // A dead member is probed about once per period cluster-wide, so the
+            // period bounds how soon anyone notices (p99 of the first probe is about
+            // 4.6 periods): 200 ms is what a 3 s p99 detection at 1000 members needs
+            // (docs/BENCHMARKS.md, simulator).
+            probe_period: Duration::from_millis(200),
+            // A LAN round trip plus a QUIC handshake on a cold connection fit well
+            // within this; slower nodes stretch it (local health).
+            probe_rtt: Duration::from_millis(80),
+            suspicion_mult: 1.0,
+            suspicion_max_ratio: 6.0,
+            gossip_every: Duration::from_millis(100),
             gossip_fanout: 3,
             announce_every: Duration::from_secs(30),
             // How soon two sides of a healed partition find each other again.
@@ -78,7 +86,8 @@ fn constants(profile: Profile) -> Constants {
         Profile::Wan => Constants {
             probe_period: Duration::from_secs(3),
             probe_rtt: Duration::from_millis(1500),
-            suspicion_mult: 6.0,
+            suspicion_mult: 2.0,
+            suspicion_max_ratio: 6.0,
             gossip_every: Duration::from_millis(500),
             gossip_fanout: 4,
             announce_every: Duration::from_secs(60),
@@ -94,16 +103,19 @@ fn max_transmissions(cluster_size: u32) -> NonZeroU8 {
     NonZeroU8::new(tx).unwrap_or(NonZeroU8::MIN)
 }
 
-/// The suspicion timeout for `cluster_size` members under `profile`.
-pub fn suspicion_timeout(profile: Profile, cluster_size: u32) -> Duration {
+/// The shortest (all confirmations in) and longest (none) suspicion for
+/// `cluster_size` members under `profile`. Both grow with log10 of the size, as
+/// dissemination does.
+pub fn suspicion_bounds(profile: Profile, cluster_size: u32) -> (Duration, Duration) {
     let c = constants(profile);
     let scale = f64::from(cluster_size.max(1)).log10().max(1.0);
-    c.probe_period.mul_f64(c.suspicion_mult * scale)
+    let min = c.probe_period.mul_f64(c.suspicion_mult * scale);
+    (min, min.mul_f64(c.suspicion_max_ratio))
 }
 
 /// The longest a suspicion can last before the member is declared down.
 pub fn max_suspicion_timeout(profile: Profile, cluster_size: u32) -> Duration {
-    suspicion_timeout(profile, cluster_size)
+    suspicion_bounds(profile, cluster_size).1
 }
 
 /// The probe period of `profile` (fixed for the life of a node).
@@ -125,7 +137,9 @@ pub fn swim_config(profile: Profile, cluster_size: u32) -> foca::Config {
     config.probe_rtt = c.probe_rtt;
     config.num_indirect_probes = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
     config.max_transmissions = max_transmissions(cluster_size);
-    config.suspect_to_down_after = suspicion_timeout(profile, cluster_size);
+    // foca times suspicions with this; the core reschedules each one between the
+    // bounds as confirmations arrive (see `lifeguard`).
+    config.suspect_to_down_after = suspicion_bounds(profile, cluster_size).1;
     config.max_packet_size = NonZeroUsize::new(SWIM_MAX_PACKET).unwrap_or(NonZeroUsize::MIN);
     // Tell a member we declared down, so it can renew its identity and rejoin at once.
     config.notify_down_members = true;
@@ -140,15 +154,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn suspicion_grows_with_log_of_cluster_size() {
-        assert_eq!(suspicion_timeout(Profile::Lan, 5), Duration::from_secs(2));
-        assert_eq!(suspicion_timeout(Profile::Lan, 10), Duration::from_secs(2));
-        assert_eq!(suspicion_timeout(Profile::Lan, 100), Duration::from_secs(4));
-        assert_eq!(
-            suspicion_timeout(Profile::Lan, 1000),
-            Duration::from_secs(6)
-        );
-        assert!(suspicion_timeout(Profile::Wan, 10) > suspicion_timeout(Profile::Lan, 10));
+    fn suspicion_bounds_grow_with_log_of_cluster_size() {
+        let min = |n| suspicion_bounds(Profile::Lan, n).0;
+        assert_eq!(min(5), min(10));
+        assert_eq!(min(100), min(10) * 2);
+        assert_eq!(min(1000), min(10) * 3);
+        let (lo, hi) = suspicion_bounds(Profile::Lan, 1000);
+        assert_eq!(hi, lo.mul_f64(6.0));
+        assert!(suspicion_bounds(Profile::Wan, 10).0 > min(10));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use vigil_protocol::Profile;
+use vigil_protocol::{Detector, Profile};
 use vigil_sim::scenario::{self, Quantiles, Report, RunSpec, Scenario};
 
 #[derive(Parser)]
@@ -23,6 +23,18 @@ enum Command {
     Run(RunArgs),
     /// Many seeds, each with its own cluster size, network and faults.
     Swarm(SwarmArgs),
+    /// The same runs (same seeds, same faults) with vigil's detector and with plain
+    /// foca, side by side with the closed-form SWIM expectation.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Seeds to run, from --seed on.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
 }
 
 /// A duration like 500ms, 2s, 1.5s, 10m or 1h.
@@ -57,6 +69,11 @@ struct RunArgs {
     seed: u64,
     #[arg(long, default_value = "lan")]
     profile: Profile,
+    /// vigil (its profile, with Lifeguard and its other extensions), foca (plain foca
+    /// with Config::new_lan) or foca-matched (plain foca with vigil's probe timing and
+    /// a fixed suspicion as short as vigil's typically is).
+    #[arg(long, default_value = "vigil")]
+    detector: String,
     /// Message loss probability (0.01 = 1 %).
     #[arg(long, default_value_t = 0.01)]
     loss: f64,
@@ -81,6 +98,19 @@ struct RunArgs {
     /// Check every view against the SWIM state every N events (0: off).
     #[arg(long, default_value_t = 0)]
     check_views_every: u64,
+    /// Stall scenario: fraction of hosts that stall.
+    #[arg(long, default_value_t = 0.1)]
+    stall_fraction: f64,
+    /// Stall scenario: length of each stall.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    stall_duration: Duration,
+    /// Stall scenario: mean time between two stalls of one host.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    stall_every: Duration,
+    /// Slow scenario: how long each message waits at a slow host (the slow period
+    /// lasts --stall-duration, every --stall-every on average).
+    #[arg(long, default_value = "400ms", value_parser = parse_duration)]
+    slow_delay: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -111,11 +141,8 @@ fn q(label: &str, q: &Quantiles, unit: &str) -> String {
 fn print_report(r: &Report) {
     let s = &r.spec;
     println!(
-        "vigil-sim: {} nodes, scenario {:?}, profile {}, seed {}",
-        s.nodes,
-        s.scenario,
-        s.profile.as_str(),
-        s.seed
+        "vigil-sim: {} nodes, scenario {:?}, detector {:?}, seed {}",
+        s.nodes, s.scenario, s.detector, s.seed
     );
     println!(
         "network: latency {:?}..{:?}, loss {:.2}%, duplicate {:.2}%, reorder {:.2}%",
@@ -128,6 +155,9 @@ fn print_report(r: &Report) {
     match r.join_convergence_secs {
         Some(t) => println!("join: every view complete {t:.2} s after the last start"),
         None => println!("join: views NOT complete within 300 s"),
+    }
+    if let Some(t) = r.settle_secs {
+        println!("settle: gossip about the joins died down after {t:.1} s");
     }
     println!("steady state ({:?} window):", s.window);
     println!(
@@ -197,21 +227,192 @@ fn print_report(r: &Report) {
     }
 }
 
+fn spec_from(a: &RunArgs, seed: u64) -> Result<RunSpec, ExitCode> {
+    let mut spec = RunSpec::new(a.nodes, seed, a.scenario);
+    spec.detector = match a.detector.as_str() {
+        "vigil" => Detector::Vigil(a.profile),
+        "foca" => Detector::PlainFocaLan,
+        "foca-matched" => Detector::PlainFocaMatched(a.profile),
+        other => {
+            eprintln!("vigil-sim: unknown --detector {other:?}; use vigil, foca or foca-matched");
+            return Err(ExitCode::from(2));
+        }
+    };
+    spec.net.loss = a.loss;
+    spec.net.latency_min = a.latency_min;
+    spec.net.latency_max = a.latency_max.max(a.latency_min);
+    spec.net.duplicate = a.duplicate;
+    spec.net.reorder = a.reorder;
+    spec.window = a.window;
+    spec.faults = a.faults;
+    spec.fault_spacing = a.fault_spacing;
+    spec.check_views_every = a.check_views_every;
+    spec.stall_fraction = a.stall_fraction;
+    spec.stall_duration = a.stall_duration;
+    spec.stall_every = a.stall_every;
+    spec.slow_delay = a.slow_delay;
+    Ok(spec)
+}
+
+/// Runs both detectors over the same seeds and prints them side by side.
+fn compare(c: &CompareArgs) -> ExitCode {
+    let mut rows: Vec<(&str, Vec<Report>)> = Vec::new();
+    for (label, detector) in [
+        ("vigil", Detector::Vigil(c.run.profile)),
+        ("plain foca, Config::new_lan", Detector::PlainFocaLan),
+        (
+            "plain foca timed like vigil (no Lifeguard)",
+            Detector::PlainFocaMatched(c.run.profile),
+        ),
+    ] {
+        let mut reports = Vec::new();
+        for seed in c.run.seed..c.run.seed + c.seeds {
+            let mut args_spec = match spec_from(&c.run, seed) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            args_spec.detector = detector;
+            eprintln!("compare: {label}, seed {seed}...");
+            reports.push(scenario::run(&args_spec));
+        }
+        rows.push((label, reports));
+    }
+    let pooled = |reports: &[Report], pick: &dyn Fn(&Report) -> Vec<f64>| {
+        Quantiles::of(reports.iter().flat_map(pick).collect())
+    };
+    println!(
+        "vigil-sim compare: {} nodes, scenario {:?}, seeds {}..{}, loss {:.2}%{}",
+        c.run.nodes,
+        c.run.scenario,
+        c.run.seed,
+        c.run.seed + c.seeds - 1,
+        c.run.loss * 100.0,
+        if c.run.scenario == Scenario::Stall {
+            format!(
+                ", {:.0}% of hosts stalling for {:?} every {:?} on average",
+                c.run.stall_fraction * 100.0,
+                c.run.stall_duration,
+                c.run.stall_every
+            )
+        } else {
+            String::new()
+        }
+    );
+    let mut vigil_violations = 0;
+    for (label, reports) in &rows {
+        let detector = reports.first().map(|r| r.spec.detector);
+        let fps: usize = reports.iter().map(|r| r.false_positives.len()).sum();
+        let suspicions: u64 = reports.iter().map(|r| r.suspicions_of_healthy).sum();
+        let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+        if detector.is_some_and(|d| d.extended()) {
+            vigil_violations += violations;
+        }
+        let every = pooled(reports, &|r: &Report| {
+            r.detection.every_observer_samples.clone()
+        });
+        let p99s = Quantiles::of(
+            reports
+                .iter()
+                .filter(|r| r.detection.every_observer.n > 0)
+                .map(|r| r.detection.every_observer.p99)
+                .collect(),
+        );
+        let p50s = Quantiles::of(
+            reports
+                .iter()
+                .filter(|r| r.detection.every_observer.n > 0)
+                .map(|r| r.detection.every_observer.p50)
+                .collect(),
+        );
+        let first = Quantiles::of(
+            reports
+                .iter()
+                .filter(|r| r.detection.first_suspicion.n > 0)
+                .map(|r| r.detection.first_suspicion.p50)
+                .collect(),
+        );
+        let spread = Quantiles::of(
+            reports
+                .iter()
+                .filter(|r| r.detection.spread_9999.n > 0)
+                .map(|r| r.detection.spread_9999.p99)
+                .collect(),
+        );
+        let bytes = Quantiles::of(
+            reports
+                .iter()
+                .map(|r| r.steady.bytes_per_host_per_sec.p50)
+                .collect(),
+        );
+        let msgs = Quantiles::of(
+            reports
+                .iter()
+                .map(|r| r.steady.messages_per_host_per_sec.p50)
+                .collect(),
+        );
+        let speed = Quantiles::of(reports.iter().map(|r| r.sim_secs_per_wall_sec).collect());
+        println!();
+        println!("{label} ({:?}):", detector);
+        println!("  false positives: {fps} (suspicions of healthy hosts: {suspicions})");
+        if violations > 0 {
+            println!("  broken invariants: {violations}");
+            for v in reports.iter().flat_map(|r| &r.violations).take(3) {
+                println!("    {v}");
+            }
+        }
+        println!("{}", q("detection, every live observer", &every, "s"));
+        println!(
+            "    per run: p50 {:.3} / {:.3} / {:.3} s, p99 {:.3} / {:.3} / {:.3} s (min/median/max over runs)",
+            p50s.min, p50s.p50, p50s.max, p99s.min, p99s.p50, p99s.max
+        );
+        println!(
+            "  first suspicion (median per run): {:.3} / {:.3} / {:.3} s",
+            first.min, first.p50, first.max
+        );
+        println!(
+            "  spread to 99.99 % (p99 per run): {:.3} / {:.3} / {:.3} s",
+            spread.min, spread.p50, spread.max
+        );
+        println!(
+            "  steady state per host: {:.0} B/s, {:.2} messages/s (median over runs)",
+            bytes.p50, msgs.p50
+        );
+        println!(
+            "  simulated s per wall s: {:.1} / {:.1} / {:.1}",
+            speed.min, speed.p50, speed.max
+        );
+        if let Some(d) = detector {
+            let e = scenario::expectation(d, c.run.nodes, c.run.loss);
+            println!(
+                "  SWIM expectation: first suspicion {:.3} s (p99 {:.3} s), suspicion {:.3} s (bounds {:.3}..{:.3}), spread {:.3} s, detection ~{:.3} s; {:.1} messages/s per host; false suspicions {:.2e} per probe, {:.3} per s cluster-wide",
+                e.first_suspicion_mean_secs,
+                e.first_suspicion_p99_secs,
+                e.suspicion_secs,
+                e.suspicion_min_secs,
+                e.suspicion_max_secs,
+                e.spread_secs,
+                e.detection_secs,
+                e.messages_per_host_per_sec,
+                e.false_suspicion_per_probe,
+                e.false_suspicions_per_sec
+            );
+        }
+    }
+    if vigil_violations > 0 {
+        eprintln!("vigil-sim: {vigil_violations} invariant violations in vigil's runs");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => {
-            let mut spec = RunSpec::new(a.nodes, a.seed, a.scenario);
-            spec.profile = a.profile;
-            spec.net.loss = a.loss;
-            spec.net.latency_min = a.latency_min;
-            spec.net.latency_max = a.latency_max.max(a.latency_min);
-            spec.net.duplicate = a.duplicate;
-            spec.net.reorder = a.reorder;
-            spec.window = a.window;
-            spec.faults = a.faults;
-            spec.fault_spacing = a.fault_spacing;
-            spec.check_views_every = a.check_views_every;
+            let spec = match spec_from(&a, a.seed) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
             let report = scenario::run(&spec);
             if a.json {
                 match serde_json::to_string_pretty(&report) {
@@ -234,6 +435,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Compare(c) => compare(&c),
         Command::Swarm(a) => {
             let mut failures = 0;
             let mut fps = 0;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use vigil_protocol::Profile;
+use vigil_protocol::{Detector, Profile};
 
 use crate::world::{FalsePositive, Fault, HostId, NetConfig, Violation, World, WorldConfig};
 
@@ -21,6 +21,9 @@ pub enum Scenario {
     Partition,
     /// Stall hosts (as under CPU starvation) and count who gets declared down.
     Stall,
+    /// Make hosts slow at handling messages (Lifeguard's slow members) and count who
+    /// gets declared down.
+    Slow,
     /// Crash and restart hosts continuously.
     Churn,
 }
@@ -33,9 +36,10 @@ impl std::str::FromStr for Scenario {
             "crash" => Ok(Scenario::Crash),
             "partition" => Ok(Scenario::Partition),
             "stall" => Ok(Scenario::Stall),
+            "slow" => Ok(Scenario::Slow),
             "churn" => Ok(Scenario::Churn),
             other => Err(format!(
-                "unknown scenario {other:?}; use steady, crash, partition, stall or churn"
+                "unknown scenario {other:?}; use steady, crash, partition, stall, slow or churn"
             )),
         }
     }
@@ -46,7 +50,7 @@ impl std::str::FromStr for Scenario {
 pub struct RunSpec {
     pub nodes: u32,
     pub seed: u64,
-    pub profile: Profile,
+    pub detector: Detector,
     pub scenario: Scenario,
     pub net: NetConfig,
     /// Length of the steady-state measurement window.
@@ -58,6 +62,13 @@ pub struct RunSpec {
     /// How long every live host's view may take to match the truth after the faults.
     pub convergence_bound: Duration,
     pub check_views_every: u64,
+    /// Stall scenario: the fraction of hosts that stall, how long each stall lasts,
+    /// and the mean time between two stalls of one host.
+    pub stall_fraction: f64,
+    pub stall_duration: Duration,
+    pub stall_every: Duration,
+    /// Slow scenario: how long each message waits at a slow host.
+    pub slow_delay: Duration,
 }
 
 impl RunSpec {
@@ -65,7 +76,7 @@ impl RunSpec {
         RunSpec {
             nodes,
             seed,
-            profile: Profile::Lan,
+            detector: Detector::Vigil(Profile::Lan),
             scenario,
             net: NetConfig::default(),
             window: Duration::from_secs(30),
@@ -73,6 +84,10 @@ impl RunSpec {
             fault_spacing: Duration::from_secs(20),
             convergence_bound: Duration::from_secs(60),
             check_views_every: 0,
+            stall_fraction: 0.1,
+            stall_duration: Duration::from_secs(2),
+            stall_every: Duration::from_secs(10),
+            slow_delay: Duration::from_millis(400),
         }
     }
 }
@@ -128,6 +143,9 @@ pub struct DetectionFigures {
     pub first_detector: Quantiles,
     /// Per crash and observer: delay until that observer saw it down.
     pub every_observer: Quantiles,
+    /// The same, every sample (seconds), for pooling runs; not serialized.
+    #[serde(skip)]
+    pub every_observer_samples: Vec<f64>,
     /// Per crash: delay until the last live observer saw it down.
     pub last_observer: Quantiles,
     /// Per crash: delay until the first suspicion.
@@ -146,6 +164,8 @@ pub struct Report {
     pub spec: RunSpec,
     /// From the last host's start until every view is complete.
     pub join_convergence_secs: Option<f64>,
+    /// After that, until no host had gossip left to send (when the window starts).
+    pub settle_secs: Option<f64>,
     pub steady: Traffic,
     pub detection: DetectionFigures,
     pub false_positives: Vec<FalsePositive>,
@@ -172,7 +192,7 @@ fn spread(sorted: &[std::time::Duration], live_observers: usize, fraction: f64) 
 pub fn run(spec: &RunSpec) -> Report {
     let started = Instant::now();
     let mut config = WorldConfig::new(spec.nodes, spec.seed);
-    config.profile = spec.profile;
+    config.detector = spec.detector;
     config.net = spec.net.clone();
     config.check_views_every = spec.check_views_every;
     let stagger_total = config.start_stagger * spec.nodes;
@@ -182,7 +202,9 @@ pub fn run(spec: &RunSpec) -> Report {
     world.run_for(stagger_total);
     let join = world.run_until_converged(Duration::from_secs(300), Duration::from_millis(100));
 
-    // Steady state: traffic per host over the window, no faults.
+    // Steady state: traffic per host over the window, no faults, once the gossip
+    // about the joins has died down.
+    let settle = world.run_until_quiet(Duration::from_secs(300), Duration::from_millis(500));
     let before = world.host_stats();
     let kinds_before = world.sent_by_kind.clone();
     world.run_for(spec.window);
@@ -226,6 +248,7 @@ pub fn run(spec: &RunSpec) -> Report {
     Report {
         spec: spec.clone(),
         join_convergence_secs: join.map(|d| d.as_secs_f64()),
+        settle_secs: settle.map(|d| d.as_secs_f64()),
         steady,
         detection,
         false_positives: world.false_positives.clone(),
@@ -242,18 +265,30 @@ pub fn run(spec: &RunSpec) -> Report {
 }
 
 /// Schedules the scenario's faults; returns when the last of them is over.
+///
+/// Victims and times come from their own generator, seeded from the run's seed, so two
+/// runs that differ only in the detector get exactly the same faults (the world's
+/// generator diverges as soon as the detectors send different messages).
 fn inject(world: &mut World, spec: &RunSpec) -> Duration {
+    let mut draw = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x7363_6865_6475_6c65);
     let start = world.now();
     let spacing = spec.fault_spacing;
     let settle = spacing.max(Duration::from_secs(10));
+    let seeds = world.config.seeds.min(spec.nodes);
+    // Hosts that may be hit: never the seeds, each at most once.
+    let mut pool: Vec<HostId> = (seeds..spec.nodes).collect();
+    fn take(pool: &mut Vec<HostId>, draw: &mut ChaCha8Rng) -> Option<HostId> {
+        if pool.is_empty() {
+            return None;
+        }
+        Some(pool.swap_remove(draw.random_range(0..pool.len())))
+    }
     match spec.scenario {
         Scenario::Steady => start,
         Scenario::Crash => {
             let mut at = start;
             for _ in 0..spec.faults {
-                // Victims are drawn when the crash happens, among hosts still up.
-                world.run_until(at);
-                if let Some(victim) = world.random_live_host() {
+                if let Some(victim) = take(&mut pool, &mut draw) {
                     world.schedule_fault(at, Fault::Crash(victim));
                 }
                 at += spacing;
@@ -274,32 +309,58 @@ fn inject(world: &mut World, spec: &RunSpec) -> Duration {
             world.schedule_fault(heal, Fault::Heal);
             heal
         }
-        Scenario::Stall => {
-            let mut at = start;
-            for _ in 0..spec.faults {
-                world.run_until(at);
-                if let Some(victim) = world.random_live_host() {
-                    let duration = Duration::from_millis(world.rng().random_range(500..5_000));
-                    world.schedule_fault(
-                        at,
+        Scenario::Stall | Scenario::Slow => {
+            // A fraction of the hosts stall again and again for the whole phase, while
+            // other hosts crash one after another (detection under the same stress).
+            let phase = spacing * spec.faults.max(1);
+            let stallers = ((f64::from(spec.nodes) * spec.stall_fraction).round() as usize)
+                .min(pool.len().saturating_sub(spec.faults as usize));
+            let stalling: Vec<HostId> = (0..stallers)
+                .filter_map(|_| take(&mut pool, &mut draw))
+                .collect();
+            for host in stalling {
+                let mut at = start;
+                loop {
+                    // Exponential gaps: stalls at random, independent of each other.
+                    let u: f64 = draw.random::<f64>().max(1e-12);
+                    at += spec.stall_every.mul_f64(-u.ln());
+                    if at >= start + phase {
+                        break;
+                    }
+                    let fault = if spec.scenario == Scenario::Stall {
                         Fault::Stall {
-                            host: victim,
-                            duration,
-                        },
-                    );
+                            host,
+                            duration: spec.stall_duration,
+                        }
+                    } else {
+                        Fault::Slow {
+                            host,
+                            delay: spec.slow_delay,
+                            duration: spec.stall_duration,
+                        }
+                    };
+                    world.schedule_fault(at, fault);
+                    at += spec.stall_duration;
+                }
+            }
+            let mut at = start + spacing / 2;
+            for _ in 0..spec.faults {
+                if let Some(victim) = take(&mut pool, &mut draw) {
+                    world.schedule_fault(at, Fault::Crash(victim));
                 }
                 at += spacing;
             }
-            at + settle
+            start + phase + settle
         }
         Scenario::Churn => {
             let mut at = start;
             for _ in 0..spec.faults {
-                world.run_until(at);
-                if let Some(victim) = world.random_live_host() {
+                if let Some(victim) = take(&mut pool, &mut draw) {
                     world.schedule_fault(at, Fault::Crash(victim));
-                    let back = at + Duration::from_millis(world.rng().random_range(1_000..15_000));
+                    let back = at + Duration::from_millis(draw.random_range(1_000..15_000));
                     world.schedule_fault(back, Fault::Restart(victim));
+                    // A restarted host may be hit again later.
+                    pool.push(victim);
                 }
                 at += spacing;
             }
@@ -342,7 +403,8 @@ fn detection_figures(world: &World) -> DetectionFigures {
     DetectionFigures {
         crashes: detections.len(),
         first_detector: Quantiles::of(first),
-        every_observer: Quantiles::of(every),
+        every_observer: Quantiles::of(every.clone()),
+        every_observer_samples: every,
         last_observer: Quantiles::of(last),
         first_suspicion: Quantiles::of(suspicion),
         missed,
@@ -493,4 +555,79 @@ pub fn replay_command(seed: u64, max_nodes: u32) -> String {
     format!(
         "cargo run -p vigil-sim --release -- swarm --first-seed {seed} --seeds 1 --max-nodes {max_nodes}"
     )
+}
+
+/// What the SWIM analysis predicts for a detector at `nodes` members with message loss
+/// `loss` (Das, Gupta and Motivala, "SWIM", 2002; push-gossip spread after Pittel).
+#[derive(Debug, Clone, Serialize)]
+pub struct Expectation {
+    /// From a crash to the first suspicion: the failed member is probed at about one
+    /// probe per period, so the first probe comes after an exponential wait and is
+    /// judged at the end of its period: `P e / (e - 1)` on average.
+    pub first_suspicion_mean_secs: f64,
+    /// The same wait at its 99th percentile: `P (ln 100 + 1)`.
+    pub first_suspicion_p99_secs: f64,
+    /// Suspicion length: fixed for plain foca; for vigil between its bounds, about
+    /// the time for `k` independent confirmations (`k` probe periods), floored at
+    /// the minimum.
+    pub suspicion_secs: f64,
+    pub suspicion_min_secs: f64,
+    pub suspicion_max_secs: f64,
+    /// Rounds for a push gossip with fanout f to reach everyone:
+    /// `log_{f+1} n + ln(n) / f`, times the gossip interval.
+    pub spread_secs: f64,
+    /// Crash to every member seeing it down, typical case: first suspicion, suspicion,
+    /// spread.
+    pub detection_secs: f64,
+    /// Messages each member sends per second when nothing changes: a ping and an ack
+    /// per probe period.
+    pub messages_per_host_per_sec: f64,
+    /// Probability that one probe of a live member fails with loss `p` and k
+    /// indirect probes: `(1 - (1 - p)^2) (1 - (1 - p)^4)^k`.
+    pub false_suspicion_per_probe: f64,
+    /// False suspicions per second, cluster-wide.
+    pub false_suspicions_per_sec: f64,
+}
+
+pub fn expectation(detector: Detector, nodes: u32, loss: f64) -> Expectation {
+    let config = detector.swim_config(nodes);
+    let p = config.probe_period.as_secs_f64();
+    let e = std::f64::consts::E;
+    let first_mean = p * e / (e - 1.0);
+    let first_p99 = p * (100f64.ln() + 1.0);
+    let (min, max) = match (detector.extended(), detector.profile()) {
+        (true, Some(profile)) => {
+            let (lo, hi) = vigil_protocol::profile::suspicion_bounds(profile, nodes);
+            (lo.as_secs_f64(), hi.as_secs_f64())
+        }
+        _ => {
+            let s = config.suspect_to_down_after.as_secs_f64();
+            (s, s)
+        }
+    };
+    let suspicion = match detector.profile() {
+        Some(profile) => vigil_protocol::lifeguard::typical_suspicion(profile, nodes)
+            .as_secs_f64()
+            .clamp(min, max),
+        None => max,
+    };
+    let (gossip_every, fanout) = config.periodic_gossip.as_ref().map_or((p, 1.0), |g| {
+        (g.frequency.as_secs_f64(), g.num_members.get() as f64)
+    });
+    let n = f64::from(nodes.max(2));
+    let spread = gossip_every * (n.ln() / (fanout + 1.0).ln() + n.ln() / fanout);
+    let k = config.num_indirect_probes.get() as i32;
+    let q = (1.0 - (1.0 - loss).powi(2)) * (1.0 - (1.0 - loss).powi(4)).powi(k);
+    Expectation {
+        first_suspicion_mean_secs: first_mean,
+        first_suspicion_p99_secs: first_p99,
+        suspicion_secs: suspicion,
+        suspicion_min_secs: min,
+        suspicion_max_secs: max,
+        spread_secs: spread,
+        detection_secs: first_mean + suspicion + spread,
+        messages_per_host_per_sec: 2.0 / p,
+        false_suspicion_per_probe: q,
+        false_suspicions_per_sec: n / p * q,
+    }
 }

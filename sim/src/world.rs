@@ -15,7 +15,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use vigil_protocol::{
-    Core, Effect, Event, LocalState, MemberState, NodeId, NodeName, Profile, Zone,
+    Core, Detector, Effect, Event, LocalState, MemberState, NodeId, NodeName, Profile, Zone,
 };
 
 pub type HostId = u32;
@@ -58,7 +58,9 @@ pub enum Fault {
     /// The host processes nothing for `duration` (GC pause, SIGSTOP, CPU starvation),
     /// then handles everything that queued up.
     Stall { host: HostId, duration: Duration },
-    /// Every input of the host waits `delay` before it is handled, for `duration`.
+    /// Every message the host receives waits `delay` before it is handled (its
+    /// inbound queue backs up, as under CPU exhaustion), while its timers still fire
+    /// on time; for `duration`. This is Lifeguard's "slow member".
     Slow {
         host: HostId,
         delay: Duration,
@@ -81,7 +83,7 @@ pub enum Fault {
 pub struct WorldConfig {
     pub nodes: u32,
     pub zones: u32,
-    pub profile: Profile,
+    pub detector: Detector,
     pub seed: u64,
     pub net: NetConfig,
     /// Hosts every other host joins through.
@@ -97,7 +99,7 @@ impl WorldConfig {
         WorldConfig {
             nodes,
             zones: 3,
-            profile: Profile::Lan,
+            detector: Detector::Vigil(Profile::Lan),
             seed,
             net: NetConfig::default(),
             seeds: 3,
@@ -479,18 +481,7 @@ impl World {
         if host.timer_at != Some(now) {
             return; // superseded by an earlier or later timer entry
         }
-        if let (Some(delay), false) = (host.slow_delay, delayed) {
-            // A slow host notices its timers late, like everything else.
-            host.timer_at = Some(now + delay);
-            self.schedule(
-                now + delay,
-                Action::Timer {
-                    host: host_id,
-                    delayed: true,
-                },
-            );
-            return;
-        }
+        let _ = delayed; // timers of a slow host fire on time; only messages wait
         host.timer_at = None;
         if host.stalled_until.is_some_and(|until| now < until) {
             return; // rescheduled when the stall ends
@@ -511,16 +502,27 @@ impl World {
         }
         host.stalled_until = None;
         host.impaired_until = now;
-        // The node drains what queued up before it looks at its (overdue) timers.
+        // What queued up and the overdue timers are handled in no particular order,
+        // as an event loop waking up would: the core must not depend on it.
         let backlog = std::mem::take(&mut host.backlog);
-        for (from, bytes) in backlog {
+        let timers_at = self.rng.random_range(0..=backlog.len());
+        for (i, (from, bytes)) in backlog.into_iter().enumerate() {
+            if i == timers_at {
+                self.run_overdue_timers(host_id);
+            }
             self.input(host_id, from, &bytes);
             self.drain(host_id);
         }
+        self.run_overdue_timers(host_id);
+        self.after_input(host_id);
+    }
+
+    fn run_overdue_timers(&mut self, host_id: HostId) {
+        let now = self.now;
         if let Some(core) = self.hosts[host_id as usize].core.as_mut() {
             let _ = core.handle_timeout(now);
         }
-        self.after_input(host_id);
+        self.drain(host_id);
     }
 
     /// Executes the host's effects and re-arms its timer.
@@ -676,8 +678,7 @@ impl World {
     /// the longest suspicion plus a few probe periods.
     fn explanation_window(&self) -> Duration {
         let n = self.config.nodes.max(1);
-        vigil_protocol::profile::max_suspicion_timeout(self.config.profile, n)
-            + vigil_protocol::profile::probe_period(self.config.profile) * 4
+        self.config.detector.max_suspicion(n) + self.config.detector.probe_period() * 4
     }
 
     fn sighting(&mut self, host: HostId, generation: u64, observer: HostId, suspect: bool) {
@@ -761,7 +762,7 @@ impl World {
             }
             Fault::Restart(h) => {
                 let seed = self.rng.next_u64();
-                let profile = self.config.profile;
+                let detector = self.config.detector;
                 let Some(host) = self.hosts.get_mut(h as usize) else {
                     return;
                 };
@@ -778,7 +779,7 @@ impl World {
                     host.zone.clone(),
                     host.generation,
                 );
-                host.core = Some(Core::new(id, profile, seed));
+                host.core = Some(Core::with_detector(id, detector, seed));
                 host.impaired_until = now;
                 host.join_backoff = JOIN_BACKOFF_MIN;
                 // Every host joins through the seeds, like a node with --seed. The very
@@ -911,6 +912,26 @@ impl World {
             });
         }
         took
+    }
+
+    /// Runs until no live core has updates left to gossip (the wake of a join or a
+    /// failure), checking every `step`, for at most `bound`. Returns how long it took.
+    pub fn run_until_quiet(&mut self, bound: Duration, step: Duration) -> Option<Duration> {
+        let start = self.now;
+        loop {
+            let busy = self
+                .hosts
+                .iter()
+                .filter_map(|h| h.core.as_ref())
+                .any(|c| c.gossip_backlog() > 0);
+            if !busy {
+                return Some(self.now - start);
+            }
+            if self.now - start >= bound {
+                return None;
+            }
+            self.run_for(step);
+        }
     }
 
     pub fn live_hosts(&self) -> Vec<HostId> {
