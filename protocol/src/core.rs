@@ -760,6 +760,17 @@ impl Core {
         Ok(())
     }
 
+    /// Starts from a known membership instead of joining: every identity in
+    /// `members` is taken as alive, without gossip (for simulations that begin from a
+    /// converged cluster; a real node joins through seeds).
+    pub fn assume_members(&mut self, now: Duration, members: impl Iterator<Item = NodeId>) {
+        let me = self.identity().name.clone();
+        let updates = members.filter(|id| id.name != me).map(foca::Member::alive);
+        let _ = self.swim.apply_many(updates, false, &mut self.collected);
+        self.touched = Touched::Everything;
+        self.after_call(now);
+    }
+
     /// Asks `seed` to let us in. The seed's name must be known (the transport learns
     /// it from the seed's certificate); its generation and zone may be placeholders.
     pub fn announce(&mut self, now: Duration, seed: NodeId) -> Result<(), CommandError> {
@@ -1394,20 +1405,16 @@ impl Core {
                     self.forget(&name);
                 }
             }
-            Touched::Members(names, wanted) => {
-                let members: Vec<foca::Member<NodeId>> = self
-                    .swim
-                    .iter_membership_state()
-                    .filter(|m| wanted.contains(&m.id().name))
-                    .cloned()
-                    .collect();
+            Touched::Members(names, _) => {
+                let mut members = Vec::with_capacity(names.len());
+                let mut gone = Vec::new();
+                for name in names {
+                    match self.swim.member(&name.key()) {
+                        Some(m) if m.id().name == name => members.push(m.clone()),
+                        _ => gone.push(name),
+                    }
+                }
                 self.reconcile_all(&members, now);
-                let found: HashSet<&NodeName> = members.iter().map(|m| &m.id().name).collect();
-                let gone: Vec<NodeName> = names
-                    .iter()
-                    .filter(|n| !found.contains(n))
-                    .cloned()
-                    .collect();
                 for name in gone {
                     self.forget(&name);
                 }

@@ -62,6 +62,9 @@ pub struct RunSpec {
     /// How long every live host's view may take to match the truth after the faults.
     pub convergence_bound: Duration,
     pub check_views_every: u64,
+    /// Start from a converged cluster instead of joining through the seeds (no join
+    /// figure then; much faster at thousands of hosts).
+    pub warm_start: bool,
     /// Stall scenario: the fraction of hosts that stall, how long each stall lasts,
     /// and the mean time between two stalls of one host.
     pub stall_fraction: f64,
@@ -84,6 +87,7 @@ impl RunSpec {
             fault_spacing: Duration::from_secs(20),
             convergence_bound: Duration::from_secs(60),
             check_views_every: 0,
+            warm_start: false,
             stall_fraction: 0.1,
             stall_duration: Duration::from_secs(2),
             stall_every: Duration::from_secs(10),
@@ -198,9 +202,14 @@ pub fn run(spec: &RunSpec) -> Report {
     let stagger_total = config.start_stagger * spec.nodes;
     let mut world = World::new(config);
 
-    world.bootstrap();
-    world.run_for(stagger_total);
-    let join = world.run_until_converged(Duration::from_secs(300), Duration::from_millis(100));
+    let join = if spec.warm_start {
+        world.bootstrap_warm();
+        None
+    } else {
+        world.bootstrap();
+        world.run_for(stagger_total);
+        world.run_until_converged(Duration::from_secs(300), Duration::from_millis(100))
+    };
 
     // Steady state: traffic per host over the window, no faults, once the gossip
     // about the joins has died down.
