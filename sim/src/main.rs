@@ -365,7 +365,7 @@ fn compare(c: &CompareArgs) -> ExitCode {
         );
         let speed = Quantiles::of(reports.iter().map(|r| r.sim_secs_per_wall_sec).collect());
         println!();
-        println!("{label} ({:?}):", detector);
+        println!("{label}:");
         println!("  false positives: {fps} (suspicions of healthy hosts: {suspicions})");
         if violations > 0 {
             println!("  broken invariants: {violations}");

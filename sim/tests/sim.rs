@@ -59,3 +59,41 @@ fn a_short_swarm_keeps_every_invariant() {
         );
     }
 }
+
+/// Lifeguard's point, on the same faults: hosts that turn slow (every message they
+/// handle waits 400 ms) make plain foca with vigil's short timing accuse healthy
+/// members, while vigil's detector, just as fast, accuses nobody. foca's own LAN
+/// defaults accuse nobody either, but take several times as long to see a crash.
+#[test]
+fn slow_hosts_make_plain_foca_accuse_healthy_members_but_not_vigil() {
+    use vigil_protocol::{Detector, Profile};
+    let run = |detector| {
+        let mut spec = RunSpec::new(40, 1, Scenario::Slow);
+        spec.detector = detector;
+        spec.window = Duration::from_secs(30);
+        scenario::run(&spec)
+    };
+    let vigil = run(Detector::Vigil(Profile::Lan));
+    let matched = run(Detector::PlainFocaMatched(Profile::Lan));
+    let lan = run(Detector::PlainFocaLan);
+    assert!(vigil.violations.is_empty(), "{:?}", vigil.violations);
+    assert_eq!(
+        vigil.false_positives.len(),
+        0,
+        "{:?}",
+        vigil.false_positives
+    );
+    assert!(
+        !matched.false_positives.is_empty(),
+        "plain foca with short timing was expected to accuse a slow host's targets"
+    );
+    assert_eq!(lan.false_positives.len(), 0);
+    let (v, l) = (
+        vigil.detection.every_observer.p50,
+        lan.detection.every_observer.p50,
+    );
+    assert!(
+        v * 3.0 < l,
+        "vigil's median detection {v:.2} s should be far below foca new_lan's {l:.2} s"
+    );
+}
