@@ -68,6 +68,7 @@ pub struct Metrics {
     pub members: Family<StateLabel, Gauge>,
     pub events: Family<TypeLabel, Counter>,
     pub joined: Gauge,
+    pub local_health: Gauge,
     pub timer_errors: Counter,
     pub api_requests: Family<RouteLabel, Counter>,
     build_info: Family<BuildLabel, Gauge>,
@@ -96,6 +97,7 @@ impl Metrics {
             members: Family::default(),
             events: Family::default(),
             joined: Gauge::default(),
+            local_health: Gauge::default(),
             timer_errors: Counter::default(),
             api_requests: Family::default(),
             build_info: Family::default(),
@@ -196,6 +198,11 @@ impl Metrics {
             "joined",
             "1 while the node is an active member of a cluster",
             m.joined.clone(),
+        );
+        r.register(
+            "local_health_multiplier",
+            "Local health (Lifeguard): 0 when healthy, up to 8 while this node's own probes fail or its timers fire late; its probing and suspicion timeouts are stretched by 1 + this",
+            m.local_health.clone(),
         );
         r.register(
             "timer_errors",

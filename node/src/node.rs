@@ -336,6 +336,9 @@ impl Owner {
         if membership_changed {
             self.update_member_gauges();
         }
+        self.metrics
+            .local_health
+            .set(i64::from(self.core.health_multiplier()));
     }
 
     fn on_event(&mut self, event: &Event) {

@@ -217,6 +217,10 @@ async fn the_cli_and_the_raw_socket_api_show_the_cluster() {
         "{metrics}"
     );
     assert!(metrics.contains("vigil_udp_tx_bytes_total"), "{metrics}");
+    assert!(
+        metrics.contains("vigil_local_health_multiplier "),
+        "{metrics}"
+    );
 
     // `vigil events` streams NDJSON and resumes after an index.
     let mut child = Command::new(vigil_bin!())
