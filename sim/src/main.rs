@@ -83,6 +83,9 @@ struct RunArgs {
     /// Largest one-way latency.
     #[arg(long, default_value = "2ms", value_parser = parse_duration)]
     latency_max: Duration,
+    /// Extra one-way latency between hosts of different zones (3 zones, round robin).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    cross_zone_latency: Duration,
     #[arg(long, default_value_t = 0.0)]
     duplicate: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -149,9 +152,10 @@ fn print_report(r: &Report) {
         s.nodes, s.scenario, s.detector, s.seed
     );
     println!(
-        "network: latency {:?}..{:?}, loss {:.2}%, duplicate {:.2}%, reorder {:.2}%",
+        "network: latency {:?}..{:?} (+{:?} between zones), loss {:.2}%, duplicate {:.2}%, reorder {:.2}%",
         s.net.latency_min,
         s.net.latency_max,
+        s.net.cross_zone,
         s.net.loss * 100.0,
         s.net.duplicate * 100.0,
         s.net.reorder * 100.0
@@ -246,6 +250,7 @@ fn spec_from(a: &RunArgs, seed: u64) -> Result<RunSpec, ExitCode> {
     spec.net.loss = a.loss;
     spec.net.latency_min = a.latency_min;
     spec.net.latency_max = a.latency_max.max(a.latency_min);
+    spec.net.cross_zone = a.cross_zone_latency;
     spec.net.duplicate = a.duplicate;
     spec.net.reorder = a.reorder;
     spec.window = a.window;

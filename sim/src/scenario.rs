@@ -456,6 +456,10 @@ pub fn swarm_one(seed: u64, max_nodes: u32) -> SwarmOutcome {
         duplicate: [0.0, 0.01, 0.05][draw.random_range(0..3)],
         reorder: [0.0, 0.02, 0.1][draw.random_range(0..3)],
         reorder_delay: Duration::from_millis(draw.random_range(1..100)),
+        // From its own generator, so adding it left every other draw of a seed as it was.
+        cross_zone: Duration::from_millis(
+            [0, 0, 1, 5, 30][ChaCha8Rng::seed_from_u64(seed ^ 0x5a4f_4e45).random_range(0..5)],
+        ),
     };
     let mut config = WorldConfig::new(nodes, seed);
     config.net = net.clone();

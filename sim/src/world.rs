@@ -26,6 +26,9 @@ pub struct NetConfig {
     /// One-way latency, drawn uniformly per message.
     pub latency_min: Duration,
     pub latency_max: Duration,
+    /// Extra one-way latency on links between hosts of different zones (availability
+    /// zones of one region are typically a millisecond or so apart).
+    pub cross_zone: Duration,
     /// Probability that a message is lost.
     pub loss: f64,
     /// Probability that a message is delivered twice.
@@ -40,6 +43,7 @@ impl Default for NetConfig {
         NetConfig {
             latency_min: Duration::from_micros(200),
             latency_max: Duration::from_millis(2),
+            cross_zone: Duration::ZERO,
             loss: 0.0,
             duplicate: 0.0,
             reorder: 0.0,
@@ -619,6 +623,9 @@ impl World {
             let net = &self.config.net;
             let span = net.latency_max.saturating_sub(net.latency_min);
             let mut latency = net.latency_min + span.mul_f64(self.rng.random::<f64>());
+            if self.zone_index(from) != self.zone_index(to_id) {
+                latency += net.cross_zone;
+            }
             if self.rng.random_bool(net.reorder.clamp(0.0, 1.0)) {
                 latency += net.reorder_delay.mul_f64(self.rng.random::<f64>());
             }
