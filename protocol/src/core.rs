@@ -343,13 +343,13 @@ impl Invalidates for GossipKey {
                     member,
                     generation,
                     incarnation,
-                    by,
+                    by: _,
                 },
                 GossipKey::Suspected {
                     member: m,
                     generation: g,
                     incarnation: i,
-                    by: b,
+                    by: _,
                 },
             ) => {
                 // One item per suspected member in the queue, the newest accusation
@@ -357,7 +357,6 @@ impl Invalidates for GossipKey {
                 // Without this every accuser's item stayed queued at every node:
                 // with 10 % of 1 000 hosts stalling, queues grew by ~60 items a second
                 // and never drained (docs/ARCHITECTURE.md, "Failure detection").
-                let _ = (by, b);
                 member == m && (generation, incarnation) >= (g, i)
             }
             (GossipKey::Left { .. }, GossipKey::Suspected { .. })

@@ -368,7 +368,7 @@ impl World {
     pub fn bootstrap_warm(&mut self) {
         let now = self.now;
         let mut ids = Vec::with_capacity(self.hosts.len());
-        for (i, host) in self.hosts.iter_mut().enumerate() {
+        for host in &mut self.hosts {
             host.started = true;
             ids.push(NodeId::new(
                 host.name.clone(),
@@ -376,7 +376,6 @@ impl World {
                 host.zone.clone(),
                 host.generation,
             ));
-            let _ = i;
         }
         for i in 0..self.hosts.len() {
             let seed = self.rng.next_u64();
