@@ -28,18 +28,9 @@ fn main() -> ExitCode {
         vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
         udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        // The harness only follows event streams and scrapes counters; two threads
-        // keep it from competing with the nodes more than needed.
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match vigil_benches::harness_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let report = runtime.block_on(run_bench(&params, &bins));
     let written = report.write_json(params.out.as_deref());

@@ -8,3 +8,17 @@
 pub mod cluster;
 pub mod handshake;
 pub mod procstat;
+
+/// The benchmark harness's Tokio runtime. The harness only drives the nodes, follows
+/// their event streams and scrapes counters; two worker threads keep it from
+/// competing with the measured processes more than needed.
+pub fn harness_runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        })
+}

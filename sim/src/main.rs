@@ -273,6 +273,17 @@ fn spec_from(a: &RunArgs, seed: u64) -> Result<RunSpec, ExitCode> {
 }
 
 /// Runs both detectors over the same seeds and prints them side by side.
+/// One figure per run, summarised over the runs; runs where `figure` is undefined
+/// (`None`) are left out.
+fn per_run(reports: &[Report], figure: impl Fn(&Report) -> Option<f64>) -> Quantiles {
+    Quantiles::of(reports.iter().filter_map(figure).collect())
+}
+
+/// `q` if it summarises at least one sample.
+fn measured(q: &Quantiles) -> Option<&Quantiles> {
+    (q.n > 0).then_some(q)
+}
+
 fn compare(c: &CompareArgs) -> ExitCode {
     let mut rows: Vec<(&str, Vec<Report>)> = Vec::new();
     for (label, detector) in [
@@ -295,9 +306,6 @@ fn compare(c: &CompareArgs) -> ExitCode {
         }
         rows.push((label, reports));
     }
-    let pooled = |reports: &[Report], pick: &dyn Fn(&Report) -> Vec<f64>| {
-        Quantiles::of(reports.iter().flat_map(pick).collect())
-    };
     println!(
         "vigil-sim compare: {} nodes, scenario {:?}, seeds {}..{}, loss {:.2}%{}",
         c.run.nodes,
@@ -325,50 +333,28 @@ fn compare(c: &CompareArgs) -> ExitCode {
         if detector.is_some_and(|d| d.extended()) {
             vigil_violations += violations;
         }
-        let every = pooled(reports, &|r: &Report| {
-            r.detection.every_observer_samples.clone()
+        // Every observation of every run, pooled.
+        let every = Quantiles::of(
+            reports
+                .iter()
+                .flat_map(|r| r.detection.every_observer_samples.iter().copied())
+                .collect(),
+        );
+        let p99s = per_run(reports, |r| {
+            measured(&r.detection.every_observer).map(|q| q.p99)
         });
-        let p99s = Quantiles::of(
-            reports
-                .iter()
-                .filter(|r| r.detection.every_observer.n > 0)
-                .map(|r| r.detection.every_observer.p99)
-                .collect(),
-        );
-        let p50s = Quantiles::of(
-            reports
-                .iter()
-                .filter(|r| r.detection.every_observer.n > 0)
-                .map(|r| r.detection.every_observer.p50)
-                .collect(),
-        );
-        let first = Quantiles::of(
-            reports
-                .iter()
-                .filter(|r| r.detection.first_suspicion.n > 0)
-                .map(|r| r.detection.first_suspicion.p50)
-                .collect(),
-        );
-        let spread = Quantiles::of(
-            reports
-                .iter()
-                .filter(|r| r.detection.spread_9999.n > 0)
-                .map(|r| r.detection.spread_9999.p99)
-                .collect(),
-        );
-        let bytes = Quantiles::of(
-            reports
-                .iter()
-                .map(|r| r.steady.bytes_per_host_per_sec.p50)
-                .collect(),
-        );
-        let msgs = Quantiles::of(
-            reports
-                .iter()
-                .map(|r| r.steady.messages_per_host_per_sec.p50)
-                .collect(),
-        );
-        let speed = Quantiles::of(reports.iter().map(|r| r.sim_secs_per_wall_sec).collect());
+        let p50s = per_run(reports, |r| {
+            measured(&r.detection.every_observer).map(|q| q.p50)
+        });
+        let first = per_run(reports, |r| {
+            measured(&r.detection.first_suspicion).map(|q| q.p50)
+        });
+        let spread = per_run(reports, |r| {
+            measured(&r.detection.spread_9999).map(|q| q.p99)
+        });
+        let bytes = per_run(reports, |r| Some(r.steady.bytes_per_host_per_sec.p50));
+        let msgs = per_run(reports, |r| Some(r.steady.messages_per_host_per_sec.p50));
+        let speed = per_run(reports, |r| Some(r.sim_secs_per_wall_sec));
         println!();
         println!("{label}:");
         println!("  false positives: {fps} (suspicions of healthy hosts: {suspicions})");
