@@ -7,6 +7,7 @@
 //! - [`events`]: the indexed, resumable event log.
 //! - [`config`] and [`cli`]: settings from flags, environment and TOML.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`store`]: the durable on-disk snapshot store of a replica host.
 //! - [`harness`] and [`demo`]: local clusters of child processes (demo, tests, benches).
 
 // Errors here are returned on cold paths (startup, a refused request) and carry the
@@ -24,6 +25,7 @@ pub mod events;
 pub mod harness;
 pub mod metrics;
 pub mod node;
+pub mod store;
 pub mod tls;
 pub mod transport;
 

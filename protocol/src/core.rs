@@ -216,6 +216,10 @@ pub enum InputError {
     /// state may have changed; effects produced before the failure are still queued.
     #[error("SWIM: {0}")]
     Swim(#[from] foca::Error),
+    /// A replication message reached the membership core (a datagram, or a stream the
+    /// driver did not route to the replicator). Nothing changed.
+    #[error("a {kind} message is not a membership message")]
+    NotMembership { kind: &'static str },
 }
 
 impl InputError {
@@ -226,6 +230,7 @@ impl InputError {
             InputError::SwimHeader(_) => "swim_header",
             InputError::SenderMismatch { .. } => "sender_mismatch",
             InputError::Swim(e) => swim_error_kind(e),
+            InputError::NotMembership { .. } => "not_membership",
         }
     }
 }
@@ -245,6 +250,7 @@ pub fn peek_sender(bytes: &[u8]) -> Result<NodeName, InputError> {
         }
         Body::Pull { requester, .. } => Ok(requester.name),
         Body::State { sender, .. } | Body::Suspicion { sender, .. } => Ok(sender),
+        body @ Body::Repl(_) => Err(InputError::NotMembership { kind: body.kind() }),
     }
 }
 
@@ -855,6 +861,7 @@ impl Core {
                 self.after_call(now);
                 result.map_err(InputError::from)
             }
+            body @ Body::Repl(_) => Err(InputError::NotMembership { kind: body.kind() }),
         }
     }
 

@@ -8,12 +8,17 @@
 //! - [`wire`]: the versioned envelope and its bounded, typed decoding.
 //! - [`profile`]: LAN and WAN failure-detection parameters, scaled by cluster size.
 //! - [`core`]: the membership core (foca underneath) and its effects and events.
+//! - [`placement`]: zone-aware rendezvous placement of snapshot copies.
+//! - [`replication`]: agents, owners and epochs, snapshot puts and gets, fencing,
+//!   repair and the agent catalog ([`Replicator`], driven next to the [`Core`]).
 
 pub mod core;
 pub mod digest;
 pub mod identity;
 pub mod lifeguard;
+pub mod placement;
 pub mod profile;
+pub mod replication;
 pub mod wire;
 
 pub use crate::core::{
@@ -22,3 +27,6 @@ pub use crate::core::{
 pub use crate::identity::{NameError, NodeId, NodeName, Zone};
 pub use crate::lifeguard::Detector;
 pub use crate::profile::Profile;
+pub use crate::replication::{
+    AckMode, AgentId, AgentRecord, ReplEffect, ReplEvent, ReplMsg, ReplicationConfig, Replicator,
+};

@@ -63,6 +63,9 @@ pub enum Body<'a> {
         about: NodeId,
         incarnation: u16,
     },
+    /// A snapshot replication message (streams only). `Store` and a found
+    /// `FetchReply` are followed on the same stream by `payload_len()` raw bytes.
+    Repl(crate::replication::ReplMsg),
 }
 
 impl Body<'_> {
@@ -72,6 +75,7 @@ impl Body<'_> {
             Body::Pull { .. } => "pull",
             Body::State { .. } => "state",
             Body::Suspicion { .. } => "suspicion",
+            Body::Repl(_) => "repl",
         }
     }
 }

@@ -1,0 +1,672 @@
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test harness is a failed test
+
+//! Several replicators exchanging messages by hand under simulated time, each with a
+//! map for a disk. Membership is given (no SWIM here: the simulator runs both).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use vigil_protocol::replication::{
+    GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, ReplMsg, SnapMeta,
+    StoredVersion,
+};
+use vigil_protocol::{AckMode, AgentId, NodeId, NodeName, ReplicationConfig, Replicator, Zone};
+
+const LATENCY: Duration = Duration::from_millis(1);
+const DISK: Duration = Duration::from_millis(2);
+
+fn name(n: &str) -> NodeName {
+    NodeName::new(n).unwrap()
+}
+
+fn agent(a: &str) -> AgentId {
+    AgentId::new(a).unwrap()
+}
+
+fn node_id(n: &str, zone: &str, port: u16) -> NodeId {
+    NodeId::new(
+        name(n),
+        ([127, 0, 0, 1], port).into(),
+        Zone::new(zone).unwrap(),
+        1,
+    )
+}
+
+enum Work {
+    Deliver {
+        from: NodeName,
+        msg: ReplMsg,
+        payload: Option<Bytes>,
+    },
+    Persisted {
+        op: u64,
+        agent: AgentId,
+        snap: SnapMeta,
+        body: Bytes,
+    },
+    Loaded {
+        op: u64,
+        agent: AgentId,
+        seq: u64,
+    },
+}
+
+#[derive(Default)]
+struct Disk {
+    versions: BTreeMap<(AgentId, u64), (SnapMeta, Bytes)>,
+    corrupt: BTreeSet<(AgentId, u64)>,
+}
+
+struct Cluster {
+    now: Duration,
+    ids: BTreeMap<NodeName, NodeId>,
+    nodes: BTreeMap<NodeName, Replicator>,
+    disks: BTreeMap<NodeName, Disk>,
+    down: BTreeSet<NodeName>,
+    queue: BTreeMap<(Duration, u64), (NodeName, Work)>,
+    seq: u64,
+    puts: BTreeMap<(NodeName, u64), Result<PutOutcome, PutError>>,
+    gets: BTreeMap<(NodeName, u64), Result<(SnapMeta, Bytes), GetError>>,
+    events: Vec<(NodeName, ReplEvent)>,
+    registered: BTreeSet<(NodeName, u64)>,
+    config: ReplicationConfig,
+}
+
+impl Cluster {
+    /// `nodes`: (name, zone).
+    fn new(nodes: &[(&str, &str)], config: ReplicationConfig) -> Self {
+        let mut c = Cluster {
+            now: Duration::ZERO,
+            ids: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            down: BTreeSet::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            puts: BTreeMap::new(),
+            gets: BTreeMap::new(),
+            events: Vec::new(),
+            registered: BTreeSet::new(),
+            config,
+        };
+        for (i, (n, z)) in nodes.iter().enumerate() {
+            let id = node_id(n, z, 7000 + i as u16);
+            c.ids.insert(name(n), id.clone());
+            c.nodes
+                .insert(name(n), Replicator::new(id, c.config.clone(), i as u64 + 1));
+            c.disks.insert(name(n), Disk::default());
+        }
+        let ids: Vec<NodeId> = c.ids.values().cloned().collect();
+        for n in c.nodes.keys().cloned().collect::<Vec<_>>() {
+            for id in &ids {
+                c.nodes
+                    .get_mut(&n)
+                    .unwrap()
+                    .member_up(Duration::ZERO, id.clone());
+            }
+        }
+        c.drain_all();
+        c
+    }
+
+    fn node(&mut self, n: &str) -> &mut Replicator {
+        self.nodes.get_mut(&name(n)).unwrap()
+    }
+
+    fn schedule(&mut self, after: Duration, to: NodeName, work: Work) {
+        self.seq += 1;
+        self.queue.insert((self.now + after, self.seq), (to, work));
+    }
+
+    fn drain_all(&mut self) {
+        let names: Vec<NodeName> = self.nodes.keys().cloned().collect();
+        for n in names {
+            self.drain(&n);
+        }
+    }
+
+    fn drain(&mut self, n: &NodeName) {
+        loop {
+            let Some(effect) = self.nodes.get_mut(n).unwrap().poll_effect() else {
+                return;
+            };
+            match effect {
+                ReplEffect::Send { to, msg, payload } => {
+                    assert_eq!(
+                        msg.payload_len(),
+                        payload.as_ref().map_or(0, |p| p.len() as u64)
+                    );
+                    self.schedule(
+                        LATENCY,
+                        to.name,
+                        Work::Deliver {
+                            from: n.clone(),
+                            msg,
+                            payload,
+                        },
+                    );
+                }
+                ReplEffect::Persist {
+                    op,
+                    agent,
+                    snap,
+                    body,
+                } => self.schedule(
+                    DISK,
+                    n.clone(),
+                    Work::Persisted {
+                        op,
+                        agent,
+                        snap,
+                        body,
+                    },
+                ),
+                ReplEffect::Load { op, agent, seq } => {
+                    self.schedule(DISK, n.clone(), Work::Loaded { op, agent, seq })
+                }
+                ReplEffect::PersistRecord { .. } => {}
+                ReplEffect::DropAgent { agent } => {
+                    let disk = self.disks.get_mut(n).unwrap();
+                    disk.versions.retain(|(a, _), _| a != &agent);
+                }
+                ReplEffect::RegisterDone { reg, .. } => {
+                    self.registered.insert((n.clone(), reg));
+                }
+                ReplEffect::PutDone { put, result } => {
+                    self.puts.insert((n.clone(), put), result);
+                }
+                ReplEffect::GetDone { get, result } => {
+                    self.gets.insert((n.clone(), get), result);
+                }
+                ReplEffect::Event(e) => self.events.push((n.clone(), e)),
+            }
+        }
+    }
+
+    fn step_until(&mut self, until: Duration) {
+        loop {
+            let next_work = self.queue.keys().next().map(|k| k.0);
+            let next_timer = self
+                .nodes
+                .iter()
+                .filter(|(n, _)| !self.down.contains(*n))
+                .filter_map(|(n, r)| r.poll_timeout().map(|t| (t, n.clone())))
+                .min();
+            let at = match (next_work, &next_timer) {
+                (Some(w), Some((t, _))) => w.min(*t),
+                (Some(w), None) => w,
+                (None, Some((t, _))) => *t,
+                (None, None) => break,
+            };
+            if at > until {
+                break;
+            }
+            self.now = self.now.max(at);
+            if next_timer.as_ref().is_some_and(|(t, _)| *t <= at)
+                && next_work.is_none_or(|w| w > at || next_timer.as_ref().unwrap().0 < w)
+            {
+                let (_, n) = next_timer.unwrap();
+                let now = self.now;
+                self.nodes.get_mut(&n).unwrap().handle_timeout(now);
+                self.drain(&n);
+                continue;
+            }
+            let (_, (to, work)) = self.queue.pop_first().unwrap();
+            if self.down.contains(&to) {
+                continue;
+            }
+            let now = self.now;
+            match work {
+                Work::Deliver { from, msg, payload } => {
+                    if self.down.contains(&from) {
+                        continue;
+                    }
+                    self.nodes
+                        .get_mut(&to)
+                        .unwrap()
+                        .handle_message(now, &from, msg, payload);
+                }
+                Work::Persisted {
+                    op,
+                    agent,
+                    snap,
+                    body,
+                } => {
+                    let disk = self.disks.get_mut(&to).unwrap();
+                    disk.versions
+                        .insert((agent.clone(), snap.seq), (snap, body));
+                    disk.corrupt.remove(&(agent.clone(), snap.seq));
+                    let keep = self.config.keep;
+                    let seqs: Vec<u64> = disk
+                        .versions
+                        .keys()
+                        .filter(|(a, _)| a == &agent)
+                        .map(|(_, s)| *s)
+                        .collect();
+                    for s in seqs.iter().take(seqs.len().saturating_sub(keep)) {
+                        disk.versions.remove(&(agent.clone(), *s));
+                    }
+                    self.nodes
+                        .get_mut(&to)
+                        .unwrap()
+                        .on_persisted(now, op, Ok(()));
+                }
+                Work::Loaded { op, agent, seq } => {
+                    let disk = self.disks.get_mut(&to).unwrap();
+                    let key = (agent, seq);
+                    let result = if disk.corrupt.contains(&key) {
+                        disk.versions.remove(&key);
+                        Err(LoadError::Corrupt("checksum mismatch".into()))
+                    } else {
+                        disk.versions.get(&key).cloned().ok_or(LoadError::Missing)
+                    };
+                    self.nodes.get_mut(&to).unwrap().on_loaded(now, op, result);
+                }
+            }
+            self.drain(&to);
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn run(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.step_until(until);
+    }
+
+    fn register(&mut self, n: &str, a: &str) {
+        let now = self.now;
+        let reg = self.node(n).register(now, agent(a), "{}".into()).unwrap();
+        self.drain(&name(n));
+        for _ in 0..10_000 {
+            if self.registered.remove(&(name(n), reg)) {
+                return;
+            }
+            self.run(Duration::from_millis(1));
+        }
+        panic!("register never answered");
+    }
+
+    fn put(
+        &mut self,
+        n: &str,
+        a: &str,
+        body: &[u8],
+        ack: Option<AckMode>,
+    ) -> Result<PutOutcome, PutError> {
+        let now = self.now;
+        let put = self
+            .node(n)
+            .put(now, &agent(a), Bytes::copy_from_slice(body), ack)?;
+        self.drain(&name(n));
+        for _ in 0..10_000 {
+            if let Some(r) = self.puts.remove(&(name(n), put)) {
+                return r;
+            }
+            self.run(Duration::from_millis(1));
+        }
+        panic!("put never answered");
+    }
+
+    fn get(&mut self, n: &str, a: &str, seq: Option<u64>) -> Result<(SnapMeta, Bytes), GetError> {
+        let now = self.now;
+        let get = self.node(n).get(now, &agent(a), seq)?;
+        self.drain(&name(n));
+        for _ in 0..10_000 {
+            if let Some(r) = self.gets.remove(&(name(n), get)) {
+                return r;
+            }
+            self.run(Duration::from_millis(1));
+        }
+        panic!("get never answered");
+    }
+
+    /// Crash: no more messages to or from it; the others declare it down.
+    fn kill(&mut self, n: &str) {
+        self.down.insert(name(n));
+        let now = self.now;
+        for (other, r) in self.nodes.iter_mut() {
+            if !self.down.contains(other) {
+                r.member_down(now, &name(n));
+            }
+        }
+        self.drain_all();
+    }
+
+    /// Holders (nodes with a copy on disk) of `a` seq `seq`, live ones only.
+    fn live_copies(&self, a: &str, seq: u64) -> Vec<String> {
+        self.disks
+            .iter()
+            .filter(|(n, _)| !self.down.contains(*n))
+            .filter(|(_, d)| d.versions.contains_key(&(agent(a), seq)))
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    fn zone_of(&self, n: &str) -> String {
+        self.ids[&name(n)].zone.to_string()
+    }
+}
+
+fn six() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("a1", "za"),
+        ("a2", "za"),
+        ("b1", "zb"),
+        ("b2", "zb"),
+        ("c1", "zc"),
+        ("c2", "zc"),
+    ]
+}
+
+#[test]
+fn a_quorum_put_lands_in_three_zones_and_any_node_reads_it() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    let out = c.put("a1", "agent-1", b"state one", None).unwrap();
+    assert_eq!(out.seq, 1);
+    assert_eq!(out.epoch, 1);
+    assert!(out.stored_on.len() >= 2, "{out:?}");
+    assert!(out.degraded.is_none(), "{out:?}");
+    c.run(Duration::from_millis(50));
+    let copies = c.live_copies("agent-1", 1);
+    // The owner's own copy plus three holders, one per zone.
+    assert_eq!(copies.len(), 4, "{copies:?}");
+    let zones: BTreeSet<String> = copies
+        .iter()
+        .filter(|n| n.as_str() != "a1")
+        .map(|n| c.zone_of(n))
+        .collect();
+    assert_eq!(zones.len(), 3, "{copies:?}");
+    for reader in ["a2", "b1", "c2"] {
+        let (meta, bytes) = c.get(reader, "agent-1", None).unwrap();
+        assert_eq!(
+            (meta.seq, &bytes[..]),
+            (1, &b"state one"[..]),
+            "from {reader}"
+        );
+    }
+}
+
+#[test]
+fn the_latest_acknowledged_version_survives_the_owner_and_a_holder() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    for i in 1..=7u8 {
+        c.put("a1", "agent-1", &[i; 100], None).unwrap();
+    }
+    c.run(Duration::from_millis(50));
+    let holders: Vec<String> = c
+        .live_copies("agent-1", 7)
+        .into_iter()
+        .filter(|n| n != "a1")
+        .collect();
+    c.kill("a1");
+    c.kill(&holders[0]);
+    let reader = c
+        .nodes
+        .keys()
+        .map(|n| n.to_string())
+        .find(|n| !c.down.contains(&name(n)) && !holders.contains(n))
+        .unwrap();
+    let (meta, bytes) = c.get(&reader, "agent-1", None).unwrap();
+    assert_eq!(meta.seq, 7);
+    assert_eq!(&bytes[..], &[7u8; 100][..]);
+    // Only the last five versions are kept.
+    assert!(c.get(&reader, "agent-1", Some(2)).is_err());
+    assert_eq!(c.get(&reader, "agent-1", Some(3)).unwrap().0.seq, 3);
+}
+
+#[test]
+fn repair_restores_three_copies_in_three_zones_after_a_holder_dies() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"v1", None).unwrap();
+    c.put("a1", "agent-1", b"v2", None).unwrap();
+    c.run(Duration::from_millis(50));
+    let holders: Vec<String> = c
+        .live_copies("agent-1", 2)
+        .into_iter()
+        .filter(|n| n != "a1")
+        .collect();
+    assert_eq!(holders.len(), 3);
+    // A holder outside the owner's zone, so its zone still has a candidate left.
+    let victim = holders
+        .iter()
+        .find(|n| c.zone_of(n) != "za")
+        .unwrap()
+        .clone();
+    c.kill(&victim);
+    c.run(Duration::from_secs(3));
+    let now: Vec<String> = c
+        .live_copies("agent-1", 2)
+        .into_iter()
+        .filter(|n| n != "a1")
+        .collect();
+    assert_eq!(now.len(), 3, "{now:?}");
+    let zones: BTreeSet<String> = now.iter().map(|n| c.zone_of(n)).collect();
+    assert_eq!(zones.len(), 3, "{now:?}");
+    // Older kept versions were copied too.
+    assert_eq!(c.live_copies("agent-1", 1).len(), 4);
+    assert!(
+        c.events
+            .iter()
+            .any(|(_, e)| matches!(e, ReplEvent::RepairDone { .. }))
+    );
+    // Every node's catalog agrees on the new holders after anti-entropy.
+    c.run(Duration::from_secs(12));
+    let views: BTreeSet<Vec<String>> = c
+        .nodes
+        .iter()
+        .filter(|(n, _)| !c.down.contains(*n))
+        .map(|(_, r)| {
+            let mut h: Vec<String> = r.agents()[0]
+                .record
+                .holders
+                .iter()
+                .map(|h| h.name.to_string())
+                .collect();
+            h.sort();
+            h
+        })
+        .collect();
+    assert_eq!(views.len(), 1, "{views:?}");
+}
+
+#[test]
+fn a_taken_over_agent_fences_its_old_owner() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"old owner", None).unwrap();
+    c.run(Duration::from_millis(50));
+    // b1 takes the agent over (epoch 2) while a1 has not heard of it yet: cut the
+    // record's way to a1 by registering and putting before a1 processes anything.
+    c.register("b1", "agent-1");
+    let out = c.put("b1", "agent-1", b"new owner", None).unwrap();
+    assert_eq!((out.epoch, out.seq), (2, 2));
+    // a1 learnt of the takeover from the published record: refused locally.
+    let err = c.put("a1", "agent-1", b"stale", None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PutError::NotOwner { epoch: 2, .. } | PutError::Fenced { seen: 2, .. }
+        ),
+        "{err:?}"
+    );
+    let (meta, bytes) = c.get("c1", "agent-1", None).unwrap();
+    assert_eq!(
+        (meta.epoch, meta.seq, &bytes[..]),
+        (2, 2, &b"new owner"[..])
+    );
+}
+
+#[test]
+fn a_holder_refuses_a_lower_epoch_even_when_the_owner_does_not_know() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"one", None).unwrap();
+    c.run(Duration::from_millis(50));
+    // b1 takes over; a1 is cut off from every record message (partition) but its
+    // stores still reach the holders.
+    c.register("b1", "agent-1");
+    c.put("b1", "agent-1", b"two", Some(AckMode::All)).unwrap();
+    // Forget, on a1, what the takeover told it: a fresh replicator with a1's disk.
+    let id = c.ids[&name("a1")].clone();
+    let mut fresh = Replicator::new(id, ReplicationConfig::default(), 99);
+    let versions: Vec<StoredVersion> = c.disks[&name("a1")]
+        .versions
+        .iter()
+        .map(|((a, _), (m, _))| StoredVersion {
+            agent: a.clone(),
+            snap: *m,
+        })
+        .collect();
+    let stale = c.nodes[&name("b1")].agents()[0].record.clone();
+    let stale = vigil_protocol::AgentRecord {
+        owner: name("a1"),
+        owner_zone: Zone::new("za").unwrap(),
+        epoch: 1,
+        version: 9,
+        ..stale
+    };
+    fresh.load(versions, vec![stale]);
+    for id in c.ids.values() {
+        fresh.member_up(c.now, id.clone());
+    }
+    c.nodes.insert(name("a1"), fresh);
+    c.drain(&name("a1"));
+    // Its put goes out at epoch 1; a holder that stored epoch 2 refuses it.
+    let now = c.now;
+    let put = c
+        .node("a1")
+        .put(now, &agent("agent-1"), Bytes::from_static(b"stale"), None)
+        .unwrap();
+    c.drain(&name("a1"));
+    c.run(Duration::from_millis(100));
+    let result = c.puts.remove(&(name("a1"), put)).unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(PutError::Fenced {
+                seen: 2,
+                ours: 1,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(
+        c.events
+            .iter()
+            .any(|(n, e)| n.as_str() == "a1" && matches!(e, ReplEvent::AgentLost { epoch: 2, .. }))
+    );
+    // And the cluster still reads the epoch-2 version.
+    let (meta, _) = c.get("c2", "agent-1", None).unwrap();
+    assert_eq!((meta.epoch, meta.seq), (2, 2));
+}
+
+#[test]
+fn a_corrupt_local_copy_is_never_served_and_is_fetched_again() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"precious", Some(AckMode::All))
+        .unwrap();
+    c.run(Duration::from_millis(50));
+    let holder = c
+        .live_copies("agent-1", 1)
+        .into_iter()
+        .find(|n| n != "a1")
+        .unwrap();
+    c.disks
+        .get_mut(&name(&holder))
+        .unwrap()
+        .corrupt
+        .insert((agent("agent-1"), 1));
+    let (meta, bytes) = c.get(&holder, "agent-1", None).unwrap();
+    assert_eq!((meta.seq, &bytes[..]), (1, &b"precious"[..]));
+    c.run(Duration::from_millis(100));
+    assert!(c.events.iter().any(
+        |(n, e)| n.as_str() == holder && matches!(e, ReplEvent::SnapshotCorrupt { seq: 1, .. })
+    ));
+    assert!(c.events.iter().any(
+        |(n, e)| n.as_str() == holder && matches!(e, ReplEvent::SnapshotHealed { seq: 1, .. })
+    ));
+    assert!(
+        c.disks[&name(&holder)]
+            .versions
+            .contains_key(&(agent("agent-1"), 1))
+    );
+}
+
+#[test]
+fn fewer_zones_than_copies_is_reported_degraded_and_heals_when_a_zone_returns() {
+    let nodes = [("a1", "za"), ("a2", "za"), ("b1", "zb"), ("b2", "zb")];
+    let mut c = Cluster::new(&nodes, ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    let out = c.put("a1", "agent-1", b"x", None).unwrap();
+    let degraded = out.degraded.expect("two zones for three copies");
+    assert_eq!((degraded.copies, degraded.zones), (3, 2));
+    // A node of a third zone joins: one copy moves there.
+    let id = node_id("c1", "zc", 7100);
+    let mut r = Replicator::new(id.clone(), ReplicationConfig::default(), 7);
+    for other in c.ids.values() {
+        r.member_up(c.now, other.clone());
+    }
+    c.ids.insert(name("c1"), id.clone());
+    c.nodes.insert(name("c1"), r);
+    c.disks.insert(name("c1"), Disk::default());
+    let now = c.now;
+    for (n, r) in c.nodes.iter_mut() {
+        if n.as_str() != "c1" {
+            r.member_up(now, id.clone());
+        }
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(3));
+    let copies: Vec<String> = c
+        .live_copies("agent-1", 1)
+        .into_iter()
+        .filter(|n| n != "a1")
+        .collect();
+    let zones: BTreeSet<String> = copies.iter().map(|n| c.zone_of(n)).collect();
+    assert_eq!((copies.len(), zones.len()), (3, 3), "{copies:?}");
+    assert!(
+        c.events
+            .iter()
+            .any(|(_, e)| matches!(e, ReplEvent::AgentRestored { .. }))
+    );
+}
+
+#[test]
+fn a_put_that_cannot_reach_its_quorum_says_what_was_stored() {
+    let nodes = [("a1", "za"), ("b1", "zb"), ("c1", "zc"), ("d1", "zd")];
+    let mut c = Cluster::new(&nodes, ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"x", None).unwrap();
+    // Two holders vanish without being declared down yet: their stores go unanswered.
+    c.down.insert(name("b1"));
+    c.down.insert(name("c1"));
+    let err = c.put("a1", "agent-1", b"y", None).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            PutError::NotAcknowledged {
+                needed: 2,
+                stored: 1,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(text.contains("d1"), "{text}");
+    assert!(text.contains("no answer"), "{text}");
+}
