@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Path as UrlPath;
 use axum::extract::{MatchedPath, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
@@ -28,6 +29,9 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::events::{SinceError, Subscription};
 use crate::metrics::{Metrics, RouteLabel};
+use crate::transport::SnapshotBudget;
+use vigil_protocol::replication::MAX_META_LEN;
+use vigil_protocol::{AckMode, AgentId};
 
 /// Socket file permissions: owner and group may connect.
 pub const SOCKET_MODE: u32 = 0o660;
@@ -81,9 +85,130 @@ pub struct ErrorJson {
     pub code: String,
 }
 
+/// A copy holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderJson {
+    pub name: String,
+    pub zone: String,
+}
+
+/// One agent, as `/v1/agents` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentJson {
+    pub id: String,
+    pub owner: String,
+    pub owner_zone: String,
+    pub epoch: u64,
+    /// The latest acknowledged seq as this node knows it (exact on the owner; the
+    /// snapshot GET asks the holders).
+    pub latest_seq: u64,
+    /// Nodes holding copies (the owner's own copy not included).
+    pub holders: Vec<HolderJson>,
+    pub meta: serde_json::Value,
+    /// This node owns the agent.
+    pub owned_here: bool,
+    /// Seqs of the versions on this node's disk.
+    pub local_versions: Vec<u64>,
+    /// Why the agent has fewer copies or zones than configured, if it does.
+    pub degraded: Option<String>,
+}
+
+/// The answer to a snapshot put.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutJson {
+    pub agent: String,
+    pub epoch: u64,
+    pub seq: u64,
+    /// Copies on disk when the put was acknowledged (the owner first, if its copy counts).
+    pub stored_on: Vec<HolderJson>,
+    /// Holders still writing when the put was acknowledged.
+    pub pending: Vec<HolderJson>,
+    /// Zones of `stored_on`.
+    pub zones: Vec<String>,
+    pub degraded: Option<String>,
+}
+
+/// A snapshot read.
+#[derive(Debug, Clone)]
+pub struct SnapshotReply {
+    pub epoch: u64,
+    pub seq: u64,
+    pub checksum: u64,
+    pub body: Bytes,
+}
+
+/// An error the owner answers with.
+#[derive(Debug, Clone)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub error: String,
+}
+
+impl ApiFailure {
+    pub fn bad_request(code: &str, error: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            code: code.into(),
+            error: error.into(),
+        }
+    }
+
+    pub fn unavailable(error: impl Into<String>) -> Self {
+        Self {
+            status: 503,
+            code: "unavailable".into(),
+            error: error.into(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        error_response(
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &self.code,
+            self.error.clone(),
+        )
+    }
+}
+
+/// Limits of the snapshot endpoints.
+#[derive(Clone)]
+pub struct ApiLimits {
+    pub max_snapshot: u64,
+    pub budget: SnapshotBudget,
+    /// How long a put or get may wait for the owner task's answer.
+    pub put_wait: Duration,
+}
+
+/// Response headers of a snapshot GET.
+pub const HEADER_EPOCH: &str = "x-vigil-epoch";
+pub const HEADER_SEQ: &str = "x-vigil-seq";
+pub const HEADER_CHECKSUM: &str = "x-vigil-checksum";
+
 /// A question for the owner task.
 pub enum ApiRequest {
     Members(oneshot::Sender<Vec<MemberJson>>),
+    Agents(oneshot::Sender<Vec<AgentJson>>),
+    Agent {
+        agent: AgentId,
+        reply: oneshot::Sender<Option<AgentJson>>,
+    },
+    Register {
+        agent: AgentId,
+        meta: String,
+        reply: oneshot::Sender<Result<AgentJson, ApiFailure>>,
+    },
+    Put {
+        agent: AgentId,
+        body: Bytes,
+        ack: Option<AckMode>,
+        reply: oneshot::Sender<Result<PutJson, ApiFailure>>,
+    },
+    Get {
+        agent: AgentId,
+        seq: Option<u64>,
+        reply: oneshot::Sender<Result<SnapshotReply, ApiFailure>>,
+    },
     Health(oneshot::Sender<HealthJson>),
     Subscribe {
         since: Option<u64>,
@@ -94,6 +219,7 @@ pub enum ApiRequest {
 #[derive(Clone)]
 struct ApiState {
     owner: mpsc::Sender<ApiRequest>,
+    limits: ApiLimits,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
 }
@@ -152,6 +278,7 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: UnixListener,
+    limits: ApiLimits,
     owner: mpsc::Sender<ApiRequest>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -159,6 +286,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let state = ApiState {
         owner,
+        limits,
         metrics,
         registry,
     };
@@ -173,6 +301,12 @@ fn router(state: ApiState) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/members", get(members))
         .route("/v1/events", get(events))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{id}", put(register_agent).get(show_agent))
+        .route(
+            "/v1/agents/{id}/snapshot",
+            put(put_snapshot).get(get_snapshot),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -212,7 +346,7 @@ async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see docs/API.md (GET /v1/health, /v1/members, /v1/events, /metrics)",
+        "no such endpoint; see docs/API.md (GET /v1/health, /v1/members, /v1/events, /v1/agents, /metrics)",
     )
 }
 
@@ -229,6 +363,14 @@ async fn ask<T>(
     state: &ApiState,
     make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
 ) -> Result<T, Response> {
+    ask_within(state, OWNER_TIMEOUT, make).await
+}
+
+async fn ask_within<T>(
+    state: &ApiState,
+    wait: Duration,
+    make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
+) -> Result<T, Response> {
     let unavailable = || {
         error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -238,7 +380,7 @@ async fn ask<T>(
     };
     let (tx, rx) = oneshot::channel();
     state.owner.try_send(make(tx)).map_err(|_| unavailable())?;
-    match tokio::time::timeout(OWNER_TIMEOUT, rx).await {
+    match tokio::time::timeout(wait, rx).await {
         Ok(Ok(answer)) => Ok(answer),
         _ => Err(unavailable()),
     }
@@ -275,6 +417,216 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         body,
     )
         .into_response()
+}
+
+fn agent_id(raw: &str) -> Result<AgentId, Response> {
+    AgentId::new(raw).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_agent_id",
+            format!("invalid agent id: {e}"),
+        )
+    })
+}
+
+async fn list_agents(State(state): State<ApiState>) -> Response {
+    match ask(&state, ApiRequest::Agents).await {
+        Ok(agents) => axum::Json(agents).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn show_agent(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> Response {
+    let agent = match agent_id(&id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match ask(&state, |reply| ApiRequest::Agent { agent, reply }).await {
+        Ok(Some(a)) => axum::Json(a).into_response(),
+        Ok(None) => error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_agent",
+            format!("agent {id} is not known to this node"),
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `PUT /v1/agents/{id}`: registers the agent here; the body, if any, is its JSON
+/// metadata (at most 4 KiB).
+async fn register_agent(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
+    let agent = match agent_id(&id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_META_LEN).await else {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "meta_too_large",
+            format!("agent metadata is limited to {MAX_META_LEN} bytes of JSON"),
+        );
+    };
+    let meta = if bytes.iter().all(u8::is_ascii_whitespace) {
+        "{}".to_string()
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => v.to_string(),
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_meta",
+                    format!("agent metadata must be JSON: {e}"),
+                );
+            }
+        }
+    };
+    let wait = state.limits.put_wait;
+    match ask_within(&state, wait, |reply| ApiRequest::Register {
+        agent,
+        meta,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(a)) => axum::Json(a).into_response(),
+        Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
+}
+
+/// Parses the snapshot endpoints' query: `ack=` for a put, `seq=` for a get.
+fn snapshot_query(
+    query: Option<&str>,
+    allowed: &str,
+) -> Result<(Option<AckMode>, Option<u64>), Response> {
+    let bad = |msg: String| error_response(StatusCode::BAD_REQUEST, "bad_request", msg);
+    let mut ack = None;
+    let mut seq = None;
+    let Some(query) = query else {
+        return Ok((ack, seq));
+    };
+    if query.len() > MAX_QUERY_LEN {
+        return Err(bad(format!(
+            "query string longer than {MAX_QUERY_LEN} bytes"
+        )));
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "ack" if allowed == "ack" => {
+                ack = Some(value.parse::<AckMode>().map_err(bad)?);
+            }
+            "seq" if allowed == "seq" => {
+                seq = Some(value.parse::<u64>().map_err(|_| {
+                    bad(format!("seq must be a non-negative integer, got {value:?}"))
+                })?);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter {other:?}; this endpoint accepts only {allowed}"
+                )));
+            }
+        }
+    }
+    Ok((ack, seq))
+}
+
+/// `PUT /v1/agents/{id}/snapshot`: the raw body is the snapshot.
+async fn put_snapshot(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let agent = match agent_id(&id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (ack, _) = match snapshot_query(query.as_deref(), "ack") {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let max = state.limits.max_snapshot;
+    let too_large = |len: String| {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "snapshot_too_large",
+            format!("snapshot of {len} bytes exceeds the limit of {max} bytes (max_snapshot)"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > max
+    {
+        return too_large(len.to_string());
+    }
+    // Room in memory first (a body of unknown length reserves the limit), so many
+    // agents pushing at once wait here instead of filling memory.
+    let Some(reservation) = state.limits.budget.reserve(declared.unwrap_or(max)).await else {
+        return ApiFailure::unavailable("the node is shutting down").response();
+    };
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let body = match axum::body::to_bytes(request.into_body(), limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(format!("more than {max}")),
+    };
+    let body = reservation.attach(body.to_vec());
+    let wait = state.limits.put_wait;
+    match ask_within(&state, wait, |reply| ApiRequest::Put {
+        agent,
+        body,
+        ack,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(out)) => axum::Json(out).into_response(),
+        Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
+}
+
+/// `GET /v1/agents/{id}/snapshot[?seq=N]`: the latest version (or `seq`) from
+/// whichever copy has it; epoch, seq and checksum in headers.
+async fn get_snapshot(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let agent = match agent_id(&id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (_, seq) = match snapshot_query(query.as_deref(), "seq") {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let wait = state.limits.put_wait;
+    match ask_within(&state, wait, |reply| ApiRequest::Get { agent, seq, reply }).await {
+        Ok(Ok(snap)) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(HEADER_EPOCH, snap.epoch)
+            .header(HEADER_SEQ, snap.seq)
+            .header(HEADER_CHECKSUM, format!("{:016x}", snap.checksum))
+            .body(Body::from(snap.body))
+            .unwrap_or_else(|_| {
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "response build failed",
+                )
+            }),
+        Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
 }
 
 /// Parses `?since=N`; anything else is refused by name.

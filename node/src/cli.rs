@@ -30,6 +30,13 @@ pub enum Command {
     Events(EventsArgs),
     /// Show this node's health; exits non-zero unless it is an active member.
     Health(HealthArgs),
+    /// Register an agent with this node, which becomes its owner.
+    Register(RegisterArgs),
+    /// List the agents known cluster-wide: owner, epoch, latest seq, copy holders.
+    Agents(AgentsArgs),
+    /// Put or get an agent's state snapshot.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Create the cluster CA and node certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -83,6 +90,27 @@ pub struct AgentArgs {
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     #[arg(long, env = "VIGIL_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Copies of each agent's snapshots, on distinct hosts, one per zone first [default: 3].
+    #[arg(long, env = "VIGIL_COPIES", value_name = "K")]
+    pub copies: Option<String>,
+    /// Snapshot versions each holder keeps per agent [default: 5].
+    #[arg(long, env = "VIGIL_KEEP", value_name = "N")]
+    pub keep: Option<String>,
+    /// When a put is acknowledged: quorum, all or local [default: quorum].
+    #[arg(long, env = "VIGIL_ACK")]
+    pub ack: Option<String>,
+    /// Whether the owner's own disk counts as one of the copies: true or false [default: false].
+    #[arg(long, env = "VIGIL_OWNER_COUNTS_AS_COPY", value_name = "BOOL")]
+    pub owner_counts_as_copy: Option<String>,
+    /// Largest snapshot accepted, e.g. 16MiB [default: 16MiB].
+    #[arg(long, env = "VIGIL_MAX_SNAPSHOT", value_name = "SIZE")]
+    pub max_snapshot: Option<String>,
+    /// Snapshot bytes held in memory at once; puts wait beyond it [default: 256MiB].
+    #[arg(long, env = "VIGIL_SNAPSHOT_MEMORY", value_name = "SIZE")]
+    pub snapshot_memory: Option<String>,
+    /// Repair copies at most this many bytes per second [default: 64MiB].
+    #[arg(long, env = "VIGIL_REPAIR_RATE", value_name = "SIZE")]
+    pub repair_rate: Option<String>,
 }
 
 /// Where to find the local node.
@@ -121,6 +149,55 @@ pub struct HealthArgs {
     /// Print JSON instead of a summary line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// The agent's id: letters, digits, '.', '_' and '-', at most 128.
+    pub id: String,
+    /// Metadata as JSON (at most 4 KiB).
+    #[arg(long, default_value = "{}")]
+    pub meta: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Store a new snapshot of an agent owned by this node (from a file or stdin);
+    /// prints the acknowledgement as JSON.
+    Put {
+        #[command(flatten)]
+        socket: SocketArgs,
+        id: String,
+        /// Read the snapshot from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Acknowledgement: quorum, all or local [default: the node's setting].
+        #[arg(long)]
+        ack: Option<String>,
+    },
+    /// Fetch an agent's latest snapshot (or `--seq`) from the cluster; epoch and seq
+    /// go to stderr.
+    Get {
+        #[command(flatten)]
+        socket: SocketArgs,
+        id: String,
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Write the snapshot to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

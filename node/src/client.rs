@@ -5,13 +5,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::api::{ErrorJson, HealthJson, MemberJson};
+use crate::api::{AgentJson, ErrorJson, HealthJson, MemberJson, PutJson};
 use crate::events::EventRecord;
 
 /// Longest response body read into memory (members of a very large cluster fit).
@@ -37,15 +37,25 @@ pub enum ClientError {
     Decode(String),
 }
 
-/// A response: status and body.
+/// A response: status, headers and body.
 pub struct Reply {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
 async fn request(
     socket: &Path,
     path_and_query: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    send(socket, Method::GET, path_and_query, Bytes::new()).await
+}
+
+async fn send(
+    socket: &Path,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
     let http_err = |e: hyper::Error| ClientError::Http {
         path: socket.to_path_buf(),
@@ -63,9 +73,12 @@ async fn request(
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let req = Request::get(path_and_query)
+    let req = Request::builder()
+        .method(method)
+        .uri(path_and_query)
         .header(hyper::header::HOST, "vigil")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::CONTENT_LENGTH, body.len())
+        .body(Full::new(body))
         .map_err(|e| ClientError::Http {
             path: socket.to_path_buf(),
             message: e.to_string(),
@@ -75,8 +88,19 @@ async fn request(
 
 /// GET, reading the whole body (bounded).
 pub async fn get(socket: &Path, path_and_query: &str) -> Result<Reply, ClientError> {
-    let response = request(socket, path_and_query).await?;
+    call(socket, Method::GET, path_and_query, Bytes::new()).await
+}
+
+/// Any request, reading the whole body (bounded).
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+) -> Result<Reply, ClientError> {
+    let response = send(socket, method, path_and_query, body).await?;
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let mut body = response.into_body();
     let mut out = BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -95,7 +119,83 @@ pub async fn get(socket: &Path, path_and_query: &str) -> Result<Reply, ClientErr
     }
     Ok(Reply {
         status,
+        headers,
         body: out.freeze(),
+    })
+}
+
+fn json_reply<T: DeserializeOwned>(reply: &Reply) -> Result<T, ClientError> {
+    if !(200..300).contains(&reply.status) {
+        return Err(api_error(reply));
+    }
+    serde_json::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Registers `agent` with the node (which becomes its owner); `meta` is JSON text.
+pub async fn register(socket: &Path, agent: &str, meta: &str) -> Result<AgentJson, ClientError> {
+    let reply = call(
+        socket,
+        Method::PUT,
+        &format!("/v1/agents/{agent}"),
+        Bytes::copy_from_slice(meta.as_bytes()),
+    )
+    .await?;
+    json_reply(&reply)
+}
+
+pub async fn agents(socket: &Path) -> Result<Vec<AgentJson>, ClientError> {
+    get_json(socket, "/v1/agents").await
+}
+
+/// Puts a snapshot of `agent` (owned by this node); `ack` is quorum, all or local.
+pub async fn put_snapshot(
+    socket: &Path,
+    agent: &str,
+    body: Bytes,
+    ack: Option<&str>,
+) -> Result<PutJson, ClientError> {
+    let path = match ack {
+        Some(a) => format!("/v1/agents/{agent}/snapshot?ack={a}"),
+        None => format!("/v1/agents/{agent}/snapshot"),
+    };
+    let reply = call(socket, Method::PUT, &path, body).await?;
+    json_reply(&reply)
+}
+
+/// A snapshot read back.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub epoch: u64,
+    pub seq: u64,
+    pub body: Bytes,
+}
+
+/// The latest snapshot of `agent` (or version `seq`), from any node's point of view.
+pub async fn get_snapshot(
+    socket: &Path,
+    agent: &str,
+    seq: Option<u64>,
+) -> Result<Snapshot, ClientError> {
+    let path = match seq {
+        Some(s) => format!("/v1/agents/{agent}/snapshot?seq={s}"),
+        None => format!("/v1/agents/{agent}/snapshot"),
+    };
+    let reply = get(socket, &path).await?;
+    if reply.status != 200 {
+        return Err(api_error(&reply));
+    }
+    let header = |name: &str| -> Result<u64, ClientError> {
+        reply
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ClientError::Decode(format!("missing or bad {name} header")))
+    };
+    Ok(Snapshot {
+        epoch: header(crate::api::HEADER_EPOCH)?,
+        seq: header(crate::api::HEADER_SEQ)?,
+        body: reply.body.clone(),
     })
 }
 
@@ -165,7 +265,11 @@ pub async fn events(socket: &Path, since: Option<u64>) -> Result<EventStream, Cl
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        return Err(api_error(&Reply { status, body }));
+        return Err(api_error(&Reply {
+            status,
+            headers: hyper::HeaderMap::new(),
+            body,
+        }));
     }
     Ok(EventStream {
         body: response.into_body(),

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::api::MemberJson;
-use crate::cli::{CertCommand, Cli, Command, EventsArgs, HealthArgs, MembersArgs};
+use crate::cli::{
+    AgentsArgs, CertCommand, Cli, Command, EventsArgs, HealthArgs, MembersArgs, RegisterArgs,
+    SnapshotCommand,
+};
 use crate::client::{self, StreamItem};
 use crate::config::{self, AgentConfig, LogFormat};
 use crate::{demo, tls};
@@ -50,6 +53,9 @@ pub fn main_entry() -> ExitCode {
         Command::Members(args) => run_client(members(args)),
         Command::Events(args) => run_client(events(args)),
         Command::Health(args) => run_client(health(args)),
+        Command::Register(args) => run_client(register(args)),
+        Command::Agents(args) => run_client(agents(args)),
+        Command::Snapshot(cmd) => run_client(snapshot(cmd)),
         Command::Cert(cert) => match cert_command(cert) {
             Ok(()) => ExitCode::SUCCESS,
             Err(f) => {
@@ -165,6 +171,133 @@ async fn members(args: MembersArgs) -> Result<(), Failure> {
             "{:<name_w$}  {:<zone_w$}  {:<addr_w$}  {:<7}  {:>14}  {}",
             name, m.zone, m.addr, state, m.generation, m.state_since
         )?;
+    }
+    Ok(())
+}
+
+async fn register(args: RegisterArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let agent = client::register(&socket, &args.id, &args.meta).await?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &agent)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+async fn agents(args: AgentsArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let agents = client::agents(&socket).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &agents)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let id_w = agents
+        .iter()
+        .map(|a| a.id.len() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let owner_w = agents
+        .iter()
+        .map(|a| a.owner.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    writeln!(
+        out,
+        "{:<id_w$}  {:<owner_w$}  {:>5}  {:>8}  HOLDERS",
+        "AGENT", "OWNER", "EPOCH", "SEQ"
+    )?;
+    for a in &agents {
+        let id = if a.owned_here {
+            format!("{}*", a.id)
+        } else {
+            a.id.clone()
+        };
+        let holders: Vec<String> = a
+            .holders
+            .iter()
+            .map(|h| format!("{} ({})", h.name, h.zone))
+            .collect();
+        let degraded = a
+            .degraded
+            .as_ref()
+            .map_or(String::new(), |d| format!("  [degraded: {d}]"));
+        writeln!(
+            out,
+            "{:<id_w$}  {:<owner_w$}  {:>5}  {:>8}  {}{degraded}",
+            id,
+            a.owner,
+            a.epoch,
+            a.latest_seq,
+            holders.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// Largest snapshot the CLI reads from a file or stdin (the node enforces its own
+/// limit, 16 MiB by default).
+const MAX_CLI_SNAPSHOT: u64 = 1 << 30;
+
+async fn snapshot(cmd: SnapshotCommand) -> Result<(), Failure> {
+    match cmd {
+        SnapshotCommand::Put {
+            socket,
+            id,
+            file,
+            ack,
+        } => {
+            let socket = config::resolve_socket(&socket)?;
+            let mut body = Vec::new();
+            match &file {
+                Some(path) => {
+                    let f = std::fs::File::open(path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(f, MAX_CLI_SNAPSHOT + 1),
+                        &mut body,
+                    )?;
+                }
+                None => {
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(std::io::stdin().lock(), MAX_CLI_SNAPSHOT + 1),
+                        &mut body,
+                    )?;
+                }
+            }
+            if body.len() as u64 > MAX_CLI_SNAPSHOT {
+                return Err(format!("snapshot larger than {MAX_CLI_SNAPSHOT} bytes").into());
+            }
+            let reply =
+                client::put_snapshot(&socket, &id, bytes::Bytes::from(body), ack.as_deref())
+                    .await?;
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &reply)?;
+            writeln!(out)?;
+        }
+        SnapshotCommand::Get {
+            socket,
+            id,
+            seq,
+            out,
+        } => {
+            let socket = config::resolve_socket(&socket)?;
+            let snap = client::get_snapshot(&socket, &id, seq).await?;
+            match &out {
+                Some(path) => std::fs::write(path, &snap.body)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+                None => std::io::stdout().lock().write_all(&snap.body)?,
+            }
+            eprintln!(
+                "agent {id}: epoch {} seq {} ({} bytes)",
+                snap.epoch,
+                snap.seq,
+                snap.body.len()
+            );
+        }
     }
     Ok(())
 }

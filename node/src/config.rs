@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Deserialize;
-use vigil_protocol::{NodeName, Profile, Zone};
+use vigil_protocol::{AckMode, NodeName, Profile, ReplicationConfig, Zone};
 
 use crate::cli::{AgentArgs, SocketArgs};
 
@@ -47,6 +47,75 @@ pub struct AgentConfig {
     pub connection_cache: usize,
     pub idle_timeout: Duration,
     pub log_format: LogFormat,
+    pub replication: Replication,
+}
+
+/// Snapshot replication settings.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// Copies per agent (k).
+    pub copies: usize,
+    /// Versions kept per agent on each holder (N).
+    pub keep: usize,
+    pub ack: AckMode,
+    pub owner_counts_as_copy: bool,
+    /// Largest snapshot accepted, in bytes.
+    pub max_snapshot: u64,
+    /// Snapshot bytes held in memory at once (puts in flight, replicas arriving).
+    pub memory: u64,
+    /// Repair copies at most this many bytes per second.
+    pub repair_rate: u64,
+}
+
+pub const DEFAULT_COPIES: usize = 3;
+pub const DEFAULT_KEEP: usize = 5;
+pub const DEFAULT_MAX_SNAPSHOT: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_SNAPSHOT_MEMORY: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_REPAIR_RATE: u64 = 64 * 1024 * 1024;
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            copies: DEFAULT_COPIES,
+            keep: DEFAULT_KEEP,
+            ack: AckMode::Quorum,
+            owner_counts_as_copy: false,
+            max_snapshot: DEFAULT_MAX_SNAPSHOT,
+            memory: DEFAULT_SNAPSHOT_MEMORY,
+            repair_rate: DEFAULT_REPAIR_RATE,
+        }
+    }
+}
+
+impl Replication {
+    /// The protocol's view of these settings.
+    pub fn protocol_config(&self) -> ReplicationConfig {
+        ReplicationConfig {
+            copies: self.copies,
+            keep: self.keep,
+            ack: self.ack,
+            owner_counts_as_copy: self.owner_counts_as_copy,
+            repair_bytes_per_sec: self.repair_rate,
+            ..ReplicationConfig::default()
+        }
+    }
+}
+
+/// Parses a byte size: a whole number with an optional unit (B, KiB, MiB, GiB; KB,
+/// MB, GB are read as the binary units too, which is what people mean for memory).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// Where a value came from, as the user would write it.
@@ -103,9 +172,24 @@ struct FileConfig {
     profile: Option<String>,
     connection_cache: Option<u64>,
     log_format: Option<String>,
+    copies: Option<u64>,
+    keep: Option<u64>,
+    ack: Option<String>,
+    owner_counts_as_copy: Option<bool>,
+    max_snapshot: Option<toml::Value>,
+    snapshot_memory: Option<toml::Value>,
+    repair_rate: Option<toml::Value>,
 }
 
-const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format";
+const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format, copies, keep, ack, owner_counts_as_copy, max_snapshot, snapshot_memory, repair_rate";
+
+/// A size in the file may be a number (bytes) or a string with a unit.
+fn size_text(v: Option<toml::Value>) -> Option<String> {
+    v.map(|v| match v {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let fail = |problem: String, fix: &str| ConfigError::File {
@@ -196,6 +280,10 @@ fn flag_name(id: &'static str) -> &'static str {
         "data_dir" => "data-dir",
         "connection_cache" => "connection-cache",
         "log_format" => "log-format",
+        "owner_counts_as_copy" => "owner-counts-as-copy",
+        "max_snapshot" => "max-snapshot",
+        "snapshot_memory" => "snapshot-memory",
+        "repair_rate" => "repair-rate",
         "seeds" => "seed",
         other => other,
     }
@@ -209,9 +297,27 @@ impl AgentConfig {
     /// Resolves `vigil agent` settings. `matches` are the agent subcommand's matches
     /// (they tell a flag from an environment variable).
     pub fn resolve(args: AgentArgs, matches: &ArgMatches) -> Result<AgentConfig, ConfigError> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
+        };
+        let file_repl = ReplArgs {
+            copies: file.copies.take().map(|n| n.to_string()),
+            keep: file.keep.take().map(|n| n.to_string()),
+            ack: file.ack.take(),
+            owner_counts_as_copy: file.owner_counts_as_copy.take().map(|b| b.to_string()),
+            max_snapshot: size_text(file.max_snapshot.take()),
+            snapshot_memory: size_text(file.snapshot_memory.take()),
+            repair_rate: size_text(file.repair_rate.take()),
+        };
+        let args_repl = ReplArgs {
+            copies: args.copies.clone(),
+            keep: args.keep.clone(),
+            ack: args.ack.clone(),
+            owner_counts_as_copy: args.owner_counts_as_copy.clone(),
+            max_snapshot: args.max_snapshot.clone(),
+            snapshot_memory: args.snapshot_memory.clone(),
+            repair_rate: args.repair_rate.clone(),
         };
         let src = Sources {
             matches,
@@ -392,6 +498,8 @@ impl AgentConfig {
             None => LogFormat::Text,
         };
 
+        let replication = resolve_replication(&src, &args_repl, file_repl)?;
+
         Ok(AgentConfig {
             name,
             zone,
@@ -405,8 +513,124 @@ impl AgentConfig {
             connection_cache,
             idle_timeout: Duration::from_secs(60),
             log_format,
+            replication,
         })
     }
+}
+
+/// The replication settings as given by flags, environment or file.
+struct ReplArgs {
+    copies: Option<String>,
+    keep: Option<String>,
+    ack: Option<String>,
+    owner_counts_as_copy: Option<String>,
+    max_snapshot: Option<String>,
+    snapshot_memory: Option<String>,
+    repair_rate: Option<String>,
+}
+
+const MAX_COPIES: usize = 16;
+const MAX_KEEP: usize = 1000;
+
+fn resolve_replication(
+    src: &Sources<'_>,
+    args: &ReplArgs,
+    file: ReplArgs,
+) -> Result<Replication, ConfigError> {
+    let mut r = Replication::default();
+    let whole = |raw: &Raw, lo: usize, hi: usize, fix: &str| -> Result<usize, ConfigError> {
+        match raw.value.trim().parse::<usize>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(raw.invalid(format!("must be a whole number from {lo} to {hi}"), fix)),
+        }
+    };
+    if let Some(raw) = src.pick(
+        "copies",
+        "VIGIL_COPIES",
+        "copies",
+        args.copies.clone(),
+        file.copies,
+    ) {
+        r.copies = whole(
+            &raw,
+            1,
+            MAX_COPIES,
+            "3 copies in 3 zones survive the loss of any zone",
+        )?;
+    }
+    if let Some(raw) = src.pick("keep", "VIGIL_KEEP", "keep", args.keep.clone(), file.keep) {
+        r.keep = whole(&raw, 1, MAX_KEEP, "keep a few versions (the default is 5)")?;
+    }
+    if let Some(raw) = src.pick("ack", "VIGIL_ACK", "ack", args.ack.clone(), file.ack) {
+        r.ack = raw
+            .value
+            .trim()
+            .parse::<AckMode>()
+            .map_err(|problem| raw.invalid(problem, "quorum is the safe default"))?;
+    }
+    if let Some(raw) = src.pick(
+        "owner_counts_as_copy",
+        "VIGIL_OWNER_COUNTS_AS_COPY",
+        "owner_counts_as_copy",
+        args.owner_counts_as_copy.clone(),
+        file.owner_counts_as_copy,
+    ) {
+        r.owner_counts_as_copy = match raw.value.trim() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(raw.invalid("must be true or false", "use true or false")),
+        };
+    }
+    let size = |raw: &Raw, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+        match parse_size(&raw.value) {
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(raw.invalid(
+                format!("must be a size from {lo} to {hi} bytes"),
+                "write bytes or a number with KiB, MiB or GiB, e.g. 16MiB",
+            )),
+        }
+    };
+    if let Some(raw) = src.pick(
+        "max_snapshot",
+        "VIGIL_MAX_SNAPSHOT",
+        "max_snapshot",
+        args.max_snapshot.clone(),
+        file.max_snapshot,
+    ) {
+        r.max_snapshot = size(&raw, 1, 1 << 30)?;
+    }
+    if let Some(raw) = src.pick(
+        "snapshot_memory",
+        "VIGIL_SNAPSHOT_MEMORY",
+        "snapshot_memory",
+        args.snapshot_memory.clone(),
+        file.snapshot_memory,
+    ) {
+        r.memory = size(&raw, 1 << 20, 1 << 40)?;
+    }
+    if let Some(raw) = src.pick(
+        "repair_rate",
+        "VIGIL_REPAIR_RATE",
+        "repair_rate",
+        args.repair_rate.clone(),
+        file.repair_rate,
+    ) {
+        r.repair_rate = size(&raw, 1 << 10, 1 << 40)?;
+    }
+    if r.memory < r.max_snapshot {
+        return Err(ConfigError::Invalid {
+            origin: Origin::Default,
+            value: r.memory.to_string(),
+            problem: format!(
+                "snapshot_memory ({}) is smaller than max_snapshot ({})",
+                r.memory, r.max_snapshot
+            ),
+            fix:
+                "raise snapshot_memory to at least max_snapshot (a few times it lets puts overlap)"
+                    .into(),
+        });
+    }
+    Ok(r)
 }
 
 fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {

@@ -44,6 +44,11 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
     pub version: String,
     pub wire_version: String,
@@ -71,6 +76,18 @@ pub struct Metrics {
     pub local_health: Gauge,
     pub timer_errors: Counter,
     pub api_requests: Family<RouteLabel, Counter>,
+    pub snapshot_puts: Family<OutcomeLabel, Counter>,
+    pub snapshot_put_seconds: Histogram,
+    pub snapshot_gets: Family<OutcomeLabel, Counter>,
+    pub snapshot_bytes_written: Counter,
+    pub snapshot_corrupt: Counter,
+    pub store_errors: Family<KindLabel, Counter>,
+    pub repl_payload_bytes: Family<DirectionLabel, Counter>,
+    pub agents_known: Gauge,
+    pub agents_owned: Gauge,
+    pub agents_degraded: Gauge,
+    pub repair_backlog: Gauge,
+    pub snapshot_memory_bytes: Gauge,
     build_info: Family<BuildLabel, Gauge>,
 }
 
@@ -100,6 +117,19 @@ impl Metrics {
             local_health: Gauge::default(),
             timer_errors: Counter::default(),
             api_requests: Family::default(),
+            snapshot_puts: Family::default(),
+            // 250 us .. ~16 s
+            snapshot_put_seconds: Histogram::new(exponential_buckets(0.00025, 2.0, 17)),
+            snapshot_gets: Family::default(),
+            snapshot_bytes_written: Counter::default(),
+            snapshot_corrupt: Counter::default(),
+            store_errors: Family::default(),
+            repl_payload_bytes: Family::default(),
+            agents_known: Gauge::default(),
+            agents_owned: Gauge::default(),
+            agents_degraded: Gauge::default(),
+            repair_backlog: Gauge::default(),
+            snapshot_memory_bytes: Gauge::default(),
             build_info: Family::default(),
         };
         m.build_info
@@ -213,6 +243,66 @@ impl Metrics {
             "api_requests",
             "Socket API requests by route and status",
             m.api_requests.clone(),
+        );
+        r.register(
+            "snapshot_puts",
+            "Snapshot puts answered by this node as owner, by outcome (acked, or the error code)",
+            m.snapshot_puts.clone(),
+        );
+        r.register(
+            "snapshot_put_seconds",
+            "Time from a put's arrival to its acknowledgement",
+            m.snapshot_put_seconds.clone(),
+        );
+        r.register(
+            "snapshot_gets",
+            "Snapshot reads answered by this node, by outcome",
+            m.snapshot_gets.clone(),
+        );
+        r.register(
+            "snapshot_bytes_written",
+            "Snapshot bytes written durably to this node's disk (own copies and replicas)",
+            m.snapshot_bytes_written.clone(),
+        );
+        r.register(
+            "snapshot_corrupt",
+            "Snapshot versions found corrupt on this node's disk (moved aside, fetched again)",
+            m.snapshot_corrupt.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Snapshot store operations that failed, by kind (no_space, io, corrupt, ...)",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "replication_payload_bytes",
+            "Snapshot bytes sent to or received from peers on QUIC streams, by direction",
+            m.repl_payload_bytes.clone(),
+        );
+        r.register(
+            "agents_known",
+            "Agents in this node's catalog",
+            m.agents_known.clone(),
+        );
+        r.register(
+            "agents_owned",
+            "Agents owned by this node",
+            m.agents_owned.clone(),
+        );
+        r.register(
+            "agents_degraded",
+            "Agents this node manages with fewer copies or zones than configured",
+            m.agents_degraded.clone(),
+        );
+        r.register(
+            "repair_backlog",
+            "Snapshot versions waiting to be copied by repair on this node",
+            m.repair_backlog.clone(),
+        );
+        r.register(
+            "snapshot_memory_bytes",
+            "Snapshot bytes held in memory (puts in flight, replicas being received)",
+            m.snapshot_memory_bytes.clone(),
         );
         r.register(
             "build_info",

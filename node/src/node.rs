@@ -9,19 +9,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use rand::RngExt;
+use std::collections::BTreeMap;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
-use vigil_protocol::{Core, Effect, Event, LocalState, MemberInfo, MemberState, NodeId, Zone};
+use vigil_protocol::replication::{
+    AgentView, GetError, LoadError, PutError, PutOutcome, SnapMeta, StoredVersion,
+};
+use vigil_protocol::{
+    AgentId, AgentRecord, Core, Effect, Event, LocalState, MemberInfo, MemberState, NodeId,
+    ReplEffect, ReplEvent, Replicator, Zone, wire,
+};
 
-use crate::api::{self, ApiRequest, HealthJson, MemberJson};
+use crate::api::{
+    self, AgentJson, ApiFailure, ApiRequest, HealthJson, HolderJson, MemberJson, PutJson,
+    SnapshotReply,
+};
 use crate::config::AgentConfig;
 use crate::datadir::{DataDir, DataDirError};
 use crate::events::{self, EventLog};
-use crate::metrics::{Metrics, StateLabel, TypeLabel};
+use crate::metrics::{KindLabel, Metrics, OutcomeLabel, StateLabel, TypeLabel};
+use crate::store::{SnapshotStore, StoreError, VersionMeta};
 use crate::tls;
 use crate::transport::{
-    Inbound, LogLimiter, SeedOutcome, Transport, TransportConfig, TransportError,
+    Inbound, LogLimiter, SeedOutcome, SnapshotBudget, StreamLimits, Transport, TransportConfig,
+    TransportError,
 };
 
 /// First wait between join attempts; doubles up to [`JOIN_BACKOFF_MAX`].
@@ -33,10 +46,28 @@ const LEAVE_GRACE: Duration = Duration::from_millis(500);
 /// Requests from the API waiting for the owner.
 const API_QUEUE: usize = 256;
 
+/// Disk operations finished on the blocking pool, reported back to the owner.
+const DISK_QUEUE: usize = 1024;
+/// The snapshot store's directory inside the data directory.
+const SNAPSHOT_DIR: &str = "snapshots";
+
+enum DiskDone {
+    Persisted {
+        op: u64,
+        result: Result<(), String>,
+    },
+    Loaded {
+        op: u64,
+        result: Result<(SnapMeta, Bytes), LoadError>,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error("snapshot store: {0}")]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -66,6 +97,13 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     let generation = data_dir.next_generation()?;
     let node_tls = tls::load_node_tls(&config.pki, &config.name)?;
     let (metrics, registry) = Metrics::new();
+    let repl = config.replication.clone();
+    let budget = SnapshotBudget::new(repl.memory, &metrics);
+    let opened = SnapshotStore::open(
+        &config.data_dir.join(SNAPSHOT_DIR),
+        repl.keep,
+        repl.max_snapshot,
+    )?;
     let initial_rtt = match config.profile {
         vigil_protocol::Profile::Lan => Duration::from_millis(20),
         vigil_protocol::Profile::Wan => Duration::from_millis(300),
@@ -81,6 +119,10 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
         &node_tls,
         config.name.clone(),
         Arc::clone(&metrics),
+        StreamLimits {
+            max_payload: repl.max_snapshot,
+            budget: budget.clone(),
+        },
     )?;
     let bound = transport.local_addr().map_err(|source| AgentError::Io {
         context: "reading the bound address",
@@ -103,6 +145,11 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     let (stop_api, api_stopped) = oneshot::channel::<()>();
     let api_task = tokio::spawn(api::serve(
         listener,
+        api::ApiLimits {
+            max_snapshot: repl.max_snapshot,
+            budget,
+            put_wait: repl.protocol_config().put_timeout + Duration::from_secs(2),
+        },
         api_tx,
         Arc::clone(&metrics),
         Arc::new(registry),
@@ -112,7 +159,42 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     ));
 
     let core = Core::new(identity.clone(), config.profile, rand::random());
+    let mut replicator = Replicator::new(identity.clone(), repl.protocol_config(), rand::random());
+    let mut startup_problems = Vec::new();
+    let versions = opened
+        .versions
+        .iter()
+        .filter_map(|v| {
+            let agent = AgentId::new(&v.agent).ok()?;
+            Some(StoredVersion {
+                agent,
+                snap: SnapMeta {
+                    epoch: v.epoch,
+                    seq: v.seq,
+                    len: v.len,
+                    checksum: v.checksum,
+                },
+            })
+        })
+        .collect();
+    let mut records = Vec::new();
+    for (agent, bytes) in &opened.records {
+        match serde_json::from_slice::<AgentRecord>(bytes) {
+            Ok(r) if r.agent.as_str() == agent => records.push(r),
+            _ => startup_problems.push(format!("unreadable catalog record of agent {agent}")),
+        }
+    }
+    for p in &opened.problems {
+        startup_problems.push(format!("{}: {}", p.path.display(), p.reason));
+    }
+    let stored = opened.versions.len();
+    replicator.load(versions, records);
+    let (disk_tx, disk_rx) = mpsc::channel(DISK_QUEUE);
     let mut owner = Owner {
+        replicator,
+        store: Arc::new(opened.store),
+        disk_tx,
+        pending: PendingApi::default(),
         core,
         transport,
         events: EventLog::new(&identity),
@@ -129,6 +211,15 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
         advertise,
     };
     owner.events.push_local("local_started", None);
+    for problem in startup_problems {
+        tracing::warn!("snapshot store: {problem}");
+        owner.events.push_local("store_problem", Some(problem));
+    }
+    tracing::info!(
+        versions = stored,
+        agents = owner.replicator.known_count(),
+        "snapshot store opened"
+    );
     tracing::info!(
         name = %identity.name, zone = %identity.zone, addr = %advertise, generation,
         profile = owner.config.profile.as_str(), socket = %owner.config.socket.display(),
@@ -136,12 +227,67 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     );
     print_ready(&identity, &owner.config.socket)?;
 
-    let result = owner.run(inbound, api_rx).await;
+    let result = owner.run(inbound, api_rx, disk_rx).await;
     let _ = stop_api.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     let _ = std::fs::remove_file(&owner.config.socket);
     tracing::info!("vigil node stopped");
     result
+}
+
+fn count_store_error(metrics: &Metrics, e: &StoreError) {
+    metrics
+        .store_errors
+        .get_or_create(&KindLabel {
+            kind: e.kind().into(),
+        })
+        .inc();
+}
+
+fn put_json(out: PutOutcome, default_ack: vigil_protocol::AckMode) -> PutJson {
+    let holder = |h: vigil_protocol::replication::Holder| HolderJson {
+        name: h.name.to_string(),
+        zone: h.zone.to_string(),
+    };
+    let mut zones: Vec<String> = out.stored_on.iter().map(|h| h.zone.to_string()).collect();
+    zones.sort();
+    zones.dedup();
+    let _ = default_ack;
+    PutJson {
+        agent: out.agent.to_string(),
+        epoch: out.epoch,
+        seq: out.seq,
+        stored_on: out.stored_on.into_iter().map(holder).collect(),
+        pending: out.pending.into_iter().map(holder).collect(),
+        zones,
+        degraded: out.degraded.map(|d| d.to_string()),
+    }
+}
+
+fn put_failure(e: &PutError) -> ApiFailure {
+    let status = match e {
+        PutError::UnknownAgent { .. } => 404,
+        PutError::NotOwner { .. } | PutError::Fenced { .. } => 409,
+        PutError::NotAcknowledged { .. } => 503,
+        PutError::LocalWrite { .. } => 507,
+    };
+    ApiFailure {
+        status,
+        code: e.code().into(),
+        error: e.to_string(),
+    }
+}
+
+fn get_failure(e: &GetError) -> ApiFailure {
+    let status = match e {
+        GetError::UnknownAgent { .. } | GetError::NotFound { .. } => 404,
+        GetError::Unavailable { .. } => 503,
+    };
+    ApiFailure {
+        status,
+        code: e.code().into(),
+        error: e.to_string(),
+    }
 }
 
 fn print_ready(identity: &NodeId, socket: &std::path::Path) -> Result<(), AgentError> {
@@ -169,8 +315,20 @@ struct JoinState {
     backoff: Duration,
 }
 
+/// API requests waiting for the replicator's answer.
+#[derive(Default)]
+struct PendingApi {
+    registers: BTreeMap<u64, oneshot::Sender<Result<AgentJson, ApiFailure>>>,
+    puts: BTreeMap<u64, (Instant, oneshot::Sender<Result<PutJson, ApiFailure>>)>,
+    gets: BTreeMap<u64, oneshot::Sender<Result<SnapshotReply, ApiFailure>>>,
+}
+
 struct Owner {
     core: Core,
+    replicator: Replicator,
+    store: Arc<SnapshotStore>,
+    disk_tx: mpsc::Sender<DiskDone>,
+    pending: PendingApi,
     transport: Transport,
     events: EventLog,
     metrics: Arc<Metrics>,
@@ -199,6 +357,7 @@ impl Owner {
         &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
+        mut disk_rx: mpsc::Receiver<DiskDone>,
     ) -> Result<(), AgentError> {
         let signal_err = |source| AgentError::Io {
             context: "installing signal handlers",
@@ -210,12 +369,18 @@ impl Owner {
         self.update_member_gauges();
         loop {
             let timer_at = self.core.poll_timeout().map(|t| self.start + t);
+            let repl_at = self.replicator.poll_timeout().map(|t| self.start + t);
             let join_at = self.join.next_attempt;
             tokio::select! {
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
                 Some(event) = inbound.recv() => self.on_inbound(event),
                 Some(request) = api_rx.recv() => self.on_api(request),
+                Some(done) = disk_rx.recv() => self.on_disk(done),
+                () = sleep_until_opt(repl_at) => {
+                    self.replicator.handle_timeout(self.now());
+                    self.drain_repl();
+                }
                 Some(addrs) = resolved_rx.recv() => {
                     for addr in addrs {
                         if addr != self.advertise {
@@ -240,6 +405,15 @@ impl Owner {
 
     fn on_inbound(&mut self, event: Inbound) {
         match event {
+            Inbound::Repl { from, msg, payload } => {
+                if msg.payload_len() != payload.as_ref().map_or(0, |p| p.len() as u64) {
+                    self.metrics.count_input_error("payload_length");
+                    return;
+                }
+                let now = self.now();
+                self.replicator.handle_message(now, &from, msg, payload);
+                self.drain_repl();
+            }
             Inbound::Message { from, bytes } => {
                 let now = self.now();
                 if let Err(e) = self.core.handle_datagram(now, &from, &bytes) {
@@ -335,6 +509,7 @@ impl Owner {
         }
         if membership_changed {
             self.update_member_gauges();
+            self.drain_repl();
         }
         self.metrics
             .local_health
@@ -342,6 +517,25 @@ impl Owner {
     }
 
     fn on_event(&mut self, event: &Event) {
+        let now = self.now();
+        match event {
+            Event::MemberJoined { member } | Event::MemberRestarted { member, .. } => {
+                self.replicator.member_up(now, member.clone())
+            }
+            Event::MemberDown { member } | Event::MemberLeft { member } => {
+                // A down notice about an older generation of a member that is back
+                // already must not take the new one out.
+                let newer_live = self
+                    .replicator
+                    .live_members()
+                    .any(|m| m.name == member.name && m.generation > member.generation);
+                if !newer_live {
+                    self.replicator.member_down(now, &member.name);
+                }
+            }
+            Event::LocalRejoined { identity, .. } => self.replicator.set_identity(identity.clone()),
+            _ => {}
+        }
         let record = self.events.push_event(event);
         self.metrics
             .events
@@ -455,7 +649,64 @@ impl Owner {
     }
 
     fn on_api(&mut self, request: ApiRequest) {
+        let now = self.now();
         match request {
+            ApiRequest::Agents(reply) => {
+                let agents = self
+                    .replicator
+                    .agents()
+                    .iter()
+                    .map(|v| self.agent_json(v))
+                    .collect();
+                let _ = reply.send(agents);
+            }
+            ApiRequest::Agent { agent, reply } => {
+                let found = self.replicator.agent(&agent).map(|v| self.agent_json(&v));
+                let _ = reply.send(found);
+            }
+            ApiRequest::Register { agent, meta, reply } => {
+                match self.replicator.register(now, agent, meta) {
+                    Ok(reg) => {
+                        self.pending.registers.insert(reg, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ApiFailure::bad_request(
+                            "meta_too_large",
+                            e.to_string(),
+                        )));
+                    }
+                }
+                self.drain_repl();
+            }
+            ApiRequest::Put {
+                agent,
+                body,
+                ack,
+                reply,
+            } => {
+                match self.replicator.put(now, &agent, body, ack) {
+                    Ok(put) => {
+                        self.pending.puts.insert(put, (Instant::now(), reply));
+                    }
+                    Err(e) => {
+                        self.count_put(e.code());
+                        let _ = reply.send(Err(put_failure(&e)));
+                    }
+                }
+                self.drain_repl();
+            }
+            ApiRequest::Get { agent, seq, reply } => {
+                match self.replicator.get(now, &agent, seq) {
+                    Ok(get) => {
+                        self.pending.gets.insert(get, reply);
+                    }
+                    Err(e) => {
+                        self.count_get(e.code());
+                        let _ = reply.send(Err(get_failure(&e)));
+                    }
+                }
+                self.drain_repl();
+            }
             ApiRequest::Members(reply) => {
                 let members = self.core.members().map(|m| self.member_json(&m)).collect();
                 let _ = reply.send(members);
@@ -467,6 +718,291 @@ impl Owner {
                 let _ = reply.send(self.events.subscribe(since));
             }
         }
+    }
+
+    fn count_put(&self, outcome: &str) {
+        self.metrics
+            .snapshot_puts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    fn count_get(&self, outcome: &str) {
+        self.metrics
+            .snapshot_gets
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    fn agent_json(&self, v: &AgentView) -> AgentJson {
+        let r = &v.record;
+        AgentJson {
+            id: r.agent.to_string(),
+            owner: r.owner.to_string(),
+            owner_zone: r.owner_zone.to_string(),
+            epoch: r.epoch,
+            latest_seq: r.seq,
+            holders: r
+                .holders
+                .iter()
+                .map(|h| HolderJson {
+                    name: h.name.to_string(),
+                    zone: h.zone.to_string(),
+                })
+                .collect(),
+            meta: serde_json::from_str(&r.meta).unwrap_or(serde_json::Value::Null),
+            owned_here: v.local_owner,
+            local_versions: v.local_versions.clone(),
+            degraded: v.degraded.as_ref().map(|d| d.to_string()),
+        }
+    }
+
+    /// Executes the replicator's effects.
+    fn drain_repl(&mut self) {
+        while let Some(effect) = self.replicator.poll_effect() {
+            match effect {
+                ReplEffect::Send { to, msg, payload } => {
+                    let kind = msg.kind();
+                    match wire::encode(&wire::Body::Repl(msg), wire::MAX_STREAM_FRAME_LEN)
+                        .and_then(|e| wire::frame_for_stream(&e))
+                    {
+                        Ok(frame) => self.transport.send_stream(&to, Bytes::from(frame), payload),
+                        Err(e) => {
+                            self.metrics.count_dropped("replication_encode");
+                            self.log_limit.warn(
+                                "repl_encode",
+                                format_args!("cannot encode a {kind} message: {e}"),
+                            );
+                        }
+                    }
+                }
+                ReplEffect::Persist {
+                    op,
+                    agent,
+                    snap,
+                    body,
+                } => self.persist(op, agent, snap, body),
+                ReplEffect::Load { op, agent, seq } => self.load(op, agent, seq),
+                ReplEffect::PersistRecord { record } => {
+                    let store = Arc::clone(&self.store);
+                    let metrics = Arc::clone(&self.metrics);
+                    let Ok(bytes) = serde_json::to_vec(&record) else {
+                        continue;
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.write_record(record.agent.as_str(), &bytes) {
+                            count_store_error(&metrics, &e);
+                            tracing::warn!("cannot save the record of agent {}: {e}", record.agent);
+                        }
+                    });
+                }
+                ReplEffect::DropAgent { agent } => {
+                    let store = Arc::clone(&self.store);
+                    let metrics = Arc::clone(&self.metrics);
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.remove_agent(agent.as_str()) {
+                            count_store_error(&metrics, &e);
+                            tracing::warn!("cannot remove the copies of agent {agent}: {e}");
+                        }
+                    });
+                }
+                ReplEffect::RegisterDone { reg, record } => {
+                    if let Some(reply) = self.pending.registers.remove(&reg) {
+                        let view = self.replicator.agent(&record.agent);
+                        let json = view.map(|v| self.agent_json(&v));
+                        let _ = reply.send(json.ok_or_else(|| {
+                            ApiFailure::unavailable("the agent vanished while registering; retry")
+                        }));
+                    }
+                }
+                ReplEffect::PutDone { put, result } => {
+                    let Some((started, reply)) = self.pending.puts.remove(&put) else {
+                        continue;
+                    };
+                    match result {
+                        Ok(out) => {
+                            self.count_put("acked");
+                            self.metrics
+                                .snapshot_put_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            let _ = reply.send(Ok(put_json(out, self.replicator.config().ack)));
+                        }
+                        Err(e) => {
+                            self.count_put(e.code());
+                            let _ = reply.send(Err(put_failure(&e)));
+                        }
+                    }
+                }
+                ReplEffect::GetDone { get, result } => {
+                    let Some(reply) = self.pending.gets.remove(&get) else {
+                        continue;
+                    };
+                    match result {
+                        Ok((meta, body)) => {
+                            self.count_get("found");
+                            let _ = reply.send(Ok(SnapshotReply {
+                                epoch: meta.epoch,
+                                seq: meta.seq,
+                                checksum: meta.checksum,
+                                body,
+                            }));
+                        }
+                        Err(e) => {
+                            self.count_get(e.code());
+                            let _ = reply.send(Err(get_failure(&e)));
+                        }
+                    }
+                }
+                ReplEffect::Event(e) => self.on_repl_event(e),
+            }
+        }
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .agents_known
+            .set(gauge(self.replicator.known_count()));
+        self.metrics
+            .agents_owned
+            .set(gauge(self.replicator.owned_count()));
+        self.metrics
+            .agents_degraded
+            .set(gauge(self.replicator.degraded_count()));
+        self.metrics
+            .repair_backlog
+            .set(gauge(self.replicator.repair_backlog()));
+    }
+
+    fn on_repl_event(&mut self, e: ReplEvent) {
+        let detail = match &e {
+            ReplEvent::AgentOwned { agent, epoch } => format!("agent {agent} epoch {epoch}"),
+            ReplEvent::AgentLost {
+                agent,
+                owner,
+                epoch,
+            } => format!(
+                "agent {agent} now owned by {} at epoch {epoch}",
+                owner
+                    .as_ref()
+                    .map_or("another node".into(), |o| o.to_string())
+            ),
+            ReplEvent::AgentDegraded { agent, degraded } => format!("agent {agent}: {degraded}"),
+            ReplEvent::AgentRestored { agent, copies } => {
+                format!("agent {agent}: {copies} copies in the best zone spread")
+            }
+            ReplEvent::SnapshotCorrupt { agent, seq, reason } => {
+                self.metrics.snapshot_corrupt.inc();
+                format!("agent {agent} seq {seq}: {reason}; moved aside, fetching it again")
+            }
+            ReplEvent::SnapshotHealed { agent, seq, from } => {
+                format!("agent {agent} seq {seq} fetched again from {from}")
+            }
+            ReplEvent::RepairDone {
+                agent,
+                added,
+                removed,
+                bytes,
+            } => format!(
+                "agent {agent}: copies added on [{}], dropped from [{}], {bytes} bytes copied",
+                added
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                removed
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        };
+        match &e {
+            ReplEvent::SnapshotCorrupt { .. }
+            | ReplEvent::AgentLost { .. }
+            | ReplEvent::AgentDegraded { .. } => {
+                tracing::warn!(event = e.kind(), "{detail}")
+            }
+            _ => tracing::info!(event = e.kind(), "{detail}"),
+        }
+        let record = self.events.push_local(e.kind(), Some(detail));
+        self.metrics
+            .events
+            .get_or_create(&TypeLabel {
+                r#type: record.kind.clone(),
+            })
+            .inc();
+    }
+
+    fn persist(&self, op: u64, agent: AgentId, snap: SnapMeta, body: Bytes) {
+        let store = Arc::clone(&self.store);
+        let tx = self.disk_tx.clone();
+        let metrics = Arc::clone(&self.metrics);
+        tokio::task::spawn_blocking(move || {
+            let meta = VersionMeta {
+                agent: agent.to_string(),
+                epoch: snap.epoch,
+                seq: snap.seq,
+                len: snap.len,
+                checksum: snap.checksum,
+            };
+            let result = match store.write(&meta, &body) {
+                Ok(_) => {
+                    metrics.snapshot_bytes_written.inc_by(snap.len);
+                    Ok(())
+                }
+                Err(e) => {
+                    count_store_error(&metrics, &e);
+                    Err(e.to_string())
+                }
+            };
+            // The bytes (and their memory reservation) go before the owner hears back.
+            drop(body);
+            let _ = tx.blocking_send(DiskDone::Persisted { op, result });
+        });
+    }
+
+    fn load(&self, op: u64, agent: AgentId, seq: u64) {
+        let store = Arc::clone(&self.store);
+        let tx = self.disk_tx.clone();
+        let metrics = Arc::clone(&self.metrics);
+        tokio::task::spawn_blocking(move || {
+            let result = match store.read(agent.as_str(), seq) {
+                Ok((m, bytes)) => Ok((
+                    SnapMeta {
+                        epoch: m.epoch,
+                        seq: m.seq,
+                        len: m.len,
+                        checksum: m.checksum,
+                    },
+                    Bytes::from(bytes),
+                )),
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    count_store_error(&metrics, &e);
+                    // Never served again; kept aside for inspection.
+                    if let Err(q) = store.quarantine(agent.as_str(), seq) {
+                        tracing::warn!("cannot move corrupt agent {agent} seq {seq} aside: {q}");
+                    }
+                    Err(LoadError::Corrupt(e.to_string()))
+                }
+                Err(StoreError::NotFound { .. }) => Err(LoadError::Missing),
+                Err(e) => {
+                    count_store_error(&metrics, &e);
+                    Err(LoadError::Io(e.to_string()))
+                }
+            };
+            let _ = tx.blocking_send(DiskDone::Loaded { op, result });
+        });
+    }
+
+    fn on_disk(&mut self, done: DiskDone) {
+        let now = self.now();
+        match done {
+            DiskDone::Persisted { op, result } => self.replicator.on_persisted(now, op, result),
+            DiskDone::Loaded { op, result } => self.replicator.on_loaded(now, op, result),
+        }
+        self.drain_repl();
     }
 
     /// Graceful leave: tell the cluster, give the messages a moment, close.

@@ -82,12 +82,108 @@ pub enum TransportError {
     Setup(String),
 }
 
+/// Limits on what replication streams may bring in.
+#[derive(Clone)]
+pub struct StreamLimits {
+    /// Largest snapshot payload accepted after a replication message.
+    pub max_payload: u64,
+    /// Snapshot bytes held in memory at once, node-wide.
+    pub budget: SnapshotBudget,
+}
+
+/// Snapshot bytes in memory, node-wide: puts waiting for their copies and replicas
+/// being received take a share before they read a byte, and give it back when the
+/// last reference to the bytes is dropped (after the disk write and every send).
+/// When it is used up, the API waits before reading a put's body and stream readers
+/// wait before reading a payload, so QUIC flow control slows the senders down instead
+/// of memory growing.
+#[derive(Clone)]
+pub struct SnapshotBudget {
+    permits: Arc<Semaphore>,
+    total_units: u32,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Budget accounting unit (bytes per permit), so a u32 of permits covers terabytes.
+const BUDGET_UNIT: u64 = 1024;
+
+impl SnapshotBudget {
+    pub fn new(bytes: u64, metrics: &Metrics) -> Self {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+        Self {
+            permits: Arc::new(Semaphore::new(units as usize)),
+            total_units: units,
+            gauge: metrics.snapshot_memory_bytes.clone(),
+        }
+    }
+
+    /// Waits for room for `len` bytes. A request larger than the whole budget waits
+    /// for all of it (one such snapshot at a time).
+    pub async fn reserve(&self, len: u64) -> Option<Reservation> {
+        let units = u32::try_from(len.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .min(self.total_units);
+        let permit = Arc::clone(&self.permits)
+            .acquire_many_owned(units)
+            .await
+            .ok()?;
+        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        self.gauge.inc_by(len);
+        Some(Reservation {
+            _permit: permit,
+            len,
+            gauge: self.gauge.clone(),
+        })
+    }
+}
+
+/// A share of the [`SnapshotBudget`], returned when dropped.
+pub struct Reservation {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    len: i64,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.len);
+    }
+}
+
+impl Reservation {
+    /// Ties the reservation to `bytes`: it is returned when the last clone of the
+    /// result is dropped.
+    pub fn attach(self, bytes: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Held {
+            bytes,
+            _reservation: self,
+        })
+    }
+}
+
+struct Held {
+    bytes: Vec<u8>,
+    _reservation: Reservation,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// What the transport's tasks report to the owner task.
 pub enum Inbound {
     /// A message (datagram or stream frame) from an authenticated peer.
     Message {
         from: NodeName,
         bytes: Bytes,
+    },
+    /// A replication message and its payload, from an authenticated peer.
+    Repl {
+        from: NodeName,
+        msg: vigil_protocol::ReplMsg,
+        payload: Option<Bytes>,
     },
     /// A connection is up. `seed` is set when it was dialed as a seed, i.e. without
     /// knowing the peer's name in advance.
@@ -116,6 +212,7 @@ impl fmt::Debug for Inbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Inbound::Message { from, bytes } => write!(f, "Message({from}, {} bytes)", bytes.len()),
+            Inbound::Repl { from, msg, .. } => write!(f, "Repl({from}, {})", msg.kind()),
             Inbound::Connected { name, seed, .. } => write!(f, "Connected({name}, seed={seed:?})"),
             Inbound::DialFailed { name, error } => write!(f, "DialFailed({name}: {error})"),
             Inbound::SeedFailed { addr, error } => write!(f, "SeedFailed({addr}: {error})"),
@@ -147,8 +244,19 @@ struct Live {
 }
 
 enum Peer {
-    Dialing { queue: VecDeque<Bytes> },
+    Dialing { queue: VecDeque<Outgoing> },
     Ready { conns: Vec<Live> },
+}
+
+/// A message waiting for a connection.
+enum Outgoing {
+    /// A SWIM envelope: a datagram when it fits.
+    Envelope(Bytes),
+    /// A replication message: always its own stream, the frame then the payload.
+    Stream {
+        frame: Bytes,
+        payload: Option<Bytes>,
+    },
 }
 
 struct Entry {
@@ -166,6 +274,7 @@ pub struct Transport {
     metrics: Arc<Metrics>,
     stream_sends: Arc<Semaphore>,
     log_limit: Arc<LogLimiter>,
+    limits: StreamLimits,
 }
 
 /// Capacity of the channel from the transport's tasks to the owner task.
@@ -177,6 +286,7 @@ impl Transport {
         tls: &NodeTls,
         local_name: NodeName,
         metrics: Arc<Metrics>,
+        limits: StreamLimits,
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
         let transport_config = Arc::new(quic_transport_config(&config)?);
         let mut server_config = tls.quinn_server_config()?;
@@ -223,6 +333,7 @@ impl Transport {
             Arc::clone(&metrics),
             Arc::clone(&log_limit),
             config.dial_timeout,
+            limits.clone(),
         ));
         Ok((
             Transport {
@@ -235,6 +346,7 @@ impl Transport {
                 metrics,
                 stream_sends: Arc::new(Semaphore::new(MAX_CONCURRENT_STREAM_SENDS)),
                 log_limit,
+                limits,
             },
             inbound_rx,
         ))
@@ -252,6 +364,17 @@ impl Transport {
     /// Sends one envelope to `to`, best effort: over a cached connection, or after a
     /// handshake that this call starts.
     pub fn send(&mut self, to: &NodeId, envelope: Bytes) {
+        self.dispatch(to, Outgoing::Envelope(envelope));
+    }
+
+    /// Sends a replication message (an encoded, length-prefixed frame) and its
+    /// payload on a stream of its own. Waits for stream credit in a task, so a peer
+    /// that reads slowly slows its senders down; nothing is dropped for being busy.
+    pub fn send_stream(&mut self, to: &NodeId, frame: Bytes, payload: Option<Bytes>) {
+        self.dispatch(to, Outgoing::Stream { frame, payload });
+    }
+
+    fn dispatch(&mut self, to: &NodeId, out: Outgoing) {
         let now = Instant::now();
         if let Some(entry) = self.peers.get_mut(&to.name) {
             entry.last_used = now;
@@ -261,18 +384,13 @@ impl Transport {
                         queue.pop_front();
                         self.metrics.count_dropped("dial_queue_full");
                     }
-                    queue.push_back(envelope);
+                    queue.push_back(out);
                     return;
                 }
                 Peer::Ready { conns } => {
                     // Newest connection first; drop the ones found dead.
                     while let Some(live) = conns.last() {
-                        match send_on(
-                            &live.conn,
-                            envelope.clone(),
-                            &self.metrics,
-                            &self.stream_sends,
-                        ) {
+                        match send_out(&live.conn, &out, &self.metrics, &self.stream_sends) {
                             Ok(()) => return,
                             Err(()) => {
                                 conns.pop();
@@ -290,7 +408,7 @@ impl Transport {
             to.name.clone(),
             Entry {
                 peer: Peer::Dialing {
-                    queue: VecDeque::from([envelope]),
+                    queue: VecDeque::from([out]),
                 },
                 last_used: now,
             },
@@ -318,6 +436,7 @@ impl Transport {
             self.inbound_tx.clone(),
             Arc::clone(&self.metrics),
             self.config.dial_timeout,
+            self.limits.clone(),
         ));
     }
 
@@ -335,6 +454,7 @@ impl Transport {
                     self.inbound_tx.clone(),
                     Arc::clone(&self.metrics),
                     self.config.dial_timeout,
+                    self.limits.clone(),
                 ));
             }
             Err(e) => {
@@ -350,7 +470,7 @@ impl Transport {
     /// report is about one.
     pub fn on_inbound(&mut self, event: Inbound) -> Option<SeedOutcome> {
         match event {
-            Inbound::Message { .. } => None,
+            Inbound::Message { .. } | Inbound::Repl { .. } => None,
             Inbound::Connected {
                 name,
                 conn,
@@ -430,9 +550,8 @@ impl Transport {
                 match &mut entry.peer {
                     Peer::Dialing { queue } => {
                         let queue = std::mem::take(queue);
-                        for envelope in queue {
-                            let _ =
-                                send_on(&live.conn, envelope, &self.metrics, &self.stream_sends);
+                        for out in queue {
+                            let _ = send_out(&live.conn, &out, &self.metrics, &self.stream_sends);
                         }
                         entry.peer = Peer::Ready { conns: vec![live] };
                     }
@@ -561,16 +680,70 @@ pub fn quic_transport_config(
         // backlog means the owner is behind, and older datagrams are worth less.
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_BUFFER)
-        .max_concurrent_uni_streams(VarInt::from_u32(16))
+        // Each replication message is a stream of its own; a sender waits for credit.
+        .max_concurrent_uni_streams(VarInt::from_u32(64))
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
-        .stream_receive_window(VarInt::from_u32(256 * 1024))
-        .receive_window(VarInt::from_u32(1024 * 1024))
-        .send_window(1024 * 1024);
+        .stream_receive_window(VarInt::from_u32(1024 * 1024))
+        .receive_window(VarInt::from_u32(4 * 1024 * 1024))
+        .send_window(4 * 1024 * 1024);
     // SWIM packets are capped to fit QUIC's minimum 1200-byte path MTU, so probing for
     // a larger MTU buys nothing; its padded probes were half of a handshake's bytes
     // (docs/BENCHMARKS.md, "what a probe pays on a cold connection").
     t.mtu_discovery_config(None);
     Ok(t)
+}
+
+/// Sends one outgoing message on `conn`. `Err` means the connection is dead.
+fn send_out(
+    conn: &Connection,
+    out: &Outgoing,
+    metrics: &Arc<Metrics>,
+    stream_sends: &Arc<Semaphore>,
+) -> Result<(), ()> {
+    match out {
+        Outgoing::Envelope(envelope) => send_on(conn, envelope.clone(), metrics, stream_sends),
+        Outgoing::Stream { frame, payload } => {
+            if conn.close_reason().is_some() {
+                return Err(());
+            }
+            let (conn, frame, payload) = (conn.clone(), frame.clone(), payload.clone());
+            let metrics = Arc::clone(metrics);
+            let len = payload.as_ref().map_or(0, |p| p.len() as u64);
+            tokio::spawn(async move {
+                let sent = tokio::time::timeout(payload_timeout(len), async {
+                    let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+                    stream.write_chunk(frame).await.map_err(|e| e.to_string())?;
+                    if let Some(payload) = payload {
+                        stream
+                            .write_chunk(payload)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    stream.finish().map_err(|e| e.to_string())
+                })
+                .await;
+                match sent {
+                    Ok(Ok(())) => {
+                        metrics.stream_frames_sent.inc();
+                        metrics
+                            .repl_payload_bytes
+                            .get_or_create(&DirectionLabel {
+                                direction: "out".into(),
+                            })
+                            .inc_by(len);
+                    }
+                    Ok(Err(_)) | Err(_) => metrics.count_dropped("replication_send_failed"),
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Time allowed to move a payload of `len` bytes: the frame timeout plus one second
+/// per MiB (a link slower than 1 MiB/s is not a link to replicate over).
+fn payload_timeout(len: u64) -> Duration {
+    STREAM_FRAME_TIMEOUT + Duration::from_secs(len / (1024 * 1024))
 }
 
 /// Sends on one connection: a datagram if it fits, else a stream. `Err` means the
@@ -638,6 +811,7 @@ async fn dial(
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    limits: StreamLimits,
 ) {
     let started = Instant::now();
     let result = match tokio::time::timeout(timeout, connecting).await {
@@ -674,7 +848,7 @@ async fn dial(
                 handshake: started.elapsed(),
             };
             if inbound.send(report).await.is_ok() {
-                read_connection(name, conn, inbound, metrics).await;
+                read_connection(name, conn, inbound, metrics, limits).await;
             }
         }
         Err(error) => {
@@ -719,6 +893,7 @@ async fn accept_loop(
     metrics: Arc<Metrics>,
     log_limit: Arc<LogLimiter>,
     timeout: Duration,
+    limits: StreamLimits,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     while let Some(incoming) = endpoint.accept().await {
@@ -730,6 +905,7 @@ async fn accept_loop(
         let inbound = inbound.clone();
         let metrics = Arc::clone(&metrics);
         let log_limit = Arc::clone(&log_limit);
+        let limits = limits.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match tokio::time::timeout(timeout, incoming).await {
@@ -772,7 +948,7 @@ async fn accept_loop(
                 handshake: Duration::ZERO,
             };
             if inbound.send(report).await.is_ok() {
-                read_connection(name, conn, inbound, metrics).await;
+                read_connection(name, conn, inbound, metrics, limits).await;
             }
         });
     }
@@ -784,6 +960,7 @@ async fn read_connection(
     conn: Connection,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
+    limits: StreamLimits,
 ) {
     loop {
         tokio::select! {
@@ -801,14 +978,14 @@ async fn read_connection(
                 let inbound = inbound.clone();
                 let metrics = Arc::clone(&metrics);
                 let from = name.clone();
+                let limits = limits.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(STREAM_FRAME_TIMEOUT, read_frame(stream)).await {
-                        Ok(Ok(bytes)) => {
+                    match read_stream(stream, from, &limits, &metrics).await {
+                        Ok(message) => {
                             metrics.stream_frames_received.inc();
-                            let _ = inbound.send(Inbound::Message { from, bytes }).await;
+                            let _ = inbound.send(message).await;
                         }
-                        Ok(Err(kind)) => metrics.count_input_error(kind),
-                        Err(_) => metrics.count_input_error("stream_timeout"),
+                        Err(kind) => metrics.count_input_error(kind),
                     }
                 });
             }
@@ -822,8 +999,56 @@ async fn read_connection(
         .await;
 }
 
+/// Reads one stream: a frame, and for a replication message the payload after it
+/// (its length checked against the limit, and memory reserved, before reading).
+async fn read_stream(
+    mut stream: quinn::RecvStream,
+    from: NodeName,
+    limits: &StreamLimits,
+    metrics: &Metrics,
+) -> Result<Inbound, &'static str> {
+    let frame = tokio::time::timeout(STREAM_FRAME_TIMEOUT, read_frame(&mut stream))
+        .await
+        .map_err(|_| "stream_timeout")??;
+    let msg = match wire::decode(&frame, wire::MAX_STREAM_FRAME_LEN) {
+        Ok(wire::Body::Repl(msg)) => msg,
+        // Membership messages (and undecodable ones, which the core reports by kind).
+        _ => return Ok(Inbound::Message { from, bytes: frame }),
+    };
+    let len = msg.payload_len();
+    if len == 0 {
+        return Ok(Inbound::Repl {
+            from,
+            msg,
+            payload: None,
+        });
+    }
+    if len > limits.max_payload {
+        let _ = stream.stop(VarInt::from_u32(close_code::REFUSED));
+        return Err("payload_too_large");
+    }
+    let reservation = limits.budget.reserve(len).await.ok_or("budget_closed")?;
+    let size = usize::try_from(len).map_err(|_| "payload_too_large")?;
+    let mut body = vec![0u8; size];
+    tokio::time::timeout(payload_timeout(len), stream.read_exact(&mut body))
+        .await
+        .map_err(|_| "stream_timeout")?
+        .map_err(|_| "stream_truncated")?;
+    metrics
+        .repl_payload_bytes
+        .get_or_create(&DirectionLabel {
+            direction: "in".into(),
+        })
+        .inc_by(len);
+    Ok(Inbound::Repl {
+        from,
+        msg,
+        payload: Some(reservation.attach(body)),
+    })
+}
+
 /// Reads one length-prefixed frame; the length is checked before the body is read.
-async fn read_frame(mut stream: quinn::RecvStream) -> Result<Bytes, &'static str> {
+async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Bytes, &'static str> {
     let mut prefix = [0u8; 4];
     stream
         .read_exact(&mut prefix)

@@ -2654,6 +2654,16 @@ impl Replicator {
         }
     }
 
+    /// Agents in the catalog.
+    pub fn known_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Agents owned by this node.
+    pub fn owned_count(&self) -> usize {
+        self.owned.len()
+    }
+
     /// Agents whose copies or zones fall short, among those this node writes.
     pub fn degraded_count(&self) -> usize {
         self.degraded.len()
