@@ -754,6 +754,9 @@ struct InFlight {
 
 #[derive(Debug)]
 struct RepairJob {
+    /// The record's epoch when the job started: a job outlived by a change of owner
+    /// publishes nothing.
+    epoch: u64,
     target: Vec<Holder>,
     /// (holder, seq) still to copy, next first.
     todo: VecDeque<(Holder, u64)>,
@@ -785,6 +788,8 @@ pub struct Replicator {
     /// Agents this node owned until a holder refused its epoch: (epoch seen, owner).
     superseded: BTreeMap<AgentId, (u64, Option<NodeName>)>,
     healing: BTreeSet<(AgentId, u64)>,
+    /// Records whose publication waits for the end of a repair.
+    deferred_publish: BTreeSet<AgentId>,
     serving: usize,
     next_op: u64,
     next_repair_scan: Duration,
@@ -816,6 +821,7 @@ impl Replicator {
             degraded: BTreeMap::new(),
             superseded: BTreeMap::new(),
             healing: BTreeSet::new(),
+            deferred_publish: BTreeSet::new(),
             serving: 0,
             next_op: 1,
             next_repair_scan: Duration::ZERO,
@@ -2210,8 +2216,14 @@ impl Replicator {
         }
     }
 
-    /// Sends the record of `agent` to every live member.
+    /// Sends the record of `agent` to every live member. While a repair of the agent
+    /// runs, the record waits for the repair's end: a record published meanwhile would
+    /// not list the holders being filled, and they would drop their partial copies.
     fn publish(&mut self, agent: &AgentId) {
+        if self.repairs.contains_key(agent) {
+            self.deferred_publish.insert(agent.clone());
+            return;
+        }
         let Some(r) = self.records.get(agent).cloned() else {
             return;
         };
@@ -2362,6 +2374,7 @@ impl Replicator {
             self.repairs.insert(
                 agent,
                 RepairJob {
+                    epoch: record.epoch,
                     target,
                     todo,
                     in_flight: 0,
@@ -2451,17 +2464,28 @@ impl Replicator {
         let Some(job) = self.repairs.remove(agent) else {
             return;
         };
+        let deferred = self.deferred_publish.remove(agent);
+        let Some(record) = self.records.get(agent) else {
+            return;
+        };
+        if record.epoch != job.epoch || !self.is_writer(record) {
+            return;
+        }
         if job.failed {
             // The next scan plans again from scratch (the target may have changed).
+            if deferred {
+                self.publish(agent);
+            }
             return;
         }
         if let Some(owned) = self.owned.get_mut(agent) {
             owned.behind.clear();
         }
-        let Some(record) = self.records.get(agent) else {
-            return;
-        };
-        if record.holders != job.target {
+        if record.holders == job.target {
+            if deferred {
+                self.publish(agent);
+            }
+        } else {
             let before: BTreeSet<NodeName> =
                 record.holders.iter().map(|h| h.name.clone()).collect();
             let after: BTreeSet<NodeName> = job.target.iter().map(|h| h.name.clone()).collect();

@@ -2,11 +2,14 @@
 //!
 //! Thousands of `vigil_protocol::Core`s run in one process on a simulated clock and
 //! network (latency, loss, duplication, reordering, partitions) with host faults
-//! (crash, restart, stall, slow). One seed reproduces a run bit for bit. Invariants
-//! are checked while it runs; figures (detection, dissemination, traffic, false
-//! positives) are reported at the end.
+//! (crash, restart, stall, slow). With `--agents`, every host also runs a
+//! `vigil_protocol::Replicator` with a simulated disk (write failures, corrupt reads)
+//! under a snapshot workload. One seed reproduces a run bit for bit. Invariants are
+//! checked while it runs; figures (detection, dissemination, traffic, false
+//! positives, puts, repair) are reported at the end.
 //!
-//! - [`world`]: the engine: hosts, network, faults, invariants.
+//! - [`world`]: the engine: hosts, network, faults, invariants;
+//!   [`world::replication`]: replicators, disks, workload, replication invariants.
 //! - [`scenario`]: scenarios, reports, and swarm runs over many seeds.
 
 pub mod scenario;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use vigil_protocol::{Detector, Profile};
 use vigil_sim::scenario::{self, Quantiles, Report, RunSpec, Scenario};
+use vigil_sim::world::ReplSpec;
 
 #[derive(Parser)]
 #[command(
@@ -83,7 +84,10 @@ struct RunArgs {
     /// Largest one-way latency.
     #[arg(long, default_value = "2ms", value_parser = parse_duration)]
     latency_max: Duration,
-    /// Extra one-way latency between hosts of different zones (3 zones, round robin).
+    /// Availability zones; hosts are assigned to them round robin.
+    #[arg(long, default_value_t = 3)]
+    zones: u32,
+    /// Extra one-way latency between hosts of different zones.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     cross_zone_latency: Duration,
     #[arg(long, default_value_t = 0.0)]
@@ -121,6 +125,31 @@ struct RunArgs {
     /// or warm (every host starts knowing the others: faster for big clusters).
     #[arg(long, default_value = "join")]
     bootstrap: String,
+    /// Snapshot replication: agents registered on hosts spread over the cluster, each
+    /// putting a small snapshot every --put-interval from the steady window until the
+    /// faults stop (0: replication off).
+    #[arg(long, default_value_t = 0)]
+    agents: u32,
+    /// Copies per agent (k), the owner's own copy not counted.
+    #[arg(long, default_value_t = 3)]
+    copies: usize,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    put_interval: Duration,
+    /// While the faults run, the probability that a disk write fails and that a disk
+    /// read finds the file corrupt.
+    #[arg(long, default_value_t = 0.0)]
+    disk_faults: f64,
+    /// Reads per put, each from a random live host.
+    #[arg(long, default_value_t = 0.2)]
+    get_fraction: f64,
+    /// How long after the faults stop repair may take to restore every agent's
+    /// copies (invariant I2).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    repl_settle: Duration,
+    /// Register an agent on another host once its owner has been down this long
+    /// (a stand-in for recovery; default: never).
+    #[arg(long, value_parser = parse_duration)]
+    takeover_after: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -131,6 +160,10 @@ struct SwarmArgs {
     first_seed: u64,
     #[arg(long, default_value_t = 40)]
     max_nodes: u32,
+    /// Snapshot replication: draw (each seed draws whether it runs, and its agents,
+    /// copies, put interval, disk faults and takeovers), on, or off.
+    #[arg(long, default_value = "draw")]
+    replication: scenario::SwarmReplication,
     #[arg(long)]
     json: bool,
 }
@@ -231,8 +264,88 @@ fn print_report(r: &Report) {
         r.messages_lost,
         r.input_errors
     );
+    if let Some(rep) = &r.replication {
+        print_replication(rep);
+    }
     for v in &r.violations {
         println!("VIOLATION: {v}");
+    }
+}
+
+fn print_replication(r: &vigil_sim::world::ReplReport) {
+    let Some(spec) = &r.spec else { return };
+    println!(
+        "replication: {} agents, k={}, a put every {:?} (quorum), disk faults {:.2}%, {:.2} reads per put{}",
+        spec.agents,
+        spec.copies,
+        spec.put_interval,
+        spec.disk_faults * 100.0,
+        spec.get_fraction,
+        spec.takeover_after
+            .map_or(String::new(), |d| format!(", takeover after {d:?}"))
+    );
+    let failed: u64 = r.puts_failed.values().sum();
+    println!(
+        "  puts: {} started, {} acknowledged, {} failed {:?}, {} unanswered (owner crashed); skipped: {} owner down, {} owner stalled, {} previous put running",
+        r.puts_started,
+        r.puts_acked,
+        failed,
+        r.puts_failed,
+        r.puts_unanswered,
+        r.skipped_owner_down,
+        r.skipped_owner_stalled,
+        r.skipped_busy
+    );
+    println!("{}", q("put latency (simulated)", &r.put_latency_ms, "ms"));
+    let gets_failed: u64 = r.gets_failed.values().sum();
+    println!(
+        "  gets: {} ok, {} failed {:?}, {} older than the version acknowledged when they began",
+        r.gets_ok, gets_failed, r.gets_failed, r.stale_reads
+    );
+    println!(
+        "  disk: {} writes ({} failed), {} reads ({} corrupt, {} missing); acknowledged copies not on disk at the ack: {}",
+        r.disk_writes,
+        r.disk_write_faults,
+        r.disk_reads,
+        r.disk_corrupt_reads,
+        r.disk_missing_reads,
+        r.acked_copies_missing
+    );
+    println!(
+        "  registrations: {} ({} takeovers)",
+        r.registered, r.takeovers
+    );
+    println!("  replicator events: {:?}", r.events);
+    println!("  repair: {} bytes copied", r.repair_bytes);
+    let (msgs, bytes) = r
+        .messages
+        .iter()
+        .fold((0, 0), |(m, b), (_, mm, bb)| (m + mm, b + bb));
+    println!(
+        "  messages: {msgs} ({bytes} bytes), {} lost, {} refused",
+        r.messages_lost, r.input_errors
+    );
+    for (kind, m, b) in &r.messages {
+        println!("    {kind:<14} {m:>9} messages {b:>12} bytes");
+    }
+    let secs = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.2} s"));
+    println!(
+        "  after the faults stopped (at {}): last repair or heal {}, every agent with a live owner had its copies {}, catalogs agreed {}",
+        secs(r.faults_over_at_secs),
+        secs(r.last_repair_after_faults_secs),
+        secs(r.copies_restored_after_faults_secs),
+        secs(r.catalog_agreed_after_faults_secs)
+    );
+    println!(
+        "  at the end: {} agents short of copies (live owner), {} (owner down, not part of I2), {} catalog disagreements, {} agents never acknowledged; I1 checked {} times",
+        r.short.len(),
+        r.short_owner_down.len(),
+        r.catalog_disagreements,
+        r.never_acked,
+        r.i1_checks
+    );
+    for s in r.short.iter().chain(&r.short_owner_down).take(5) {
+        println!("    short: {s}");
     }
 }
 
@@ -261,6 +374,17 @@ fn spec_from(a: &RunArgs, seed: u64) -> Result<RunSpec, ExitCode> {
     spec.stall_duration = a.stall_duration;
     spec.stall_every = a.stall_every;
     spec.slow_delay = a.slow_delay;
+    spec.zones = a.zones.max(1);
+    if a.agents > 0 {
+        let mut repl = ReplSpec::new(a.agents);
+        repl.copies = a.copies.max(1);
+        repl.put_interval = a.put_interval;
+        repl.disk_faults = a.disk_faults.clamp(0.0, 1.0);
+        repl.get_fraction = a.get_fraction.clamp(0.0, 1.0);
+        repl.settle_bound = a.repl_settle;
+        repl.takeover_after = a.takeover_after;
+        spec.replication = Some(repl);
+    }
     spec.warm_start = match a.bootstrap.as_str() {
         "join" => false,
         "warm" => true,
@@ -432,9 +556,15 @@ fn main() -> ExitCode {
             if report.violations.is_empty() {
                 ExitCode::SUCCESS
             } else {
+                for v in &report.violations {
+                    eprintln!("vigil-sim: VIOLATION (seed {}): {v}", a.seed);
+                }
+                // The exact command line of this run replays it.
+                let args: Vec<String> = std::env::args().skip(1).collect();
                 eprintln!(
-                    "vigil-sim: invariant violated; replay with: cargo run -p vigil-sim --release -- run --nodes {} --scenario {:?} --seed {} --loss {}",
-                    a.nodes, a.scenario, a.seed, a.loss
+                    "vigil-sim: invariant violated with seed {}; replay with: cargo run -p vigil-sim --release -- {}",
+                    a.seed,
+                    args.join(" ")
                 );
                 ExitCode::FAILURE
             }
@@ -443,9 +573,11 @@ fn main() -> ExitCode {
         Command::Swarm(a) => {
             let mut failures = 0;
             let mut fps = 0;
+            let mut replicating = 0;
             for seed in a.first_seed..a.first_seed + a.seeds {
-                let outcome = scenario::swarm_one(seed, a.max_nodes);
+                let outcome = scenario::swarm_one_with(seed, a.max_nodes, a.replication);
                 fps += outcome.false_positives;
+                replicating += u64::from(outcome.replication.is_some());
                 if a.json
                     && let Ok(line) = serde_json::to_string(&outcome)
                 {
@@ -464,12 +596,12 @@ fn main() -> ExitCode {
                             .collect::<Vec<_>>()
                             .join("; "),
                         outcome.faults,
-                        scenario::replay_command(seed, a.max_nodes)
+                        scenario::replay_command_with(seed, a.max_nodes, a.replication)
                     );
                 }
             }
             eprintln!(
-                "swarm: {} seeds from {}, {failures} failed, {fps} false positives in total",
+                "swarm: {} seeds from {} ({replicating} with replication), {failures} failed, {fps} false positives in total",
                 a.seeds, a.first_seed
             );
             if failures == 0 {

@@ -8,7 +8,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use vigil_protocol::{Detector, Profile};
 
-use crate::world::{FalsePositive, Fault, HostId, NetConfig, Violation, World, WorldConfig};
+use crate::world::{
+    FalsePositive, Fault, HostId, NetConfig, ReplReport, ReplSpec, Violation, World, WorldConfig,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +51,8 @@ impl std::str::FromStr for Scenario {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSpec {
     pub nodes: u32,
+    /// Availability zones; hosts are assigned round robin.
+    pub zones: u32,
     pub seed: u64,
     pub detector: Detector,
     pub scenario: Scenario,
@@ -72,12 +76,16 @@ pub struct RunSpec {
     pub stall_every: Duration,
     /// Slow scenario: how long each message waits at a slow host.
     pub slow_delay: Duration,
+    /// Snapshot replication with a workload, from the steady window until the faults
+    /// stop (None: off).
+    pub replication: Option<ReplSpec>,
 }
 
 impl RunSpec {
     pub fn new(nodes: u32, seed: u64, scenario: Scenario) -> Self {
         RunSpec {
             nodes,
+            zones: 3,
             seed,
             detector: Detector::Vigil(Profile::Lan),
             scenario,
@@ -92,6 +100,7 @@ impl RunSpec {
             stall_duration: Duration::from_secs(2),
             stall_every: Duration::from_secs(10),
             slow_delay: Duration::from_millis(400),
+            replication: None,
         }
     }
 }
@@ -183,6 +192,8 @@ pub struct Report {
     pub wall_secs: f64,
     pub sim_secs_per_wall_sec: f64,
     pub events: u64,
+    /// Snapshot replication figures (null when replication is off).
+    pub replication: Option<ReplReport>,
 }
 
 /// Time for a change to reach `fraction` of the observers, from the first one.
@@ -199,6 +210,8 @@ pub fn run(spec: &RunSpec) -> Report {
     config.detector = spec.detector;
     config.net = spec.net.clone();
     config.check_views_every = spec.check_views_every;
+    config.zones = spec.zones.max(1);
+    config.replication = spec.replication.clone();
     let stagger_total = config.start_stagger * spec.nodes;
     let mut world = World::new(config);
 
@@ -216,6 +229,9 @@ pub fn run(spec: &RunSpec) -> Report {
     let settle = world.run_until_quiet(Duration::from_secs(300), Duration::from_millis(500));
     let before = world.host_stats();
     let kinds_before = world.sent_by_kind.clone();
+    // The replication workload runs from here until the faults stop (it does not
+    // touch the membership run: it draws from its own generator).
+    world.start_workload();
     world.run_for(spec.window);
     let after = world.host_stats();
     let secs = spec.window.as_secs_f64().max(1e-9);
@@ -244,12 +260,18 @@ pub fn run(spec: &RunSpec) -> Report {
         messages_per_host_per_sec: Quantiles::of(msgs),
     };
 
-    let quiet_from = inject(&mut world, spec);
+    let (faults_end, quiet_from) = inject(&mut world, spec);
+    world.schedule_replication_faults_over(faults_end);
     world.run_until(quiet_from);
     let convergence = world.require_convergence(spec.convergence_bound);
     if spec.check_views_every > 0 {
         world.check_views();
     }
+    // The membership counters are taken before the replication tail (which runs on,
+    // after the views converged, until the copies are restored or the bound passes),
+    // so they are the same with and without replication.
+    let (messages_lost, input_errors) = (world.messages_lost, world.input_errors);
+    world.finish_replication();
 
     let detection = detection_figures(&world);
     let simulated = world.now();
@@ -264,21 +286,23 @@ pub fn run(spec: &RunSpec) -> Report {
         suspicions_of_healthy: world.suspicions_of_healthy,
         convergence_after_faults_secs: convergence.map(|d| d.as_secs_f64()),
         violations: world.violations.clone(),
-        messages_lost: world.messages_lost,
-        input_errors: world.input_errors,
+        messages_lost,
+        input_errors,
         simulated_secs: simulated.as_secs_f64(),
         wall_secs: wall.as_secs_f64(),
         sim_secs_per_wall_sec: simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9),
         events: world.events_handled(),
+        replication: world.replication_report(),
     }
 }
 
-/// Schedules the scenario's faults; returns when the last of them is over.
+/// Schedules the scenario's faults; returns when the last of them is over (the end
+/// of a stall or slow period counts) and when the scenario is quiet again.
 ///
 /// Victims and times come from their own generator, seeded from the run's seed, so two
 /// runs that differ only in the detector get exactly the same faults (the world's
 /// generator diverges as soon as the detectors send different messages).
-fn inject(world: &mut World, spec: &RunSpec) -> Duration {
+fn inject(world: &mut World, spec: &RunSpec) -> (Duration, Duration) {
     let mut draw = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x7363_6865_6475_6c65);
     let start = world.now();
     let spacing = spec.fault_spacing;
@@ -292,17 +316,19 @@ fn inject(world: &mut World, spec: &RunSpec) -> Duration {
         }
         Some(pool.swap_remove(draw.random_range(0..pool.len())))
     }
+    let mut last = start;
     match spec.scenario {
-        Scenario::Steady => start,
+        Scenario::Steady => (start, start),
         Scenario::Crash => {
             let mut at = start;
             for _ in 0..spec.faults {
                 if let Some(victim) = take(&mut pool, &mut draw) {
                     world.schedule_fault(at, Fault::Crash(victim));
+                    last = at;
                 }
                 at += spacing;
             }
-            at + settle
+            (last, at + settle)
         }
         Scenario::Partition => {
             let (az1, rest): (Vec<HostId>, Vec<HostId>) =
@@ -316,7 +342,7 @@ fn inject(world: &mut World, spec: &RunSpec) -> Duration {
             );
             let heal = start + spacing.max(Duration::from_secs(15));
             world.schedule_fault(heal, Fault::Heal);
-            heal
+            (heal, heal)
         }
         Scenario::Stall | Scenario::Slow => {
             // A fraction of the hosts stall again and again for the whole phase, while
@@ -350,16 +376,18 @@ fn inject(world: &mut World, spec: &RunSpec) -> Duration {
                     };
                     world.schedule_fault(at, fault);
                     at += spec.stall_duration;
+                    last = last.max(at);
                 }
             }
             let mut at = start + spacing / 2;
             for _ in 0..spec.faults {
                 if let Some(victim) = take(&mut pool, &mut draw) {
                     world.schedule_fault(at, Fault::Crash(victim));
+                    last = last.max(at);
                 }
                 at += spacing;
             }
-            start + phase + settle
+            (last, start + phase + settle)
         }
         Scenario::Churn => {
             let mut at = start;
@@ -368,12 +396,13 @@ fn inject(world: &mut World, spec: &RunSpec) -> Duration {
                     world.schedule_fault(at, Fault::Crash(victim));
                     let back = at + Duration::from_millis(draw.random_range(1_000..15_000));
                     world.schedule_fault(back, Fault::Restart(victim));
+                    last = last.max(back);
                     // A restarted host may be hit again later.
                     pool.push(victim);
                 }
                 at += spacing;
             }
-            at + settle + Duration::from_secs(15)
+            (last, at + settle + Duration::from_secs(15))
         }
     }
 }
@@ -434,6 +463,8 @@ pub struct SwarmOutcome {
     pub violations: Vec<Violation>,
     pub panic: Option<String>,
     pub convergence_after_faults_secs: Option<f64>,
+    /// Replication figures, when the seed drew replication.
+    pub replication: Option<ReplReport>,
 }
 
 impl SwarmOutcome {
@@ -445,8 +476,66 @@ impl SwarmOutcome {
 /// One swarm run: the seed decides the cluster size (up to `max_nodes`), the network,
 /// and a random mix of crashes, restarts, stalls, slow hosts and partitions (by zone,
 /// by random halves, one host cut off, one way or both), all healed at the end. The
-/// run fails on a broken invariant or a panic; false positives are counted.
+/// run fails on a broken invariant or a panic; false positives are counted. Half the
+/// seeds also run snapshot replication (see [`swarm_replication`]).
 pub fn swarm_one(seed: u64, max_nodes: u32) -> SwarmOutcome {
+    swarm_one_with(seed, max_nodes, SwarmReplication::Draw)
+}
+
+/// Whether swarm seeds run snapshot replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwarmReplication {
+    /// As the seed draws (half the seeds).
+    Draw,
+    /// Always, with the settings the seed draws.
+    On,
+    Off,
+}
+
+impl std::str::FromStr for SwarmReplication {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "draw" => Ok(SwarmReplication::Draw),
+            "on" => Ok(SwarmReplication::On),
+            "off" => Ok(SwarmReplication::Off),
+            other => Err(format!(
+                "unknown replication mode {other:?}; use draw, on or off"
+            )),
+        }
+    }
+}
+
+/// [`swarm_one`] with replication as `mode` says (the membership run of a seed is
+/// the same in every mode).
+pub fn swarm_one_with(seed: u64, max_nodes: u32, mode: SwarmReplication) -> SwarmOutcome {
+    let replication = match mode {
+        SwarmReplication::Draw => swarm_replication(seed, false),
+        SwarmReplication::On => swarm_replication(seed, true),
+        SwarmReplication::Off => None,
+    };
+    swarm_with(seed, max_nodes, replication)
+}
+
+/// Whether a swarm seed runs replication, and with what: a few agents, 2 or 3
+/// copies, puts every 250 ms to 1 s, disk faults (none, 1 % or 5 % of operations)
+/// and takeovers of agents whose owner stays down. Drawn from a generator of its
+/// own, so every other draw of a seed stays as it was.
+pub fn swarm_replication(seed: u64, force: bool) -> Option<ReplSpec> {
+    let mut draw = ChaCha8Rng::seed_from_u64(seed ^ 0x5245_504c_0000_0000);
+    let on = draw.random_bool(0.5);
+    let mut spec = ReplSpec::new(draw.random_range(1..=12));
+    spec.copies = [2, 3, 3][draw.random_range(0..3)];
+    spec.put_interval = Duration::from_millis([250, 500, 1_000][draw.random_range(0..3)]);
+    spec.disk_faults = [0.0, 0.0, 0.01, 0.05][draw.random_range(0..4)];
+    spec.get_fraction = 0.3;
+    spec.takeover_after =
+        [None, None, Some(5), Some(15)][draw.random_range(0..4)].map(Duration::from_secs);
+    (on || force).then_some(spec)
+}
+
+fn swarm_with(seed: u64, max_nodes: u32, replication: Option<ReplSpec>) -> SwarmOutcome {
     let mut draw = ChaCha8Rng::seed_from_u64(seed ^ 0x5157_4152_4d00_0000);
     let nodes = draw.random_range(3..=max_nodes.max(3));
     let net = NetConfig {
@@ -464,11 +553,13 @@ pub fn swarm_one(seed: u64, max_nodes: u32) -> SwarmOutcome {
     let mut config = WorldConfig::new(nodes, seed);
     config.net = net.clone();
     config.check_views_every = 97;
+    config.replication = replication;
     let stagger_total = config.start_stagger * nodes;
     let outcome = std::panic::catch_unwind(move || {
         let mut world = World::new(config);
         world.bootstrap();
         world.run_for(stagger_total + Duration::from_secs(5));
+        world.start_workload();
         let start = world.now();
         let n_faults = draw.random_range(0..=8);
         let mut log = Vec::new();
@@ -523,18 +614,21 @@ pub fn swarm_one(seed: u64, max_nodes: u32) -> SwarmOutcome {
             world.schedule_fault(quiet, Fault::Restart(h));
         }
         world.schedule_fault(quiet, Fault::SetLoss(0.0));
+        world.schedule_replication_faults_over(quiet);
         world.run_until(quiet);
         let converged = world.require_convergence(Duration::from_secs(90));
         world.check_views();
+        world.finish_replication();
         (
             log,
             world.false_positives.len(),
             world.violations.clone(),
             converged,
+            world.replication_report(),
         )
     });
     match outcome {
-        Ok((faults, false_positives, violations, converged)) => SwarmOutcome {
+        Ok((faults, false_positives, violations, converged, replication)) => SwarmOutcome {
             seed,
             nodes,
             faults,
@@ -543,6 +637,7 @@ pub fn swarm_one(seed: u64, max_nodes: u32) -> SwarmOutcome {
             violations,
             panic: None,
             convergence_after_faults_secs: converged.map(|d| d.as_secs_f64()),
+            replication,
         },
         Err(payload) => SwarmOutcome {
             seed,
@@ -559,14 +654,25 @@ pub fn swarm_one(seed: u64, max_nodes: u32) -> SwarmOutcome {
                     .unwrap_or_else(|| "panic".into()),
             ),
             convergence_after_faults_secs: None,
+            replication: None,
         },
     }
 }
 
 /// The command that replays one swarm seed.
 pub fn replay_command(seed: u64, max_nodes: u32) -> String {
+    replay_command_with(seed, max_nodes, SwarmReplication::Draw)
+}
+
+/// The command that replays one swarm seed run with replication `mode`.
+pub fn replay_command_with(seed: u64, max_nodes: u32, mode: SwarmReplication) -> String {
+    let mode = match mode {
+        SwarmReplication::Draw => "",
+        SwarmReplication::On => " --replication on",
+        SwarmReplication::Off => " --replication off",
+    };
     format!(
-        "cargo run -p vigil-sim --release -- swarm --first-seed {seed} --seeds 1 --max-nodes {max_nodes}"
+        "cargo run -p vigil-sim --release -- swarm --first-seed {seed} --seeds 1 --max-nodes {max_nodes}{mode}"
     )
 }
 

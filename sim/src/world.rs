@@ -1,5 +1,7 @@
 //! The simulated world: hosts running `vigil_protocol::Core`, a network with latency,
-//! loss, duplication, reordering and partitions, and faults on a schedule.
+//! loss, duplication, reordering and partitions, and faults on a schedule. With
+//! replication on, each host also runs a `vigil_protocol::Replicator` with a
+//! simulated disk (see [`replication`]).
 //!
 //! Everything happens in one queue ordered by (simulated time, sequence number), and
 //! every random choice comes from one `ChaCha8Rng` seeded from the run's seed, so a
@@ -15,8 +17,14 @@ use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use vigil_protocol::{
-    Core, Detector, Effect, Event, LocalState, MemberState, NodeId, NodeName, Profile, Zone,
+    Core, Detector, Effect, Event, LocalState, MemberState, NodeId, NodeName, Profile, Replicator,
+    Zone,
 };
+
+pub mod replication;
+
+use replication::{ReplAction, ReplInput, ReplState};
+pub use replication::{ReplReport, ReplSpec, Shortfall};
 
 pub type HostId = u32;
 
@@ -96,6 +104,8 @@ pub struct WorldConfig {
     pub start_stagger: Duration,
     /// Check every core's view against foca's state every this many events (0: never).
     pub check_views_every: u64,
+    /// Snapshot replication next to every core, with a workload (None: off).
+    pub replication: Option<ReplSpec>,
 }
 
 impl WorldConfig {
@@ -109,6 +119,7 @@ impl WorldConfig {
             seeds: 3,
             start_stagger: Duration::from_millis(2),
             check_views_every: 0,
+            replication: None,
         }
     }
 }
@@ -124,6 +135,44 @@ pub enum Violation {
     },
     #[error("{after:?} after the last fault, views still differ from the truth: {detail}")]
     NotConverged { after: Duration, detail: String },
+    /// I1: an agent's latest acknowledged snapshot (or a newer one) is on no live
+    /// host's disk.
+    #[error(
+        "at {at:?}: agent {agent}'s acknowledged snapshot epoch {epoch} seq {seq} is on no live host's disk: {detail}"
+    )]
+    SnapshotLost {
+        at: Duration,
+        agent: String,
+        epoch: u64,
+        seq: u64,
+        detail: String,
+    },
+    /// I2: after the faults stopped and the settle bound, agents whose owner is live
+    /// lack copies or zone spread that the live hosts allow.
+    #[error(
+        "{after:?} after the faults stopped, {agents} agents with a live owner still lack copies or zones: {detail}"
+    )]
+    CopiesNotRestored {
+        after: Duration,
+        agents: usize,
+        detail: String,
+    },
+    /// Two different snapshots carry the same (agent, epoch, seq), or a read returned
+    /// bytes that are not the agent's.
+    #[error("at {at:?}: agent {agent}: {detail}")]
+    WrongSnapshot {
+        at: Duration,
+        agent: String,
+        detail: String,
+    },
+    /// A replicator misbehaved: a message that does not fit a stream frame, or a timer
+    /// that stays due at the same instant.
+    #[error("at {at:?}: {host}'s replicator: {detail}")]
+    Replicator {
+        at: Duration,
+        host: String,
+        detail: String,
+    },
 }
 
 /// A down declaration about a host that was up, reachable and running normally.
@@ -179,6 +228,7 @@ enum Action {
         host: HostId,
     },
     Fault(Fault),
+    Repl(ReplAction),
 }
 
 struct Scheduled {
@@ -228,6 +278,14 @@ struct Host {
     /// about it shortly after are not false positives.
     impaired_until: Duration,
     stats: HostStats,
+    /// The replicator next to the core (replication runs only).
+    repl: Option<Replicator>,
+    /// Raised at every crash: disk completions of an earlier run are dropped.
+    incarnation: u64,
+    /// Due time of the replicator's timer entry in the queue, if any.
+    repl_timer_at: Option<Duration>,
+    /// Replication inputs (messages, disk completions) that arrived while stalled.
+    repl_backlog: Vec<ReplInput>,
 }
 
 /// When one observer first suspected, and first declared down, one generation of a
@@ -268,6 +326,8 @@ pub struct World {
     pub input_errors: u64,
     /// Messages and bytes sent, by envelope kind (swim, pull, state).
     pub sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// Replication: disks, workload, figures (None: off).
+    repl: Option<Box<ReplState>>,
 }
 
 fn host_name(i: HostId) -> NodeName {
@@ -306,9 +366,17 @@ impl World {
                 join_pending: false,
                 impaired_until: Duration::ZERO,
                 stats: HostStats::default(),
+                repl: None,
+                incarnation: 0,
+                repl_timer_at: None,
+                repl_backlog: Vec::new(),
             });
         }
         let loss = config.net.loss;
+        let repl = config
+            .replication
+            .clone()
+            .map(|spec| Box::new(ReplState::new(spec, config.seed, config.nodes)));
         World {
             config,
             now: Duration::ZERO,
@@ -331,6 +399,7 @@ impl World {
             messages_lost: 0,
             input_errors: 0,
             sent_by_kind: BTreeMap::new(),
+            repl,
         }
     }
 
@@ -381,6 +450,7 @@ impl World {
             let seed = self.rng.next_u64();
             let core = Core::with_detector(ids[i].clone(), self.config.detector, seed);
             self.hosts[i].core = Some(core);
+            self.repl_start(i as HostId);
             if let Some(core) = self.hosts[i].core.as_mut() {
                 core.assume_members(now, ids.iter().cloned());
             }
@@ -436,6 +506,7 @@ impl World {
             }
             Action::Join { host } => self.join_attempt(host),
             Action::Fault(fault) => self.apply_fault(fault),
+            Action::Repl(action) => self.handle_repl(action),
         }
     }
 
@@ -544,6 +615,7 @@ impl World {
         }
         self.run_overdue_timers(host_id);
         self.after_input(host_id);
+        self.repl_end_stall(host_id);
     }
 
     fn run_overdue_timers(&mut self, host_id: HostId) {
@@ -681,6 +753,9 @@ impl World {
             }
             _ => {}
         }
+        if self.repl.is_some() {
+            self.repl_membership(observer, &event);
+        }
         if self.record_events {
             self.observed.push(Observed {
                 at: now,
@@ -790,6 +865,7 @@ impl World {
                     host.slow_delay = None;
                     host.join_pending = false;
                     self.crashes.push((h, host.generation, now));
+                    self.repl_crash(h);
                 }
             }
             Fault::Restart(h) => {
@@ -812,6 +888,8 @@ impl World {
                     host.generation,
                 );
                 host.core = Some(Core::with_detector(id, detector, seed));
+                self.repl_start(h);
+                let host = &mut self.hosts[h as usize];
                 host.impaired_until = now;
                 host.join_backoff = JOIN_BACKOFF_MIN;
                 // Every host joins through the seeds, like a node with --seed. The very
