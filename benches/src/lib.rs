@@ -4,10 +4,13 @@
 //! - [`cluster`]: the whole-cluster benchmark (vigil vs. udp-node), used by the
 //!   `cluster` bench target and by the smoke test.
 //! - [`handshake`]: QUIC + mutual TLS connection costs (the `handshake` bench).
+//! - [`snapshots`]: snapshot replication latency, throughput and repair against the
+//!   local disk with fsync (the `snapshots` bench).
 
 pub mod cluster;
 pub mod handshake;
 pub mod procstat;
+pub mod snapshots;
 
 /// The benchmark harness's Tokio runtime. The harness only drives the nodes, follows
 /// their event streams and scrapes counters; two worker threads keep it from

@@ -268,7 +268,7 @@ fn put_failure(e: &PutError) -> ApiFailure {
     let status = match e {
         PutError::UnknownAgent { .. } => 404,
         PutError::NotOwner { .. } | PutError::Fenced { .. } => 409,
-        PutError::NotAcknowledged { .. } => 503,
+        PutError::NotAcknowledged { .. } | PutError::RegisterAgain { .. } => 503,
         PutError::LocalWrite { .. } => 507,
     };
     ApiFailure {

@@ -207,6 +207,12 @@ pub struct SnapMeta {
     pub checksum: u64,
 }
 
+/// How long a single transfer of `len` bytes may take before it counts as lost: one
+/// second plus one per MiB (a link slower than 1 MiB/s is not one to replicate over).
+fn transfer_time(len: u64) -> Duration {
+    Duration::from_secs(1 + len / (1024 * 1024))
+}
+
 /// The checksum every snapshot carries.
 pub fn checksum(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
@@ -443,6 +449,10 @@ pub enum PutError {
         stored_on: String,
         failures: String,
     },
+    #[error(
+        "agent {agent} was owned by this node before it restarted and is being reclaimed (its holders are asked for the latest seq a few seconds after the node joins); retry shortly, or register it again (PUT /v1/agents/{agent})"
+    )]
+    RegisterAgain { agent: AgentId },
     #[error("the local copy of agent {agent} seq {seq} could not be written: {reason}")]
     LocalWrite {
         agent: AgentId,
@@ -457,6 +467,7 @@ impl PutError {
         match self {
             PutError::UnknownAgent { .. } => "unknown_agent",
             PutError::NotOwner { .. } => "not_owner",
+            PutError::RegisterAgain { .. } => "register_again",
             PutError::Fenced { .. } => "stale_epoch",
             PutError::NotAcknowledged { .. } => "not_acknowledged",
             PutError::LocalWrite { .. } => "local_write_failed",
@@ -651,12 +662,14 @@ struct PendingRegister {
     waiting: BTreeSet<NodeName>,
     epoch_seen: u64,
     seq_seen: u64,
+    reclaim: bool,
 }
 
 #[derive(Debug)]
 struct PendingPut {
     agent: AgentId,
     snap: SnapMeta,
+    ack: AckMode,
     need: usize,
     local_counts: bool,
     local_done: bool,
@@ -725,6 +738,9 @@ enum Request {
     RegisterHead {
         reg: u64,
     },
+    WriterHead {
+        agent: AgentId,
+    },
     PutStore {
         put: u64,
     },
@@ -790,6 +806,17 @@ pub struct Replicator {
     healing: BTreeSet<(AgentId, u64)>,
     /// Records whose publication waits for the end of a repair.
     deferred_publish: BTreeSet<AgentId>,
+    /// Repair waits until then after this node (re)gains live members, so that a node
+    /// back from a restart or a partition learns the current records first instead of
+    /// re-placing copies from its stale view (and making holders drop them).
+    settled_at: Option<Duration>,
+    /// Agents this node writes whose holders it has asked, since the last membership
+    /// change, for their latest version: a holder may have one this node missed (the
+    /// writer is not the owner), or lack the latest (it dropped or never got it, e.g.
+    /// on the other side of a partition).
+    writer_synced: BTreeMap<AgentId, Vec<NodeName>>,
+    /// Holders found without the writer's latest version; repair sends it.
+    stale_holders: BTreeMap<AgentId, BTreeSet<NodeName>>,
     serving: usize,
     next_op: u64,
     next_repair_scan: Duration,
@@ -822,6 +849,9 @@ impl Replicator {
             superseded: BTreeMap::new(),
             healing: BTreeSet::new(),
             deferred_publish: BTreeSet::new(),
+            settled_at: None,
+            writer_synced: BTreeMap::new(),
+            stale_holders: BTreeMap::new(),
             serving: 0,
             next_op: 1,
             next_repair_scan: Duration::ZERO,
@@ -872,17 +902,10 @@ impl Replicator {
                 local.versions.pop_first();
             }
         }
-        // Agents this node owned before the restart stay owned (same name); seqs go
-        // on from the highest known.
-        let mine: Vec<AgentId> = self
-            .records
-            .values()
-            .filter(|r| r.owner == self.me.name)
-            .map(|r| r.agent.clone())
-            .collect();
-        for agent in mine {
-            self.own(&agent);
-        }
+        // Agents this node owned before the restart are not owned again until they
+        // register again: a put may have reached holders but not this disk before the
+        // crash, and only the registration's round of heads learns its seq (reusing
+        // it would give two snapshots one version).
     }
 
     fn own(&mut self, agent: &AgentId) {
@@ -908,6 +931,9 @@ impl Replicator {
         if id.name == self.me.name {
             return;
         }
+        if self.live.is_empty() {
+            self.settled_at = Some(now + self.config.anti_entropy_interval);
+        }
         let is_new = self.live.insert(id.name.clone(), id.clone()).is_none();
         if is_new {
             self.next_repair_scan = self.next_repair_scan.min(now);
@@ -921,6 +947,9 @@ impl Replicator {
     pub fn member_down(&mut self, now: Duration, name: &NodeName) {
         if self.live.remove(name).is_none() {
             return;
+        }
+        if self.live.is_empty() {
+            self.settled_at = None;
         }
         self.next_repair_scan = self.next_repair_scan.min(now);
         // Requests to it will not be answered: fail them now instead of at the timeout.
@@ -960,6 +989,19 @@ impl Replicator {
         if meta.len() > MAX_META_LEN {
             return Err(RegisterError::MetaTooLarge { len: meta.len() });
         }
+        Ok(self.start_register(now, agent, meta, false))
+    }
+
+    /// A registration, or (`reclaim`) the return of an agent this node owned before
+    /// it restarted: same round of heads, but the epoch stays unless another node
+    /// took the agent over meanwhile, in which case this node lets it go.
+    fn start_register(
+        &mut self,
+        now: Duration,
+        agent: AgentId,
+        meta: String,
+        reclaim: bool,
+    ) -> u64 {
         let reg = self.op();
         let record = self.records.get(&agent);
         let sources: Vec<NodeId> = match record {
@@ -1006,10 +1048,11 @@ impl Replicator {
                 waiting,
                 epoch_seen: 0,
                 seq_seen: 0,
+                reclaim,
             },
         );
         self.finish_register_if_ready(now, reg);
-        Ok(reg)
+        reg
     }
 
     fn finish_register_if_ready(&mut self, now: Duration, reg: u64) {
@@ -1032,6 +1075,26 @@ impl Replicator {
             .unwrap_or(0);
         let epoch_floor = local_epoch.max(p.epoch_seen);
         let seq_floor = local_seq.max(p.seq_seen);
+        if p.reclaim {
+            let Some(mut r) = self.records.get(&agent).cloned() else {
+                return;
+            };
+            if r.owner != me || epoch_floor > r.epoch || self.owned.contains_key(&agent) {
+                // Taken over while this node was down (or re-registered meanwhile).
+                return;
+            }
+            r.seq = r.seq.max(seq_floor);
+            self.records.insert(agent.clone(), r.clone());
+            self.own(&agent);
+            self.emit(ReplEvent::AgentOwned {
+                agent: agent.clone(),
+                epoch: r.epoch,
+            });
+            self.next_repair_scan = self.next_repair_scan.min(now);
+            self.effects
+                .push_back(ReplEffect::RegisterDone { reg, record: r });
+            return;
+        }
         let record = match self.records.get(&agent).cloned() {
             Some(mut r) if r.owner == me && self.owned.contains_key(&agent) => {
                 if r.meta != meta {
@@ -1108,6 +1171,11 @@ impl Replicator {
                 owner: owner.as_ref().map_or("unknown".into(), |o| o.to_string()),
             });
         }
+        if record.owner == self.me.name && !self.owned.contains_key(agent) {
+            return Err(PutError::RegisterAgain {
+                agent: agent.clone(),
+            });
+        }
         let Some(owned) = self.owned.get_mut(agent) else {
             return Err(PutError::NotOwner {
                 agent: agent.clone(),
@@ -1125,15 +1193,24 @@ impl Replicator {
         };
         // Copies go to the holders of the record, or, where one is down, to the
         // placement of now (repair then publishes it).
-        let targets = self.put_targets(&record);
+        // Holders that are down get nothing now (repair brings them up to date).
+        let targets: Vec<Holder> = self
+            .put_targets(&record)
+            .into_iter()
+            .filter(|h| self.live.contains_key(&h.name))
+            .collect();
         let local_counts = self.config.owner_counts_as_copy;
         let copies = targets.len() + usize::from(local_counts);
-        let need = match ack.unwrap_or(self.config.ack) {
+        // A quorum is a majority of the k copies wanted, not of those that can be
+        // placed now: an owner that sees fewer hosts (isolated, or a small cluster)
+        // must not acknowledge what would not survive it.
+        let quorum = self.config.copies.max(1) / 2 + 1;
+        let ack = ack.unwrap_or(self.config.ack);
+        let need = match ack {
             AckMode::Local => 0,
-            AckMode::Quorum => copies / 2 + 1,
-            AckMode::All => copies,
-        }
-        .min(copies);
+            AckMode::Quorum => quorum,
+            AckMode::All => copies.max(quorum),
+        };
         let put = self.op();
         for holder in &targets {
             let Some(to) = self.live.get(&holder.name).cloned() else {
@@ -1172,6 +1249,7 @@ impl Replicator {
             PendingPut {
                 agent: agent.clone(),
                 snap,
+                ack,
                 need,
                 local_counts,
                 local_done: false,
@@ -1201,7 +1279,8 @@ impl Replicator {
             name: record.owner.clone(),
             zone: record.owner_zone.clone(),
         };
-        let owner_live = record.owner == self.me.name || self.live.contains_key(&record.owner);
+        let owner_live =
+            self.owned.contains_key(&record.agent) || self.live.contains_key(&record.owner);
         let pinned = (self.config.owner_counts_as_copy && owner_live).then_some(&pinned);
         let candidates: Vec<Candidate> = self
             .live
@@ -1214,7 +1293,11 @@ impl Replicator {
             })
             .collect();
         let current: Vec<NodeName> = record.holders.iter().map(|h| h.name.clone()).collect();
-        placement::place(
+        let wanted = self
+            .config
+            .copies
+            .saturating_sub(usize::from(pinned.is_some()));
+        let mut holders: Vec<Holder> = placement::place(
             &record.agent,
             &candidates,
             &current,
@@ -1227,13 +1310,30 @@ impl Replicator {
             name: c.name,
             zone: c.zone,
         })
-        .collect()
+        .collect();
+        // Too few live members to replace them: holders that are down stay listed.
+        // They may come back with their copies, and a holder dropped from the record
+        // deletes its copies, which may be the only ones left of the latest version.
+        for h in &record.holders {
+            if holders.len() >= wanted {
+                break;
+            }
+            if !holders.contains(h) && h.name != record.owner {
+                holders.push(h.clone());
+            }
+        }
+        holders
     }
 
     fn degraded_of(&self, record: &AgentRecord) -> Option<Degraded> {
         let counts = self.config.owner_counts_as_copy;
-        let copies = record.holders.len() + usize::from(counts);
-        let mut zones: BTreeSet<&Zone> = record.holders.iter().map(|h| &h.zone).collect();
+        let up: Vec<&Holder> = record
+            .holders
+            .iter()
+            .filter(|h| h.name == self.me.name || self.live.contains_key(&h.name))
+            .collect();
+        let copies = up.len() + usize::from(counts);
+        let mut zones: BTreeSet<&Zone> = up.iter().map(|h| &h.zone).collect();
         if counts {
             zones.insert(&record.owner_zone);
         }
@@ -1329,6 +1429,12 @@ impl Replicator {
         if !p.local_done {
             failures.push("local copy: not yet on disk".into());
         }
+        let placeable = p.targets.len() + usize::from(p.local_counts);
+        if placeable < p.need {
+            failures.push(format!(
+                "only {placeable} copies can be placed on the live members this node sees; lower --copies or add hosts"
+            ));
+        }
         let have = p.acked.len() + usize::from(p.local_counts && p.local_done);
         let mut stored_on = names(&p.acked);
         if p.local_done {
@@ -1339,13 +1445,7 @@ impl Replicator {
             result: Err(PutError::NotAcknowledged {
                 agent: p.agent,
                 seq: p.snap.seq,
-                ack: if p.need == 0 {
-                    "local"
-                } else if p.need == p.targets.len() + usize::from(p.local_counts) {
-                    "all"
-                } else {
-                    "quorum"
-                },
+                ack: p.ack.as_str(),
                 needed: p.need,
                 stored: have,
                 stored_on,
@@ -1512,7 +1612,8 @@ impl Replicator {
                     InFlight {
                         request: Request::GetFetch { get },
                         to: name,
-                        deadline: now + self.config.get_timeout,
+                        // One lost answer must leave time to try the next copy.
+                        deadline: now + transfer_time(snap.len),
                     },
                 );
                 self.send(
@@ -1595,6 +1696,11 @@ impl Replicator {
                     self.advance_get(now, get);
                 }
                 Some(InFlight {
+                    request: Request::WriterHead { agent },
+                    to,
+                    ..
+                }) => self.writer_head_done(now, &agent, &to, Some(found)),
+                Some(InFlight {
                     request: Request::RegisterHead { reg },
                     to,
                     ..
@@ -1654,6 +1760,9 @@ impl Replicator {
             return;
         };
         let owner = record.owner.clone();
+        // Fencing is about the sender's ownership, the epoch of its record: a repair
+        // copies older versions (of older epochs) under the current record.
+        let sender_epoch = record.epoch;
         self.merge_record(record);
         let known_epoch = self.records.get(&agent).map_or(0, |r| r.epoch);
         let local = self.local.entry(agent.clone()).or_default();
@@ -1664,7 +1773,7 @@ impl Replicator {
             snap,
             outcome,
         };
-        if snap.epoch < seen {
+        if sender_epoch < seen || snap.epoch > sender_epoch {
             let owner = self
                 .records
                 .get(&agent)
@@ -1695,7 +1804,7 @@ impl Replicator {
             );
             return self.send(&to, reply(StoreOutcome::Failed { reason }), None);
         }
-        local.max_epoch = snap.epoch;
+        local.max_epoch = local.max_epoch.max(sender_epoch);
         let _ = owner;
         let disk = self.op();
         self.disk_ops.insert(
@@ -1731,7 +1840,10 @@ impl Replicator {
             // A late acknowledgement of the latest version: no longer behind.
             owned.behind.remove(from);
         }
-        if let StoreOutcome::Fenced { epoch, owner } = &outcome {
+        // Refused for an epoch above the one we hold: another node owns the agent.
+        if let StoreOutcome::Fenced { epoch, owner } = &outcome
+            && self.records.get(&agent).is_none_or(|r| *epoch > r.epoch)
+        {
             self.fenced(&agent, *epoch, owner.clone());
         }
         let Some(InFlight { request, .. }) = self.take_request(op, from) else {
@@ -2016,12 +2128,9 @@ impl Replicator {
                     let Some(target) = self.live.get(&to.name).cloned() else {
                         return self.repair_transfer_done(now, &agent, false);
                     };
-                    let Some(mut record) = self.records.get(&agent).cloned() else {
+                    let Some(record) = self.records.get(&agent).cloned() else {
                         return self.repair_transfer_done(now, &agent, false);
                     };
-                    if let Some(job) = self.repairs.get(&agent) {
-                        record.holders = job.target.clone();
-                    }
                     let op = self.op();
                     self.requests.insert(
                         op,
@@ -2032,7 +2141,7 @@ impl Replicator {
                                 seq,
                             },
                             to: to.name,
-                            deadline: now + self.config.put_timeout * 2,
+                            deadline: now + transfer_time(m.len),
                         },
                     );
                     self.send(
@@ -2191,7 +2300,20 @@ impl Replicator {
             .local
             .get(&agent)
             .is_some_and(|l| !l.versions.is_empty());
-        if holds_here && r.owner != self.me.name && !r.is_holder(&self.me.name) && r.version > 0 {
+        let newest_here = self
+            .local
+            .get(&agent)
+            .and_then(|l| l.versions.last_key_value().map(|(_, m)| (m.epoch, m.seq)));
+        // Only when the record's writer knew a version at least as new as ours: copies
+        // newer than the record may be the only ones of an acknowledged version
+        // (a holder set re-placed on the other side of a partition).
+        let covered = newest_here.is_none_or(|newest| newest <= (r.epoch, r.seq));
+        if holds_here
+            && covered
+            && r.owner != self.me.name
+            && !r.is_holder(&self.me.name)
+            && r.version > 0
+        {
             // The writer moved the copies elsewhere (after they were written there).
             self.local.remove(&agent);
             self.effects.push_back(ReplEffect::DropAgent { agent });
@@ -2279,9 +2401,11 @@ impl Replicator {
     /// Whether this node changes `record`'s holders: the owner while it is live, else
     /// the best-scoring live holder that has a copy (this node included).
     fn is_writer(&self, record: &AgentRecord) -> bool {
-        if record.owner == self.me.name {
-            return self.owned.contains_key(&record.agent);
+        if self.owned.contains_key(&record.agent) {
+            return true;
         }
+        // A live owner writes its own record (an owner that restarted and has not
+        // registered again counts as gone).
         if self.live.contains_key(&record.owner) {
             return false;
         }
@@ -2301,6 +2425,14 @@ impl Replicator {
     }
 
     fn repair_scan(&mut self, now: Duration) {
+        if self.live.is_empty() {
+            return;
+        }
+        // An owner's placement of the agents registered in this life is its own; any
+        // other writing (for a gone owner, or reclaiming after a restart) waits until
+        // this node has been back among live members long enough to have learnt the
+        // current records.
+        let settled = self.settled_at.is_some_and(|at| now >= at);
         let agents: Vec<AgentId> = self.records.keys().cloned().collect();
         for agent in agents {
             let Some(record) = self.records.get(&agent).cloned() else {
@@ -2326,7 +2458,40 @@ impl Replicator {
                 }
                 _ => {}
             }
+            if !settled && !self.owned.contains_key(&agent) {
+                continue;
+            }
+            if record.owner == self.me.name && !self.owned.contains_key(&agent) {
+                let reclaiming = self.registers.values().any(|p| p.agent == agent);
+                if !reclaiming {
+                    self.start_register(now, agent.clone(), record.meta.clone(), true);
+                }
+                continue;
+            }
             if self.repairs.contains_key(&agent) || !self.is_writer(&record) {
+                continue;
+            }
+            // Holders are asked again whenever the live ones among them change.
+            let live_holders: Vec<NodeName> = record
+                .holders
+                .iter()
+                .filter(|h| self.live.contains_key(&h.name))
+                .map(|h| h.name.clone())
+                .collect();
+            if self.writer_synced.get(&agent) != Some(&live_holders) {
+                self.writer_synced.insert(agent.clone(), live_holders);
+                if self.sync_writer(now, &record) {
+                    continue;
+                }
+            }
+            let asking = self
+                .requests
+                .values()
+                .any(|r| matches!(&r.request, Request::WriterHead { agent: a } if a == &agent));
+            if asking {
+                continue;
+            }
+            if self.healing.iter().any(|(a, _)| a == &agent) {
                 continue;
             }
             let target = self.plan(&record);
@@ -2346,11 +2511,14 @@ impl Replicator {
                 continue;
             }
             let latest = versions[versions.len() - 1];
-            let behind: BTreeSet<NodeName> = self
+            let mut behind: BTreeSet<NodeName> = self
                 .owned
                 .get(&agent)
                 .map(|o| o.behind.clone())
                 .unwrap_or_default();
+            if let Some(stale) = self.stale_holders.get(&agent) {
+                behind.extend(stale.iter().cloned());
+            }
             let mut todo = VecDeque::new();
             for h in &target {
                 if h.name == self.me.name {
@@ -2366,6 +2534,7 @@ impl Replicator {
                 }
             }
             if todo.is_empty() {
+                self.stale_holders.remove(&agent);
                 if record.holders != target {
                     self.set_holders(&agent, target, Vec::new(), 0);
                 }
@@ -2386,14 +2555,96 @@ impl Replicator {
         self.pump_repairs(now);
     }
 
+    /// Asks the live holders of an agent this node writes for their latest version:
+    /// a newer one than ours is fetched (a writer that is not the owner may have
+    /// missed puts), a holder without ours gets it from repair.
+    /// Returns whether it asked anyone.
+    fn sync_writer(&mut self, now: Duration, record: &AgentRecord) -> bool {
+        if self
+            .requests
+            .values()
+            .any(|r| matches!(&r.request, Request::WriterHead { agent } if agent == &record.agent))
+        {
+            return true;
+        }
+        let holders: Vec<NodeId> = record
+            .holders
+            .iter()
+            .filter_map(|h| self.live.get(&h.name))
+            .cloned()
+            .collect();
+        if holders.is_empty() {
+            return false;
+        }
+        for to in holders {
+            let op = self.op();
+            self.requests.insert(
+                op,
+                InFlight {
+                    request: Request::WriterHead {
+                        agent: record.agent.clone(),
+                    },
+                    to: to.name.clone(),
+                    deadline: now + transfer_time(0),
+                },
+            );
+            self.send(
+                &to,
+                ReplMsg::Head {
+                    op,
+                    agent: record.agent.clone(),
+                    seq: None,
+                },
+                None,
+            );
+        }
+        true
+    }
+
+    fn writer_head_done(
+        &mut self,
+        now: Duration,
+        agent: &AgentId,
+        from: &NodeName,
+        found: Option<Option<SnapMeta>>,
+    ) {
+        let ours = self
+            .local
+            .get(agent)
+            .and_then(|l| l.versions.last_key_value().map(|(_, m)| (m.epoch, m.seq)));
+        let theirs = found.map(|f| f.map(|m| (m.epoch, m.seq)));
+        match (ours, theirs, found) {
+            (o, Some(Some(t)), Some(Some(m))) if o.is_none_or(|o| o < t) => {
+                self.heal(now, agent, m.seq);
+            }
+            (Some(o), Some(t), _) if t.is_none_or(|t| t < o) => {
+                self.stale_holders
+                    .entry(agent.clone())
+                    .or_default()
+                    .insert(from.clone());
+            }
+            _ => {}
+        }
+    }
+
     /// Starts repair transfers while the rate and the parallelism allow.
     fn pump_repairs(&mut self, now: Duration) {
-        let rate = i64::try_from(self.config.repair_bytes_per_sec).unwrap_or(i64::MAX);
-        let elapsed = now.saturating_sub(self.tokens_at);
-        let refill = (elapsed.as_secs_f64() * rate as f64) as i64;
+        // Integer arithmetic, and the clock of the bucket advances by exactly the time
+        // the refill stands for: rounding must never leave a due wake-up with nothing
+        // to do (the driver would be woken at the same instant forever).
+        let rate = u128::from(self.config.repair_bytes_per_sec.max(1));
+        let elapsed = now.saturating_sub(self.tokens_at).as_nanos();
+        let refill = elapsed * rate / 1_000_000_000;
         if refill > 0 {
-            self.repair_tokens = self.repair_tokens.saturating_add(refill).min(rate);
-            self.tokens_at = now;
+            let burst = i64::try_from(rate).unwrap_or(i64::MAX);
+            let added = i64::try_from(refill).unwrap_or(i64::MAX);
+            self.repair_tokens = self.repair_tokens.saturating_add(added).min(burst);
+            if self.repair_tokens == burst {
+                self.tokens_at = now;
+            } else {
+                let used = u64::try_from(refill * 1_000_000_000 / rate).unwrap_or(u64::MAX);
+                self.tokens_at += Duration::from_nanos(used);
+            }
         }
         let agents: Vec<AgentId> = self.repairs.keys().cloned().collect();
         for agent in agents {
@@ -2481,6 +2732,7 @@ impl Replicator {
         if let Some(owned) = self.owned.get_mut(agent) {
             owned.behind.clear();
         }
+        self.stale_holders.remove(agent);
         if record.holders == job.target {
             if deferred {
                 self.publish(agent);
@@ -2538,9 +2790,11 @@ impl Replicator {
             next = next.min(r.deadline);
         }
         if !self.repairs.is_empty() && self.repair_tokens <= 0 {
-            let rate = self.config.repair_bytes_per_sec.max(1);
-            let debt = self.repair_tokens.unsigned_abs() + 1;
-            let wait = Duration::from_secs_f64(debt as f64 / rate as f64);
+            let rate = u128::from(self.config.repair_bytes_per_sec.max(1));
+            let debt = u128::from(self.repair_tokens.unsigned_abs()) + 1;
+            // Rounded up: at that instant the refill covers the debt.
+            let nanos = (debt * 1_000_000_000).div_ceil(rate);
+            let wait = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
             next = next.min(self.tokens_at + wait);
         }
         Some(next)
@@ -2608,6 +2862,7 @@ impl Replicator {
 
     fn request_failed(&mut self, now: Duration, r: InFlight, why: String) {
         match r.request {
+            Request::WriterHead { agent } => self.writer_head_done(now, &agent, &r.to, None),
             Request::RegisterHead { reg } => {
                 // Go ahead without it: a holder that missed the takeover still refuses
                 // a seq that does not grow (see `on_store`).

@@ -70,6 +70,8 @@ struct Cluster {
     gets: BTreeMap<(NodeName, u64), Result<(SnapMeta, Bytes), GetError>>,
     events: Vec<(NodeName, ReplEvent)>,
     registered: BTreeSet<(NodeName, u64)>,
+    /// Nodes that messages carrying records do not reach (a partial partition).
+    deaf_to_records: BTreeSet<NodeName>,
     config: ReplicationConfig,
 }
 
@@ -88,6 +90,7 @@ impl Cluster {
             gets: BTreeMap::new(),
             events: Vec::new(),
             registered: BTreeSet::new(),
+            deaf_to_records: BTreeSet::new(),
             config,
         };
         for (i, (n, z)) in nodes.iter().enumerate() {
@@ -220,6 +223,15 @@ impl Cluster {
             match work {
                 Work::Deliver { from, msg, payload } => {
                     if self.down.contains(&from) {
+                        continue;
+                    }
+                    let catalog = matches!(
+                        msg,
+                        ReplMsg::Records { .. }
+                            | ReplMsg::CatalogDigest { .. }
+                            | ReplMsg::Store { .. }
+                    );
+                    if catalog && self.deaf_to_records.contains(&to) {
                         continue;
                     }
                     self.nodes
@@ -511,36 +523,12 @@ fn a_holder_refuses_a_lower_epoch_even_when_the_owner_does_not_know() {
     c.run(Duration::from_millis(50));
     c.put("a1", "agent-1", b"one", None).unwrap();
     c.run(Duration::from_millis(50));
-    // b1 takes over; a1 is cut off from every record message (partition) but its
-    // stores still reach the holders.
+    // b1 takes over; no catalog message reaches a1, which still believes it owns the
+    // agent at epoch 1.
+    c.deaf_to_records.insert(name("a1"));
     c.register("b1", "agent-1");
     c.put("b1", "agent-1", b"two", Some(AckMode::All)).unwrap();
-    // Forget, on a1, what the takeover told it: a fresh replicator with a1's disk.
-    let id = c.ids[&name("a1")].clone();
-    let mut fresh = Replicator::new(id, ReplicationConfig::default(), 99);
-    let versions: Vec<StoredVersion> = c.disks[&name("a1")]
-        .versions
-        .iter()
-        .map(|((a, _), (m, _))| StoredVersion {
-            agent: a.clone(),
-            snap: *m,
-        })
-        .collect();
-    let stale = c.nodes[&name("b1")].agents()[0].record.clone();
-    let stale = vigil_protocol::AgentRecord {
-        owner: name("a1"),
-        owner_zone: Zone::new("za").unwrap(),
-        epoch: 1,
-        version: 9,
-        ..stale
-    };
-    fresh.load(versions, vec![stale]);
-    for id in c.ids.values() {
-        fresh.member_up(c.now, id.clone());
-    }
-    c.nodes.insert(name("a1"), fresh);
-    c.drain(&name("a1"));
-    // Its put goes out at epoch 1; a holder that stored epoch 2 refuses it.
+    // a1's put goes out at epoch 1; the holders that stored epoch 2 refuse it.
     let now = c.now;
     let put = c
         .node("a1")
@@ -568,6 +556,61 @@ fn a_holder_refuses_a_lower_epoch_even_when_the_owner_does_not_know() {
     // And the cluster still reads the epoch-2 version.
     let (meta, _) = c.get("c2", "agent-1", None).unwrap();
     assert_eq!((meta.epoch, meta.seq), (2, 2));
+}
+
+#[test]
+fn an_owner_that_restarts_reclaims_its_agents_and_never_reuses_a_seq() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"one", None).unwrap();
+    // Seq 2 reaches the holders but a1 crashes before its own disk has it.
+    let now = c.now;
+    c.node("a1")
+        .put(
+            now,
+            &agent("agent-1"),
+            Bytes::from_static(b"two"),
+            Some(AckMode::All),
+        )
+        .unwrap();
+    c.drain(&name("a1"));
+    c.queue
+        .retain(|_, (to, w)| !(to.as_str() == "a1" && matches!(w, Work::Persisted { .. })));
+    c.run(Duration::from_millis(50));
+    let records: Vec<vigil_protocol::AgentRecord> = c.nodes[&name("a1")]
+        .agents()
+        .into_iter()
+        .map(|v| v.record)
+        .collect();
+    let versions: Vec<StoredVersion> = c.disks[&name("a1")]
+        .versions
+        .iter()
+        .map(|((a, _), (m, _))| StoredVersion {
+            agent: a.clone(),
+            snap: *m,
+        })
+        .collect();
+    assert_eq!(versions.len(), 1, "only seq 1 on a1's disk");
+    let id = c.ids[&name("a1")].clone();
+    let mut fresh = Replicator::new(id, c.config.clone(), 5);
+    fresh.load(versions, records);
+    let now = c.now;
+    for other in c.ids.values() {
+        fresh.member_up(now, other.clone());
+    }
+    c.nodes.insert(name("a1"), fresh);
+    c.drain(&name("a1"));
+    // Before it has asked the holders, a put is refused with a clear reason.
+    let err = c.put("a1", "agent-1", b"too early", None).unwrap_err();
+    assert!(matches!(err, PutError::RegisterAgain { .. }), "{err:?}");
+    c.run(Duration::from_secs(8));
+    let out = c.put("a1", "agent-1", b"three", None).unwrap();
+    assert_eq!(
+        (out.epoch, out.seq),
+        (1, 3),
+        "seq 2 is on the holders: go on from it"
+    );
 }
 
 #[test]
@@ -669,4 +712,130 @@ fn a_put_that_cannot_reach_its_quorum_says_what_was_stored() {
     );
     assert!(text.contains("d1"), "{text}");
     assert!(text.contains("no answer"), "{text}");
+}
+
+/// Holders of every agent as `owner` sees them.
+fn holders_of(c: &Cluster, owner: &str) -> BTreeMap<String, Vec<String>> {
+    c.nodes[&name(owner)]
+        .agents()
+        .into_iter()
+        .map(|v| {
+            (
+                v.record.agent.to_string(),
+                v.record
+                    .holders
+                    .iter()
+                    .map(|h| h.name.to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Five agents of 5 versions x 20 KiB each on a1, then a holder of them dies.
+fn slow_repair_setup(rate: u64) -> (Cluster, String, u64) {
+    let config = ReplicationConfig {
+        repair_bytes_per_sec: rate,
+        ..ReplicationConfig::default()
+    };
+    let mut c = Cluster::new(&six(), config);
+    for i in 0..5 {
+        c.register("a1", &format!("agent-{i}"));
+    }
+    c.run(Duration::from_millis(50));
+    for i in 0..5 {
+        for v in 0..5u8 {
+            c.put(
+                "a1",
+                &format!("agent-{i}"),
+                &[v; 20 * 1024],
+                Some(AckMode::All),
+            )
+            .unwrap();
+        }
+    }
+    c.run(Duration::from_millis(50));
+    // The holder outside zone a that holds the most agents.
+    let mut count: BTreeMap<String, u64> = BTreeMap::new();
+    for hs in holders_of(&c, "a1").values() {
+        for h in hs {
+            if c.zone_of(h) != "za" {
+                *count.entry(h.clone()).or_default() += 1;
+            }
+        }
+    }
+    let (victim, agents) = count.into_iter().max_by_key(|(_, n)| *n).unwrap();
+    let bytes = agents * 5 * 20 * 1024;
+    c.kill(&victim);
+    (c, victim, bytes)
+}
+
+fn repaired(c: &Cluster, victim: &str) -> bool {
+    holders_of(c, "a1")
+        .values()
+        .all(|hs| hs.len() == 3 && !hs.iter().any(|h| h == victim))
+}
+
+#[test]
+fn repair_copies_no_faster_than_its_rate() {
+    let rate = 100 * 1024;
+    let (mut c, victim, bytes) = slow_repair_setup(rate);
+    let start = c.now;
+    while !repaired(&c, &victim) {
+        assert!(
+            c.now - start < Duration::from_secs(120),
+            "repair never finished"
+        );
+        c.run(Duration::from_millis(100));
+    }
+    let took = (c.now - start).as_secs_f64();
+    // One second of burst plus one transfer started on the last tokens, then the rate.
+    let floor = (bytes as f64 - rate as f64 - 20.0 * 1024.0) / rate as f64;
+    assert!(
+        took >= floor,
+        "copied {bytes} bytes in {took:.2} s at {rate} B/s"
+    );
+    assert!(
+        took <= floor + 5.0,
+        "copied {bytes} bytes in {took:.2} s at {rate} B/s"
+    );
+}
+
+#[test]
+fn repair_resumes_after_the_owner_restarts_mid_way() {
+    let (mut c, victim, _) = slow_repair_setup(40 * 1024);
+    c.run(Duration::from_secs(2));
+    assert!(!repaired(&c, &victim), "the repair should still be running");
+    // a1 restarts on its disk: a fresh replicator knows only what the disk holds.
+    let records: Vec<vigil_protocol::AgentRecord> = c.nodes[&name("a1")]
+        .agents()
+        .into_iter()
+        .map(|v| v.record)
+        .collect();
+    let versions: Vec<StoredVersion> = c.disks[&name("a1")]
+        .versions
+        .iter()
+        .map(|((a, _), (m, _))| StoredVersion {
+            agent: a.clone(),
+            snap: *m,
+        })
+        .collect();
+    let id = c.ids[&name("a1")].clone();
+    let mut fresh = Replicator::new(id, c.config.clone(), 42);
+    fresh.load(versions, records);
+    for (n, other) in &c.ids {
+        if !c.down.contains(n) {
+            fresh.member_up(c.now, other.clone());
+        }
+    }
+    c.nodes.insert(name("a1"), fresh);
+    c.drain(&name("a1"));
+    let start = c.now;
+    while !repaired(&c, &victim) {
+        assert!(
+            c.now - start < Duration::from_secs(120),
+            "repair did not resume"
+        );
+        c.run(Duration::from_millis(100));
+    }
 }

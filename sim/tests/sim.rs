@@ -51,8 +51,7 @@ fn every_live_host_sees_each_crash() {
 
 #[test]
 fn a_short_swarm_keeps_every_invariant() {
-    // Membership only: the seeds that draw replication are run with it on below.
-    let mode = SwarmReplication::Off;
+    let mode = SwarmReplication::Draw;
     for seed in 1..=6 {
         let outcome = scenario::swarm_one_with(seed, 12, mode);
         assert!(
@@ -234,24 +233,21 @@ fn a_short_swarm_with_replication_keeps_every_invariant() {
 
 // ---- known Replicator bugs: reproductions, ignored until fixed ---------------------
 
-/// An owner that sees no live peer (here cut off by a one-way partition) acknowledges
-/// quorum puts with no copy but its own (`stored_on: []`): the quorum is taken over the
-/// holders it can place, not over k. The owner then crashes and the acknowledged
-/// snapshots are gone (I1).
+/// Regression (found by this simulator): an owner that saw no live peer acknowledged
+/// quorum puts with no copy but its own, the quorum being taken over the holders it
+/// could place rather than over k; when it crashed the snapshots were gone (I1).
 #[test]
-#[ignore = "Replicator bug: an isolated owner acknowledges quorum puts with zero copies"]
 fn an_isolated_owner_does_not_acknowledge_a_put_it_could_not_copy() {
     let outcome = scenario::swarm_one_with(139, 24, SwarmReplication::On);
     assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
 }
 
-/// A holder that restarts loads a stale record, runs repair before it has heard of any
-/// member, takes the owner for down and itself for the writer, and republishes the
-/// record with itself as the only holder at the owner's next version; the tie-break
-/// on holders makes it win, the real holders drop their copies, and with the owner
-/// crashed an acknowledged snapshot is lost (I1).
+/// Regression: a restarted holder loaded a stale record, ran repair before it had heard
+/// of any member, took itself for the writer and republished the record with itself as
+/// the only holder; the real holders dropped their copies and, with the owner crashed,
+/// an acknowledged snapshot was lost (I1). Repair now waits until the node has been
+/// among live members long enough to learn the records.
 #[test]
-#[ignore = "Replicator bug: a restarted holder rewrites records before it knows the members"]
 fn a_restarted_holder_does_not_take_over_records_before_it_knows_the_members() {
     // = cargo run -p vigil-sim --release -- run --nodes 12 --scenario churn --agents 20
     //   --seed 2 --window 5s --faults 3 --fault-spacing 10s
@@ -265,13 +261,11 @@ fn a_restarted_holder_does_not_take_over_records_before_it_knows_the_members() {
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
 
-/// During a zone partition both sides re-place an agent's copies (the owner on its
-/// side, the best live holder on the other); after the heal the winning record names
-/// holders without the latest versions, the others drop theirs, and repair does not
-/// copy to holders the record already names: agents stay short of copies (I2), some
-/// with no copy of their latest acknowledged snapshot but the owner's.
+/// Regression: during a zone partition both sides re-placed an agent's copies; after
+/// the heal the winning record named holders without the latest versions, the others
+/// dropped theirs, and repair never copied to holders the record already named (I2).
+/// Writers now ask the holders what they hold whenever the live holders change.
 #[test]
-#[ignore = "Replicator bug: after a partition heals, copies are dropped and not restored"]
 fn a_healed_partition_leaves_every_agent_its_copies() {
     // = cargo run -p vigil-sim --release -- run --nodes 12 --scenario partition
     //   --agents 20 --seed 2 --window 5s
@@ -283,12 +277,11 @@ fn a_healed_partition_leaves_every_agent_its_copies() {
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
 
-/// An owner that crashes after its holders stored a new version but before its own
-/// copy reached its disk restarts with the seq counter of its disk and record, puts
-/// the next snapshot under the same (epoch, seq), and the holders overwrite the
-/// version with other bytes: two snapshots share one version.
+/// Regression: an owner that crashed after its holders stored a new version but
+/// before its own copy reached its disk restarted, put the next snapshot under the same
+/// (epoch, seq), and two snapshots shared one version. A restarted owner now reclaims
+/// its agents by asking the holders for their latest seq first.
 #[test]
-#[ignore = "Replicator bug: a restarted owner reuses a seq its holders already stored"]
 fn a_restarted_owner_never_reuses_a_seq() {
     // = cargo run -p vigil-sim --release -- run --nodes 10 --scenario churn --agents 60
     //   --put-interval 50ms --seed 2 --window 3s --faults 6 --fault-spacing 5s
