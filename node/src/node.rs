@@ -244,7 +244,7 @@ fn count_store_error(metrics: &Metrics, e: &StoreError) {
         .inc();
 }
 
-fn put_json(out: PutOutcome, default_ack: vigil_protocol::AckMode) -> PutJson {
+fn put_json(out: PutOutcome) -> PutJson {
     let holder = |h: vigil_protocol::replication::Holder| HolderJson {
         name: h.name.to_string(),
         zone: h.zone.to_string(),
@@ -252,7 +252,6 @@ fn put_json(out: PutOutcome, default_ack: vigil_protocol::AckMode) -> PutJson {
     let mut zones: Vec<String> = out.stored_on.iter().map(|h| h.zone.to_string()).collect();
     zones.sort();
     zones.dedup();
-    let _ = default_ack;
     PutJson {
         agent: out.agent.to_string(),
         epoch: out.epoch,
@@ -829,7 +828,7 @@ impl Owner {
                             self.metrics
                                 .snapshot_put_seconds
                                 .observe(started.elapsed().as_secs_f64());
-                            let _ = reply.send(Ok(put_json(out, self.replicator.config().ack)));
+                            let _ = reply.send(Ok(put_json(out)));
                         }
                         Err(e) => {
                             self.count_put(e.code());

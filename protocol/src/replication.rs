@@ -735,30 +735,13 @@ enum DiskOp {
 /// What a message sent to a peer expects back.
 #[derive(Debug)]
 enum Request {
-    RegisterHead {
-        reg: u64,
-    },
-    WriterHead {
-        agent: AgentId,
-    },
-    PutStore {
-        put: u64,
-    },
-    Head {
-        get: u64,
-    },
-    GetFetch {
-        get: u64,
-    },
-    Heal {
-        agent: AgentId,
-        seq: u64,
-    },
-    RepairStore {
-        agent: AgentId,
-        to: NodeName,
-        seq: u64,
-    },
+    RegisterHead { reg: u64 },
+    WriterHead { agent: AgentId },
+    PutStore { put: u64 },
+    Head { get: u64 },
+    GetFetch { get: u64 },
+    Heal { agent: AgentId, seq: u64 },
+    RepairStore { agent: AgentId },
 }
 
 #[derive(Debug)]
@@ -1759,7 +1742,6 @@ impl Replicator {
             // outside the membership is not accepted.
             return;
         };
-        let owner = record.owner.clone();
         // Fencing is about the sender's ownership, the epoch of its record: a repair
         // copies older versions (of older epochs) under the current record.
         let sender_epoch = record.epoch;
@@ -1805,7 +1787,6 @@ impl Replicator {
             return self.send(&to, reply(StoreOutcome::Failed { reason }), None);
         }
         local.max_epoch = local.max_epoch.max(sender_epoch);
-        let _ = owner;
         let disk = self.op();
         self.disk_ops.insert(
             disk,
@@ -1880,15 +1861,12 @@ impl Replicator {
                 }
                 self.finish_put_if_decided(put);
             }
-            Request::RepairStore { agent, to, seq } => {
+            Request::RepairStore { agent, .. } => {
                 let ok = outcome == StoreOutcome::Stored;
                 self.repair_transfer_done(now, &agent, ok);
-                let _ = (to, seq);
             }
-            other => {
-                // A store reply to a request that was not a store: ignore.
-                let _ = other;
-            }
+            // A store reply to a request that was not a store: ignored.
+            _ => {}
         }
     }
 
@@ -2012,7 +1990,7 @@ impl Replicator {
     // ---- disk results ----------------------------------------------------------------
 
     /// The result of a [`ReplEffect::Persist`].
-    pub fn on_persisted(&mut self, now: Duration, op: u64, result: Result<(), String>) {
+    pub fn on_persisted(&mut self, _now: Duration, op: u64, result: Result<(), String>) {
         let Some(disk) = self.disk_ops.remove(&op) else {
             return;
         };
@@ -2082,7 +2060,6 @@ impl Replicator {
             }
             _ => {}
         }
-        let _ = now;
     }
 
     /// The result of a [`ReplEffect::Load`].
@@ -2137,8 +2114,6 @@ impl Replicator {
                         InFlight {
                             request: Request::RepairStore {
                                 agent: agent.clone(),
-                                to: to.name.clone(),
-                                seq,
                             },
                             to: to.name,
                             deadline: now + transfer_time(m.len),
