@@ -355,6 +355,37 @@ impl Cluster {
             .collect()
     }
 
+    /// What `n`'s disk holds, as a restarted node's store would report it.
+    fn disk_versions(&self, n: &str) -> Vec<StoredVersion> {
+        self.disks[&name(n)]
+            .versions
+            .iter()
+            .map(|((a, _), (m, _))| StoredVersion {
+                agent: a.clone(),
+                snap: *m,
+            })
+            .collect()
+    }
+
+    /// `n` restarts on its disk: a fresh replicator that knows only what the disk
+    /// holds (its records as the node last persisted them), and the live members.
+    fn restart_from_disk(&mut self, n: &str, seed: u64) {
+        let records: Vec<vigil_protocol::AgentRecord> = self.nodes[&name(n)]
+            .agents()
+            .into_iter()
+            .map(|v| v.record)
+            .collect();
+        let mut fresh = Replicator::new(self.ids[&name(n)].clone(), self.config.clone(), seed);
+        fresh.load(self.disk_versions(n), records);
+        for (other, id) in &self.ids {
+            if !self.down.contains(other) {
+                fresh.member_up(self.now, id.clone());
+            }
+        }
+        self.nodes.insert(name(n), fresh);
+        self.drain(&name(n));
+    }
+
     fn zone_of(&self, n: &str) -> String {
         self.ids[&name(n)].zone.to_string()
     }
@@ -578,29 +609,8 @@ fn an_owner_that_restarts_reclaims_its_agents_and_never_reuses_a_seq() {
     c.queue
         .retain(|_, (to, w)| !(to.as_str() == "a1" && matches!(w, Work::Persisted { .. })));
     c.run(Duration::from_millis(50));
-    let records: Vec<vigil_protocol::AgentRecord> = c.nodes[&name("a1")]
-        .agents()
-        .into_iter()
-        .map(|v| v.record)
-        .collect();
-    let versions: Vec<StoredVersion> = c.disks[&name("a1")]
-        .versions
-        .iter()
-        .map(|((a, _), (m, _))| StoredVersion {
-            agent: a.clone(),
-            snap: *m,
-        })
-        .collect();
-    assert_eq!(versions.len(), 1, "only seq 1 on a1's disk");
-    let id = c.ids[&name("a1")].clone();
-    let mut fresh = Replicator::new(id, c.config.clone(), 5);
-    fresh.load(versions, records);
-    let now = c.now;
-    for other in c.ids.values() {
-        fresh.member_up(now, other.clone());
-    }
-    c.nodes.insert(name("a1"), fresh);
-    c.drain(&name("a1"));
+    assert_eq!(c.disk_versions("a1").len(), 1, "only seq 1 on a1's disk");
+    c.restart_from_disk("a1", 5);
     // Before it has asked the holders, a put is refused with a clear reason.
     let err = c.put("a1", "agent-1", b"too early", None).unwrap_err();
     assert!(matches!(err, PutError::RegisterAgain { .. }), "{err:?}");
@@ -807,29 +817,7 @@ fn repair_resumes_after_the_owner_restarts_mid_way() {
     c.run(Duration::from_secs(2));
     assert!(!repaired(&c, &victim), "the repair should still be running");
     // a1 restarts on its disk: a fresh replicator knows only what the disk holds.
-    let records: Vec<vigil_protocol::AgentRecord> = c.nodes[&name("a1")]
-        .agents()
-        .into_iter()
-        .map(|v| v.record)
-        .collect();
-    let versions: Vec<StoredVersion> = c.disks[&name("a1")]
-        .versions
-        .iter()
-        .map(|((a, _), (m, _))| StoredVersion {
-            agent: a.clone(),
-            snap: *m,
-        })
-        .collect();
-    let id = c.ids[&name("a1")].clone();
-    let mut fresh = Replicator::new(id, c.config.clone(), 42);
-    fresh.load(versions, records);
-    for (n, other) in &c.ids {
-        if !c.down.contains(n) {
-            fresh.member_up(c.now, other.clone());
-        }
-    }
-    c.nodes.insert(name("a1"), fresh);
-    c.drain(&name("a1"));
+    c.restart_from_disk("a1", 42);
     let start = c.now;
     while !repaired(&c, &victim) {
         assert!(
