@@ -2409,6 +2409,17 @@ impl Replicator {
         // current records.
         let settled = self.settled_at.is_some_and(|at| now >= at);
         let agents: Vec<AgentId> = self.records.keys().cloned().collect();
+        // Once per scan, not once per agent: agents whose holders are being asked, and
+        // agents with a version being fetched again.
+        let asking: BTreeSet<AgentId> = self
+            .requests
+            .values()
+            .filter_map(|r| match &r.request {
+                Request::WriterHead { agent } => Some(agent.clone()),
+                _ => None,
+            })
+            .collect();
+        let healing: BTreeSet<AgentId> = self.healing.iter().map(|(a, _)| a.clone()).collect();
         for agent in agents {
             let Some(record) = self.records.get(&agent).cloned() else {
                 continue;
@@ -2459,14 +2470,7 @@ impl Replicator {
                     continue;
                 }
             }
-            let asking = self
-                .requests
-                .values()
-                .any(|r| matches!(&r.request, Request::WriterHead { agent: a } if a == &agent));
-            if asking {
-                continue;
-            }
-            if self.healing.iter().any(|(a, _)| a == &agent) {
+            if asking.contains(&agent) || healing.contains(&agent) {
                 continue;
             }
             let target = self.plan(&record);
