@@ -124,6 +124,19 @@ pub struct Summary {
     pub max: f64,
 }
 
+impl Summary {
+    /// "min / median / max" with `digits` decimals, as the reports print it.
+    pub fn min_median_max(&self, digits: usize) -> String {
+        format!(
+            "{:.d$} / {:.d$} / {:.d$}",
+            self.min,
+            self.median,
+            self.max,
+            d = digits
+        )
+    }
+}
+
 /// Sorts `values` in place and summarizes them. `None` if there are none, or if any
 /// is NaN (a NaN has no place in an order, and silently dropping it would hide a
 /// broken measurement).

@@ -657,16 +657,7 @@ fn targets(summaries: &[SizeSummary]) -> Vec<Target> {
 }
 
 fn fmt_summary(s: Option<Summary>, digits: usize) -> String {
-    match s {
-        Some(s) => format!(
-            "{:.d$} / {:.d$} / {:.d$}",
-            s.min,
-            s.median,
-            s.max,
-            d = digits
-        ),
-        None => "–".to_string(),
-    }
+    s.map_or("–".into(), |s| s.min_median_max(digits))
 }
 
 /// A one-line account of a run, for progress output.

@@ -34,16 +34,7 @@ fn ms(x: Option<i64>) -> String {
 }
 
 fn mmm(s: Option<Summary>, digits: usize) -> String {
-    match s {
-        Some(s) => format!(
-            "{:.d$} / {:.d$} / {:.d$}",
-            s.min,
-            s.median,
-            s.max,
-            d = digits
-        ),
-        None => "-".into(),
-    }
+    s.map_or("-".into(), |s| s.min_median_max(digits))
 }
 
 fn mean(v: &[f64]) -> Option<f64> {
