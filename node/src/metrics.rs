@@ -320,6 +320,32 @@ impl Metrics {
             .inc();
     }
 
+    /// A snapshot put answered as owner: `acked` or the error code.
+    pub fn count_put(&self, outcome: &str) {
+        self.snapshot_puts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// A snapshot read answered: `found` or the error code.
+    pub fn count_get(&self, outcome: &str) {
+        self.snapshot_gets
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_store_error(&self, kind: &str) {
+        self.store_errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
     pub fn count_dropped(&self, reason: &str) {
         self.messages_dropped
             .get_or_create(&ReasonLabel {

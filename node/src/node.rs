@@ -29,7 +29,7 @@ use crate::api::{
 use crate::config::AgentConfig;
 use crate::datadir::{DataDir, DataDirError};
 use crate::events::{self, EventLog};
-use crate::metrics::{KindLabel, Metrics, OutcomeLabel, StateLabel, TypeLabel};
+use crate::metrics::{Metrics, StateLabel, TypeLabel};
 use crate::store::{SnapshotStore, StoreError, VersionMeta};
 use crate::tls;
 use crate::transport::{
@@ -233,15 +233,6 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&owner.config.socket);
     tracing::info!("vigil node stopped");
     result
-}
-
-fn count_store_error(metrics: &Metrics, e: &StoreError) {
-    metrics
-        .store_errors
-        .get_or_create(&KindLabel {
-            kind: e.kind().into(),
-        })
-        .inc();
 }
 
 fn put_json(out: PutOutcome) -> PutJson {
@@ -688,7 +679,7 @@ impl Owner {
                         self.pending.puts.insert(put, (Instant::now(), reply));
                     }
                     Err(e) => {
-                        self.count_put(e.code());
+                        self.metrics.count_put(e.code());
                         let _ = reply.send(Err(put_failure(&e)));
                     }
                 }
@@ -700,7 +691,7 @@ impl Owner {
                         self.pending.gets.insert(get, reply);
                     }
                     Err(e) => {
-                        self.count_get(e.code());
+                        self.metrics.count_get(e.code());
                         let _ = reply.send(Err(get_failure(&e)));
                     }
                 }
@@ -717,24 +708,6 @@ impl Owner {
                 let _ = reply.send(self.events.subscribe(since));
             }
         }
-    }
-
-    fn count_put(&self, outcome: &str) {
-        self.metrics
-            .snapshot_puts
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.into(),
-            })
-            .inc();
-    }
-
-    fn count_get(&self, outcome: &str) {
-        self.metrics
-            .snapshot_gets
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.into(),
-            })
-            .inc();
     }
 
     fn agent_json(&self, v: &AgentView) -> AgentJson {
@@ -794,7 +767,7 @@ impl Owner {
                     };
                     tokio::task::spawn_blocking(move || {
                         if let Err(e) = store.write_record(record.agent.as_str(), &bytes) {
-                            count_store_error(&metrics, &e);
+                            metrics.count_store_error(e.kind());
                             tracing::warn!("cannot save the record of agent {}: {e}", record.agent);
                         }
                     });
@@ -804,7 +777,7 @@ impl Owner {
                     let metrics = Arc::clone(&self.metrics);
                     tokio::task::spawn_blocking(move || {
                         if let Err(e) = store.remove_agent(agent.as_str()) {
-                            count_store_error(&metrics, &e);
+                            metrics.count_store_error(e.kind());
                             tracing::warn!("cannot remove the copies of agent {agent}: {e}");
                         }
                     });
@@ -824,14 +797,14 @@ impl Owner {
                     };
                     match result {
                         Ok(out) => {
-                            self.count_put("acked");
+                            self.metrics.count_put("acked");
                             self.metrics
                                 .snapshot_put_seconds
                                 .observe(started.elapsed().as_secs_f64());
                             let _ = reply.send(Ok(put_json(out)));
                         }
                         Err(e) => {
-                            self.count_put(e.code());
+                            self.metrics.count_put(e.code());
                             let _ = reply.send(Err(put_failure(&e)));
                         }
                     }
@@ -842,7 +815,7 @@ impl Owner {
                     };
                     match result {
                         Ok((meta, body)) => {
-                            self.count_get("found");
+                            self.metrics.count_get("found");
                             let _ = reply.send(Ok(SnapshotReply {
                                 epoch: meta.epoch,
                                 seq: meta.seq,
@@ -851,7 +824,7 @@ impl Owner {
                             }));
                         }
                         Err(e) => {
-                            self.count_get(e.code());
+                            self.metrics.count_get(e.code());
                             let _ = reply.send(Err(get_failure(&e)));
                         }
                     }
@@ -952,7 +925,7 @@ impl Owner {
                     Ok(())
                 }
                 Err(e) => {
-                    count_store_error(&metrics, &e);
+                    metrics.count_store_error(e.kind());
                     Err(e.to_string())
                 }
             };
@@ -978,7 +951,7 @@ impl Owner {
                     Bytes::from(bytes),
                 )),
                 Err(e @ StoreError::Corrupt { .. }) => {
-                    count_store_error(&metrics, &e);
+                    metrics.count_store_error(e.kind());
                     // Never served again; kept aside for inspection.
                     if let Err(q) = store.quarantine(agent.as_str(), seq) {
                         tracing::warn!("cannot move corrupt agent {agent} seq {seq} aside: {q}");
@@ -987,7 +960,7 @@ impl Owner {
                 }
                 Err(StoreError::NotFound { .. }) => Err(LoadError::Missing),
                 Err(e) => {
-                    count_store_error(&metrics, &e);
+                    metrics.count_store_error(e.kind());
                     Err(LoadError::Io(e.to_string()))
                 }
             };
