@@ -111,6 +111,36 @@ pub struct AgentJson {
     pub local_versions: Vec<u64>,
     /// Why the agent has fewer copies or zones than configured, if it does.
     pub degraded: Option<String>,
+    /// Higher priorities are adopted first when standby capacity is short.
+    #[serde(default)]
+    pub priority: i32,
+    /// An operator isolated the agent: no heartbeats, restarts or adoption until
+    /// recovered.
+    #[serde(default)]
+    pub isolated: bool,
+    /// `running` (heartbeating on its owner), `starting` (owned, no heartbeat yet),
+    /// `fenced` (its owner lost the lease of its holders), `isolated`, `pending` (its
+    /// owner is down and no host can adopt it yet), `failed` (stopped heartbeating
+    /// and no host could take it), or `remote` (owned elsewhere; this node does not
+    /// know more).
+    #[serde(default)]
+    pub state: String,
+}
+
+/// The answer to an agent heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatJson {
+    pub id: String,
+    pub epoch: u64,
+    /// The heartbeat deadline: the next heartbeat must come within this many ms.
+    pub deadline_ms: u64,
+}
+
+/// The answer to `POST /v1/node/isolate|recover`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIsolationJson {
+    pub name: String,
+    pub isolated: bool,
 }
 
 /// The answer to a snapshot put.

@@ -48,6 +48,23 @@ pub struct EventRecord {
     /// Human-readable detail, for events of the node itself (e.g. why a join failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The agent an agent event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The agent's owner epoch the event refers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The snapshot seq the event refers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The agent, epoch and seq an agent event names (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentRef {
+    pub agent: Option<String>,
+    pub epoch: Option<u64>,
+    pub seq: Option<u64>,
 }
 
 /// What a subscriber gets: the retained events it asked for, then the live feed.
@@ -113,12 +130,23 @@ impl EventLog {
             event.incarnation(),
             event.previous_generation(),
             None,
+            AgentRef::default(),
         )
     }
 
     /// Records an event of the node itself (not from the core).
     pub fn push_local(&mut self, kind: &str, detail: Option<String>) -> Arc<EventRecord> {
-        self.push(kind, None, None, None, detail)
+        self.push(kind, None, None, None, detail, AgentRef::default())
+    }
+
+    /// Records an event about one agent of this node.
+    pub fn push_agent(
+        &mut self,
+        kind: &str,
+        agent: AgentRef,
+        detail: Option<String>,
+    ) -> Arc<EventRecord> {
+        self.push(kind, None, None, None, detail, agent)
     }
 
     fn push(
@@ -128,6 +156,7 @@ impl EventLog {
         incarnation: Option<u16>,
         previous_generation: Option<u64>,
         detail: Option<String>,
+        agent: AgentRef,
     ) -> Arc<EventRecord> {
         let (time, time_ms) = now_rfc3339();
         let record = Arc::new(EventRecord {
@@ -144,6 +173,9 @@ impl EventLog {
             incarnation,
             previous_generation,
             detail,
+            agent: agent.agent,
+            epoch: agent.epoch,
+            seq: agent.seq,
         });
         self.next_index += 1;
         if self.retained.len() >= RETAINED_EVENTS {

@@ -730,6 +730,9 @@ impl Owner {
             owned_here: v.local_owner,
             local_versions: v.local_versions.clone(),
             degraded: v.degraded.as_ref().map(|d| d.to_string()),
+            priority: 0,
+            isolated: false,
+            state: if v.local_owner { "running" } else { "remote" }.into(),
         }
     }
 
