@@ -36,6 +36,11 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{NodeId, NodeName, Zone};
 use crate::placement::{self, Candidate};
 
+mod recovery;
+pub use recovery::{
+    AcceptorState, Ballot, ControlError, Decree, ElectionKind, NodeInfo, PaxosAnswer,
+};
+
 /// The longest agent id.
 pub const MAX_AGENT_ID_LEN: usize = 128;
 /// The largest agent metadata (JSON text).
@@ -177,6 +182,14 @@ pub struct ReplicationConfig {
     /// Reads of the local disk for other nodes in flight at once; more are answered
     /// "busy" so a burst of remote reads cannot fill memory.
     pub max_serving: usize,
+    /// How long a holder's grant to an owner lasts: the owner stops its agents when it
+    /// has no grants from a majority of holders for three quarters of this, and no
+    /// holder elects a new owner while its grant runs. Keep it below the failure
+    /// detection time, or recovery waits for it.
+    pub lease: Duration,
+    /// Holders further down an agent's ranking wait this much longer per rank before
+    /// proposing themselves as its recovery coordinator.
+    pub election_backoff: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -193,6 +206,8 @@ impl Default for ReplicationConfig {
             repair_interval: Duration::from_secs(1),
             anti_entropy_interval: Duration::from_secs(5),
             max_serving: 16,
+            lease: Duration::from_millis(1000),
+            election_backoff: Duration::from_millis(150),
         }
     }
 }
@@ -241,6 +256,12 @@ pub struct AgentRecord {
     pub version: u64,
     /// Agent metadata (JSON text) given at registration.
     pub meta: String,
+    /// Higher priorities are adopted first when standby capacity is short.
+    #[serde(default)]
+    pub priority: i32,
+    /// Isolated by an operator: not heartbeated, restarted or adopted until recovered.
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 impl AgentRecord {
@@ -269,6 +290,8 @@ impl AgentRecord {
         for holder in &self.holders {
             h.update(&holder.name.key().to_le_bytes());
         }
+        h.update(&self.priority.to_le_bytes());
+        h.update(&[u8::from(self.isolated)]);
     }
 }
 
@@ -344,6 +367,65 @@ pub enum ReplMsg {
     CatalogDigest {
         digest: u64,
     },
+    /// Paxos phase 1 of the election of `agent`'s owner for `epoch`.
+    Prepare {
+        agent: AgentId,
+        epoch: u64,
+        ballot: Ballot,
+        kind: ElectionKind,
+    },
+    Promise {
+        agent: AgentId,
+        epoch: u64,
+        ballot: Ballot,
+        answer: PaxosAnswer,
+    },
+    /// Paxos phase 2.
+    Accept {
+        agent: AgentId,
+        epoch: u64,
+        ballot: Ballot,
+        kind: ElectionKind,
+        decree: Decree,
+    },
+    Accepted {
+        agent: AgentId,
+        epoch: u64,
+        ballot: Ballot,
+        answer: PaxosAnswer,
+    },
+    /// The coordinator asks the decree's target to own `agent` from `epoch` on;
+    /// `record` is the record being replaced.
+    Adopt {
+        agent: AgentId,
+        epoch: u64,
+        decree: Decree,
+        record: AgentRecord,
+    },
+    Adopted {
+        agent: AgentId,
+        epoch: u64,
+        owned: bool,
+    },
+    /// An owner renews its lease on these agents (at these epochs) with a holder.
+    LeaseRenew {
+        round: u64,
+        agents: Vec<(AgentId, u64)>,
+    },
+    /// `refused`: agents the holder knows at a later epoch (with that epoch).
+    LeaseReply {
+        round: u64,
+        granted: Vec<AgentId>,
+        refused: Vec<(AgentId, u64)>,
+    },
+    NodeInfo {
+        info: NodeInfo,
+    },
+    /// Forwarded to the owner: isolate or recover the agent.
+    SetIsolated {
+        agent: AgentId,
+        isolated: bool,
+    },
 }
 
 impl ReplMsg {
@@ -369,6 +451,16 @@ impl ReplMsg {
             ReplMsg::FetchReply { .. } => "fetch_reply",
             ReplMsg::Records { .. } => "records",
             ReplMsg::CatalogDigest { .. } => "catalog_digest",
+            ReplMsg::Prepare { .. } => "prepare",
+            ReplMsg::Promise { .. } => "promise",
+            ReplMsg::Accept { .. } => "accept",
+            ReplMsg::Accepted { .. } => "accepted",
+            ReplMsg::Adopt { .. } => "adopt",
+            ReplMsg::Adopted { .. } => "adopted",
+            ReplMsg::LeaseRenew { .. } => "lease_renew",
+            ReplMsg::LeaseReply { .. } => "lease_reply",
+            ReplMsg::NodeInfo { .. } => "node_info",
+            ReplMsg::SetIsolated { .. } => "set_isolated",
         }
     }
 }
@@ -459,6 +551,14 @@ pub enum PutError {
         seq: u64,
         reason: String,
     },
+    #[error(
+        "agent {agent} is fenced on this node: it lost the lease of a majority of the agent's holders (cut off from them, or handing the agent to another host); the agent must stop here"
+    )]
+    LeaseLost { agent: AgentId },
+    #[error(
+        "agent {agent} is isolated by an operator; recover it first (POST /v1/agents/{agent}/recover)"
+    )]
+    Isolated { agent: AgentId },
 }
 
 impl PutError {
@@ -471,6 +571,8 @@ impl PutError {
             PutError::Fenced { .. } => "stale_epoch",
             PutError::NotAcknowledged { .. } => "not_acknowledged",
             PutError::LocalWrite { .. } => "local_write_failed",
+            PutError::LeaseLost { .. } => "agent_fenced",
+            PutError::Isolated { .. } => "agent_isolated",
         }
     }
 }
@@ -547,6 +649,41 @@ pub enum ReplEvent {
         removed: Vec<NodeName>,
         bytes: u64,
     },
+    /// This node proposes a new owner for the agent (first round only).
+    ElectionStarted {
+        agent: AgentId,
+        epoch: u64,
+        kind: ElectionKind,
+    },
+    /// This node's decree was chosen: it coordinates the adoption by `target`.
+    CoordinatorElected {
+        agent: AgentId,
+        epoch: u64,
+        target: NodeName,
+        /// Since this node started the election.
+        elapsed: Duration,
+    },
+    /// This node adopted the agent: it owns it at `epoch`, restoring `seq`.
+    AgentAdopted {
+        agent: AgentId,
+        epoch: u64,
+        seq: u64,
+        previous: NodeName,
+        coordinator: NodeName,
+    },
+    /// No live, non-isolated host has room for the agent; retried until one has.
+    AgentPending {
+        agent: AgentId,
+        epoch: u64,
+        reason: String,
+    },
+    /// This node lost the lease of a majority of the agent's holders: the agent must
+    /// stop here (another host may adopt it).
+    AgentFenced { agent: AgentId, epoch: u64 },
+    /// The holders grant the lease again and nobody took the agent: it may run again.
+    AgentUnfenced { agent: AgentId, epoch: u64 },
+    /// The agent was isolated (or recovered, `isolated` false).
+    AgentIsolation { agent: AgentId, isolated: bool },
 }
 
 impl ReplEvent {
@@ -559,6 +696,16 @@ impl ReplEvent {
             ReplEvent::SnapshotCorrupt { .. } => "snapshot_corrupt",
             ReplEvent::SnapshotHealed { .. } => "snapshot_healed",
             ReplEvent::RepairDone { .. } => "repair_done",
+            ReplEvent::ElectionStarted { .. } => "election_started",
+            ReplEvent::CoordinatorElected { .. } => "coordinator_elected",
+            ReplEvent::AgentAdopted { .. } => "agent_adopted",
+            ReplEvent::AgentPending { .. } => "agent_pending",
+            ReplEvent::AgentFenced { .. } => "agent_fenced",
+            ReplEvent::AgentUnfenced { .. } => "agent_unfenced",
+            ReplEvent::AgentIsolation { isolated: true, .. } => "agent_isolated",
+            ReplEvent::AgentIsolation {
+                isolated: false, ..
+            } => "agent_recovered",
         }
     }
 
@@ -570,7 +717,14 @@ impl ReplEvent {
             | ReplEvent::AgentRestored { agent, .. }
             | ReplEvent::SnapshotCorrupt { agent, .. }
             | ReplEvent::SnapshotHealed { agent, .. }
-            | ReplEvent::RepairDone { agent, .. } => agent,
+            | ReplEvent::RepairDone { agent, .. }
+            | ReplEvent::ElectionStarted { agent, .. }
+            | ReplEvent::CoordinatorElected { agent, .. }
+            | ReplEvent::AgentAdopted { agent, .. }
+            | ReplEvent::AgentPending { agent, .. }
+            | ReplEvent::AgentFenced { agent, .. }
+            | ReplEvent::AgentUnfenced { agent, .. }
+            | ReplEvent::AgentIsolation { agent, .. } => agent,
         }
     }
 }
@@ -612,6 +766,18 @@ pub enum ReplEffect {
     RegisterDone {
         reg: u64,
         record: AgentRecord,
+    },
+    /// A takeover registration could not be carried out.
+    RegisterFailed {
+        reg: u64,
+        reason: String,
+    },
+    /// Write an acceptor's election state durably, then call
+    /// [`Replicator::on_persisted`] with `op` (its answer goes out only then).
+    PersistAcceptor {
+        op: u64,
+        agent: AgentId,
+        state: AcceptorState,
     },
     PutDone {
         put: u64,
@@ -659,6 +825,7 @@ struct Owned {
 struct PendingRegister {
     agent: AgentId,
     meta: String,
+    priority: Option<i32>,
     waiting: BTreeSet<NodeName>,
     epoch_seen: u64,
     seq_seen: u64,
@@ -729,6 +896,10 @@ enum DiskOp {
         agent: AgentId,
         to: Holder,
         seq: u64,
+    },
+    Acceptor {
+        to: NodeName,
+        reply: Box<ReplMsg>,
     },
 }
 
@@ -806,6 +977,7 @@ pub struct Replicator {
     next_anti_entropy: Duration,
     effects: VecDeque<ReplEffect>,
     rng: ChaCha8Rng,
+    recovery: recovery::Recovery,
 }
 
 impl Replicator {
@@ -841,6 +1013,7 @@ impl Replicator {
             next_anti_entropy: first_exchange,
             effects: VecDeque::new(),
             rng,
+            recovery: recovery::Recovery::default(),
         }
     }
 
@@ -907,6 +1080,12 @@ impl Replicator {
         );
     }
 
+    /// Starts owning `agent` now (lease clock included).
+    fn own_at(&mut self, now: Duration, agent: &AgentId) {
+        self.own(agent);
+        self.lease_start(now, agent);
+    }
+
     // ---- membership -------------------------------------------------------------
 
     /// A member is alive (joined, refuted, or restarted as `id`).
@@ -923,6 +1102,7 @@ impl Replicator {
             // A newcomer learns the catalog at once instead of at the next round.
             let digest = self.catalog_digest();
             self.send(&id, ReplMsg::CatalogDigest { digest }, None);
+            self.info_to(&id);
         }
     }
 
@@ -931,6 +1111,9 @@ impl Replicator {
         if self.live.remove(name).is_none() {
             return;
         }
+        self.recovery.infos.remove(name);
+        // Orphaned agents are looked at now, not at the next scan.
+        self.recovery.next_scan = self.recovery.next_scan.min(now);
         if self.live.is_empty() {
             self.settled_at = None;
         }
@@ -968,11 +1151,22 @@ impl Replicator {
         now: Duration,
         agent: AgentId,
         meta: String,
+        priority: Option<i32>,
     ) -> Result<u64, RegisterError> {
         if meta.len() > MAX_META_LEN {
             return Err(RegisterError::MetaTooLarge { len: meta.len() });
         }
-        Ok(self.start_register(now, agent, meta, false))
+        if let Some(r) = self.records.get(&agent).cloned()
+            && r.owner != self.me.name
+        {
+            // Taking over from another owner is an election among the holders, like a
+            // recovery, so that it cannot race one into two owners of one epoch.
+            let reg = self.op();
+            if self.takeover(now, reg, r, meta.clone(), priority) {
+                return Ok(reg);
+            }
+        }
+        Ok(self.start_register(now, agent, meta, priority, false))
     }
 
     /// A registration, or (`reclaim`) the return of an agent this node owned before
@@ -983,6 +1177,7 @@ impl Replicator {
         now: Duration,
         agent: AgentId,
         meta: String,
+        priority: Option<i32>,
         reclaim: bool,
     ) -> u64 {
         let reg = self.op();
@@ -1028,6 +1223,7 @@ impl Replicator {
             PendingRegister {
                 agent,
                 meta,
+                priority,
                 waiting,
                 epoch_seen: 0,
                 seq_seen: 0,
@@ -1049,7 +1245,7 @@ impl Replicator {
         let Some(p) = self.registers.remove(&reg) else {
             return;
         };
-        let (agent, meta) = (p.agent, p.meta);
+        let (agent, meta, priority) = (p.agent, p.meta, p.priority);
         let me = self.me.name.clone();
         let local = self.local.get(&agent);
         let local_epoch = local.map_or(0, |l| l.max_epoch);
@@ -1068,7 +1264,7 @@ impl Replicator {
             }
             r.seq = r.seq.max(seq_floor);
             self.records.insert(agent.clone(), r.clone());
-            self.own(&agent);
+            self.own_at(now, &agent);
             self.emit(ReplEvent::AgentOwned {
                 agent: agent.clone(),
                 epoch: r.epoch,
@@ -1080,8 +1276,10 @@ impl Replicator {
         }
         let record = match self.records.get(&agent).cloned() {
             Some(mut r) if r.owner == me && self.owned.contains_key(&agent) => {
-                if r.meta != meta {
+                let priority = priority.unwrap_or(r.priority);
+                if r.meta != meta || r.priority != priority {
                     r.meta = meta;
+                    r.priority = priority;
                     r.version += 1;
                 }
                 r
@@ -1097,6 +1295,8 @@ impl Replicator {
                     version: 0,
                     holders,
                     meta,
+                    priority: priority.unwrap_or(r.priority),
+                    isolated: false,
                     ..r
                 }
             }
@@ -1109,13 +1309,15 @@ impl Replicator {
                 holders: Vec::new(),
                 version: 0,
                 meta,
+                priority: priority.unwrap_or(0),
+                isolated: false,
             },
         };
         let changed = self.records.get(&agent) != Some(&record);
         self.superseded.remove(&agent);
         self.records.insert(agent.clone(), record.clone());
         if !self.owned.contains_key(&agent) {
-            self.own(&agent);
+            self.own_at(now, &agent);
             self.emit(ReplEvent::AgentOwned {
                 agent: agent.clone(),
                 epoch: record.epoch,
@@ -1156,6 +1358,23 @@ impl Replicator {
         }
         if record.owner == self.me.name && !self.owned.contains_key(agent) {
             return Err(PutError::RegisterAgain {
+                agent: agent.clone(),
+            });
+        }
+        if !self.owned.contains_key(agent) {
+            return Err(PutError::NotOwner {
+                agent: agent.clone(),
+                owner: record.owner,
+                epoch: record.epoch,
+            });
+        }
+        if record.isolated {
+            return Err(PutError::Isolated {
+                agent: agent.clone(),
+            });
+        }
+        if self.recovery.fenced.contains(agent) {
+            return Err(PutError::LeaseLost {
                 agent: agent.clone(),
             });
         }
@@ -1645,9 +1864,7 @@ impl Replicator {
                     Some(s) => l.versions.get(&s).copied(),
                     None => l.versions.last_key_value().map(|(_, m)| *m),
                 });
-                let epoch_seen = local
-                    .map_or(0, |l| l.max_epoch)
-                    .max(self.records.get(&agent).map_or(0, |r| r.epoch));
+                let epoch_seen = self.epoch_known(&agent);
                 if let Some(to) = self.live.get(from).cloned() {
                     self.send(
                         &to,
@@ -1714,6 +1931,56 @@ impl Replicator {
                     && let Some(to) = self.live.get(from).cloned()
                 {
                     self.send_catalog(&to, true);
+                }
+            }
+            ReplMsg::Prepare {
+                agent,
+                epoch,
+                ballot,
+                kind,
+            } => self.on_prepare(now, from, agent, epoch, ballot, kind),
+            ReplMsg::Promise {
+                agent,
+                epoch,
+                ballot,
+                answer,
+            } => self.on_promise(now, from, agent, epoch, ballot, answer),
+            ReplMsg::Accept {
+                agent,
+                epoch,
+                ballot,
+                kind,
+                decree,
+            } => self.on_accept(now, from, agent, epoch, ballot, (kind, decree)),
+            ReplMsg::Accepted {
+                agent,
+                epoch,
+                ballot,
+                answer,
+            } => self.on_accepted(now, from, agent, epoch, ballot, answer),
+            ReplMsg::Adopt {
+                agent,
+                epoch,
+                decree,
+                record,
+            } => self.on_adopt(now, from, agent, epoch, decree, record),
+            ReplMsg::Adopted { agent, epoch, .. } => self.on_adopted(from, agent, epoch),
+            ReplMsg::LeaseRenew { round, agents } => self.on_lease_renew(now, from, round, agents),
+            ReplMsg::LeaseReply {
+                round,
+                granted,
+                refused,
+            } => self.on_lease_reply(now, from, round, granted, refused),
+            ReplMsg::NodeInfo { info } => {
+                if self.live.contains_key(from) {
+                    self.recovery.infos.insert(from.clone(), info);
+                }
+            }
+            ReplMsg::SetIsolated { agent, isolated } => {
+                // Only the owner applies it; a request that raced a change of owner
+                // is dropped (the operator sees the agent unchanged and repeats it).
+                if self.owned.contains_key(&agent) {
+                    let _ = self.set_agent_isolated(&agent, isolated);
                 }
             }
         }
@@ -1876,6 +2143,7 @@ impl Replicator {
         let local = self.local.entry(agent.clone()).or_default();
         local.max_epoch = local.max_epoch.max(epoch);
         if self.owned.remove(agent).is_some() {
+            self.lease_forget(agent);
             self.superseded
                 .insert(agent.clone(), (epoch, owner.clone()));
             self.emit(ReplEvent::AgentLost {
@@ -1990,11 +2258,12 @@ impl Replicator {
     // ---- disk results ----------------------------------------------------------------
 
     /// The result of a [`ReplEffect::Persist`].
-    pub fn on_persisted(&mut self, _now: Duration, op: u64, result: Result<(), String>) {
+    pub fn on_persisted(&mut self, now: Duration, op: u64, result: Result<(), String>) {
         let Some(disk) = self.disk_ops.remove(&op) else {
             return;
         };
         match disk {
+            DiskOp::Acceptor { to, reply } => self.acceptor_persisted(now, to, *reply, result),
             DiskOp::PutLocal { put } => {
                 let Some(p) = self.puts.get_mut(&put) else {
                     return;
@@ -2258,6 +2527,7 @@ impl Replicator {
             return false;
         };
         if r.owner != self.me.name && self.owned.remove(&agent).is_some() {
+            self.lease_forget(&agent);
             self.emit(ReplEvent::AgentLost {
                 agent: agent.clone(),
                 owner: Some(r.owner.clone()),
@@ -2450,11 +2720,22 @@ impl Replicator {
             if record.owner == self.me.name && !self.owned.contains_key(&agent) {
                 let reclaiming = self.registers.values().any(|p| p.agent == agent);
                 if !reclaiming {
-                    self.start_register(now, agent.clone(), record.meta.clone(), true);
+                    self.start_register(now, agent.clone(), record.meta.clone(), None, true);
                 }
                 continue;
             }
             if self.repairs.contains_key(&agent) || !self.is_writer(&record) {
+                continue;
+            }
+            // For a dead owner's agent the holders are also the electorate of its
+            // recovery: a minority of them must not re-place the copies and so make
+            // itself a majority (it may lack the latest acknowledged version).
+            let live_holders = record
+                .holders
+                .iter()
+                .filter(|h| h.name == self.me.name || self.live.contains_key(&h.name))
+                .count();
+            if !self.owned.contains_key(&agent) && live_holders < record.holders.len() / 2 + 1 {
                 continue;
             }
             // Holders are asked again whenever the live ones among them change.
@@ -2758,7 +3039,10 @@ impl Replicator {
 
     /// The next time [`Replicator::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let mut next = self.next_repair_scan.min(self.next_anti_entropy);
+        let mut next = self
+            .next_repair_scan
+            .min(self.next_anti_entropy)
+            .min(self.recovery_timeout());
         for p in self.puts.values() {
             next = next.min(p.deadline);
         }
@@ -2826,6 +3110,7 @@ impl Replicator {
         } else {
             self.pump_repairs(now);
         }
+        self.recovery_tick(now);
         if now >= self.next_anti_entropy {
             let jitter = self.rng.random_range(0.75..1.25);
             self.next_anti_entropy = now + self.config.anti_entropy_interval.mul_f64(jitter);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use vigil_protocol::replication::{
-    GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, ReplMsg, SnapMeta,
-    StoredVersion,
+    AcceptorState, GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, ReplMsg,
+    SnapMeta, StoredVersion,
 };
 use vigil_protocol::{AckMode, AgentId, NodeId, NodeName, ReplicationConfig, Replicator, Zone};
 
@@ -50,12 +50,18 @@ enum Work {
         agent: AgentId,
         seq: u64,
     },
+    AcceptorPersisted {
+        op: u64,
+        agent: AgentId,
+        state: AcceptorState,
+    },
 }
 
 #[derive(Default)]
 struct Disk {
     versions: BTreeMap<(AgentId, u64), (SnapMeta, Bytes)>,
     corrupt: BTreeSet<(AgentId, u64)>,
+    acceptors: BTreeMap<AgentId, AcceptorState>,
 }
 
 struct Cluster {
@@ -72,6 +78,8 @@ struct Cluster {
     registered: BTreeSet<(NodeName, u64)>,
     /// Nodes that messages carrying records do not reach (a partial partition).
     deaf_to_records: BTreeSet<NodeName>,
+    /// Nodes cut off from all others (alive, timers running, no messages either way).
+    cut_off: BTreeSet<NodeName>,
     config: ReplicationConfig,
 }
 
@@ -91,6 +99,7 @@ impl Cluster {
             events: Vec::new(),
             registered: BTreeSet::new(),
             deaf_to_records: BTreeSet::new(),
+            cut_off: BTreeSet::new(),
             config,
         };
         for (i, (n, z)) in nodes.iter().enumerate() {
@@ -176,6 +185,14 @@ impl Cluster {
                 ReplEffect::RegisterDone { reg, .. } => {
                     self.registered.insert((n.clone(), reg));
                 }
+                ReplEffect::RegisterFailed { reg, reason } => {
+                    panic!("registration {reg} on {n} failed: {reason}");
+                }
+                ReplEffect::PersistAcceptor { op, agent, state } => self.schedule(
+                    DISK,
+                    n.clone(),
+                    Work::AcceptorPersisted { op, agent, state },
+                ),
                 ReplEffect::PutDone { put, result } => {
                     self.puts.insert((n.clone(), put), result);
                 }
@@ -222,7 +239,10 @@ impl Cluster {
             let now = self.now;
             match work {
                 Work::Deliver { from, msg, payload } => {
-                    if self.down.contains(&from) {
+                    if self.down.contains(&from)
+                        || (from != to
+                            && (self.cut_off.contains(&from) || self.cut_off.contains(&to)))
+                    {
                         continue;
                     }
                     let catalog = matches!(
@@ -275,6 +295,14 @@ impl Cluster {
                     };
                     self.nodes.get_mut(&to).unwrap().on_loaded(now, op, result);
                 }
+                Work::AcceptorPersisted { op, agent, state } => {
+                    let disk = self.disks.get_mut(&to).unwrap();
+                    disk.acceptors.insert(agent, state);
+                    self.nodes
+                        .get_mut(&to)
+                        .unwrap()
+                        .on_persisted(now, op, Ok(()));
+                }
             }
             self.drain(&to);
         }
@@ -288,7 +316,10 @@ impl Cluster {
 
     fn register(&mut self, n: &str, a: &str) {
         let now = self.now;
-        let reg = self.node(n).register(now, agent(a), "{}".into()).unwrap();
+        let reg = self
+            .node(n)
+            .register(now, agent(a), "{}".into(), None)
+            .unwrap();
         self.drain(&name(n));
         for _ in 0..10_000 {
             if self.registered.remove(&(name(n), reg)) {
@@ -345,6 +376,58 @@ impl Cluster {
         self.drain_all();
     }
 
+    /// Partition: `n` keeps running but no message reaches it or leaves it; after
+    /// `detect` both sides declare the other down.
+    fn cut(&mut self, n: &str, detect: Duration) {
+        self.cut_off.insert(name(n));
+        self.run(detect);
+        let now = self.now;
+        let others: Vec<NodeName> = self
+            .nodes
+            .keys()
+            .filter(|o| **o != name(n))
+            .cloned()
+            .collect();
+        for o in &others {
+            if !self.down.contains(o) {
+                self.nodes.get_mut(o).unwrap().member_down(now, &name(n));
+                self.nodes.get_mut(&name(n)).unwrap().member_down(now, o);
+            }
+        }
+        self.drain_all();
+    }
+
+    /// The owner of `a` as every live node not cut off sees it.
+    fn owners(&self, a: &str) -> BTreeSet<(String, u64)> {
+        self.nodes
+            .iter()
+            .filter(|(n, _)| !self.down.contains(*n) && !self.cut_off.contains(*n))
+            .filter_map(|(_, r)| r.agent(&agent(a)))
+            .map(|v| (v.record.owner.to_string(), v.record.epoch))
+            .collect()
+    }
+
+    /// Nodes that own `a` (locally) right now, with the epoch.
+    fn local_owners(&self, a: &str) -> Vec<(String, u64)> {
+        self.nodes
+            .iter()
+            .filter(|(n, _)| !self.down.contains(*n))
+            .filter_map(|(n, r)| {
+                r.agent(&agent(a))
+                    .filter(|v| v.local_owner && !r.is_fenced(&agent(a)))
+                    .map(|v| (n.to_string(), v.record.epoch))
+            })
+            .collect()
+    }
+
+    fn events_of(&self, kind: &str) -> Vec<(String, ReplEvent)> {
+        self.events
+            .iter()
+            .filter(|(_, e)| e.kind() == kind)
+            .map(|(n, e)| (n.to_string(), e.clone()))
+            .collect()
+    }
+
     /// Holders (nodes with a copy on disk) of `a` seq `seq`, live ones only.
     fn live_copies(&self, a: &str, seq: u64) -> Vec<String> {
         self.disks
@@ -377,6 +460,12 @@ impl Cluster {
             .collect();
         let mut fresh = Replicator::new(self.ids[&name(n)].clone(), self.config.clone(), seed);
         fresh.load(self.disk_versions(n), records);
+        let acceptors = self.disks[&name(n)]
+            .acceptors
+            .iter()
+            .map(|(a, s)| (a.clone(), s.clone()))
+            .collect();
+        fresh.load_acceptors(acceptors);
         for (other, id) in &self.ids {
             if !self.down.contains(other) {
                 fresh.member_up(self.now, id.clone());
@@ -826,4 +915,233 @@ fn repair_resumes_after_the_owner_restarts_mid_way() {
         );
         c.run(Duration::from_millis(100));
     }
+}
+
+// ---- recovery -----------------------------------------------------------------------
+
+/// A cluster where `agent-1` is owned by a1 with seven acknowledged puts.
+fn recovery_setup() -> Cluster {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    for i in 1..=7u8 {
+        c.put("a1", "agent-1", &[i; 100], None).unwrap();
+    }
+    c.run(Duration::from_millis(500));
+    c
+}
+
+#[test]
+fn a_dead_owners_agent_is_adopted_once_with_its_latest_acknowledged_seq() {
+    let mut c = recovery_setup();
+    c.kill("a1");
+    c.run(Duration::from_secs(5));
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    let (target, event) = &adopted[0];
+    let ReplEvent::AgentAdopted { epoch, seq, .. } = event else {
+        unreachable!()
+    };
+    assert_eq!((*epoch, *seq), (2, 7), "{event:?}");
+    assert_eq!(c.events_of("coordinator_elected").len(), 1);
+    // Every live node agrees, and the new owner's puts continue the seqs.
+    assert_eq!(c.owners("agent-1"), BTreeSet::from([(target.clone(), 2)]));
+    assert_eq!(c.local_owners("agent-1"), vec![(target.clone(), 2)]);
+    let out = c
+        .put(target.as_str(), "agent-1", b"after recovery", None)
+        .unwrap();
+    assert_eq!((out.epoch, out.seq), (2, 8));
+}
+
+#[test]
+fn a_standby_node_outside_the_failed_zone_is_preferred() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    for n in ["a1", "a2", "b1", "b2", "c1"] {
+        c.node(n).set_node_settings(false, 100);
+    }
+    c.node("c2").set_node_settings(true, 100);
+    // Re-announce (settings are sent on join; here they changed after it).
+    let ids: Vec<NodeId> = c.ids.values().cloned().collect();
+    for id in &ids {
+        for n in c.nodes.keys().cloned().collect::<Vec<_>>() {
+            c.nodes
+                .get_mut(&n)
+                .unwrap()
+                .member_down(Duration::ZERO, &id.name);
+            c.nodes
+                .get_mut(&n)
+                .unwrap()
+                .member_up(Duration::ZERO, id.clone());
+        }
+    }
+    c.drain_all();
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"x", None).unwrap();
+    c.run(Duration::from_secs(1));
+    c.kill("a1");
+    c.run(Duration::from_secs(5));
+    assert_eq!(c.owners("agent-1"), BTreeSet::from([("c2".to_string(), 2)]));
+}
+
+#[test]
+fn an_isolated_node_adopts_nothing() {
+    let mut c = recovery_setup();
+    for n in ["a2", "b1", "b2", "c1"] {
+        c.node(n).set_node_isolated(true);
+    }
+    c.drain_all();
+    c.run(Duration::from_millis(100));
+    c.kill("a1");
+    c.run(Duration::from_secs(5));
+    assert_eq!(c.owners("agent-1"), BTreeSet::from([("c2".to_string(), 2)]));
+}
+
+#[test]
+fn the_coordinator_dying_mid_way_does_not_stop_the_recovery() {
+    let mut c = recovery_setup();
+    c.kill("a1");
+    // Run until a decree is chosen, then kill the coordinator and the target before
+    // the target confirms.
+    for _ in 0..5000 {
+        if !c.events_of("coordinator_elected").is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    let elected = c.events_of("coordinator_elected");
+    assert_eq!(elected.len(), 1, "{elected:?}");
+    let (coordinator, ReplEvent::CoordinatorElected { target, .. }) = elected[0].clone() else {
+        unreachable!()
+    };
+    c.kill(&coordinator);
+    if target.as_str() != coordinator && c.events_of("agent_adopted").is_empty() {
+        c.kill(target.as_str());
+    }
+    c.run(Duration::from_secs(10));
+    let owners = c.owners("agent-1");
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    let (owner, epoch) = owners.into_iter().next().unwrap();
+    assert!(!c.down.contains(&name(&owner)), "owner {owner} is down");
+    assert!(epoch >= 2);
+    // One owner per epoch across the whole run.
+    let mut per_epoch: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for (n, e) in c.events_of("agent_adopted") {
+        if let ReplEvent::AgentAdopted { epoch, .. } = e {
+            per_epoch.entry(epoch).or_default().insert(n);
+        }
+    }
+    assert!(per_epoch.values().all(|o| o.len() == 1), "{per_epoch:?}");
+    assert_eq!(c.local_owners("agent-1").len(), 1);
+    let (_, bytes) = c.get(&owner, "agent-1", None).unwrap();
+    assert_eq!(&bytes[..], &[7u8; 100][..]);
+}
+
+#[test]
+fn without_a_majority_of_holders_nothing_is_adopted() {
+    let mut c = recovery_setup();
+    let holders: Vec<String> = c.nodes[&name("a2")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record
+        .holders
+        .iter()
+        .map(|h| h.name.to_string())
+        .collect();
+    assert_eq!(holders.len(), 3);
+    c.kill("a1");
+    c.kill(&holders[0]);
+    c.kill(&holders[1]);
+    c.run(Duration::from_secs(10));
+    assert!(c.events_of("agent_adopted").is_empty());
+    assert_eq!(c.owners("agent-1"), BTreeSet::from([("a1".to_string(), 1)]));
+}
+
+#[test]
+fn a_cut_off_owner_fences_its_agent_before_anyone_adopts_it() {
+    let mut c = recovery_setup();
+    let cut_at = c.now;
+    // Detection takes longer than the lease (as with the LAN profile).
+    c.cut("a1", Duration::from_millis(1200));
+    c.run(Duration::from_secs(5));
+    let fenced = c.events_of("agent_fenced");
+    assert_eq!(fenced.len(), 1, "{fenced:?}");
+    assert_eq!(fenced[0].0, "a1");
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    // a1 is fenced (the test checks it through local_owners) and the adopter owns it.
+    let owners = c.local_owners("agent-1");
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_ne!(owners[0].0, "a1");
+    assert!(c.now > cut_at);
+    let err = c.put("a1", "agent-1", b"zombie", None).unwrap_err();
+    assert_eq!(err.code(), "agent_fenced", "{err:?}");
+}
+
+#[test]
+fn a_falsely_declared_down_owner_stops_its_agent_before_it_moves() {
+    let mut c = recovery_setup();
+    // Everybody but a1 believes a1 died (their SWIM views say so); a1 still reaches
+    // them, but holders grant no lease to a member they consider down.
+    let now = c.now;
+    for n in ["a2", "b1", "b2", "c1", "c2"] {
+        c.node(n).member_down(now, &name("a1"));
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(5));
+    let position = |kind: &str| c.events.iter().position(|(_, e)| e.kind() == kind);
+    let (fenced, adopted) = (position("agent_fenced"), position("agent_adopted"));
+    assert!(fenced.is_some() && adopted.is_some(), "{:?}", c.events);
+    assert!(fenced < adopted, "{:?}", c.events);
+    assert_eq!(c.local_owners("agent-1").len(), 1);
+}
+
+#[test]
+fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    let now = c.now;
+    for (a, prio) in [("low", 1), ("high", 10)] {
+        let reg = c
+            .node("a1")
+            .register(now, agent(a), "{}".into(), Some(prio))
+            .unwrap();
+        c.drain(&name("a1"));
+        c.run(Duration::from_millis(100));
+        assert!(c.registered.remove(&(name("a1"), reg)));
+        c.put("a1", a, b"x", None).unwrap();
+    }
+    for n in ["a2", "b1", "b2", "c1", "c2"] {
+        c.node(n).set_node_settings(false, 0);
+        c.node(n).set_node_isolated(false);
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(1));
+    c.kill("a1");
+    c.run(Duration::from_secs(5));
+    for a in ["low", "high"] {
+        assert_eq!(c.owners(a), BTreeSet::from([("a1".to_string(), 1)]), "{a}");
+    }
+    assert!(c.events_of("agent_pending").len() >= 2);
+    // Room appears: both are adopted, nothing was dropped.
+    c.node("b2").set_node_settings(false, 5);
+    c.node("b2").set_node_isolated(false);
+    c.drain_all();
+    c.run(Duration::from_secs(5));
+    for a in ["low", "high"] {
+        assert_eq!(c.owners(a), BTreeSet::from([("b2".to_string(), 2)]), "{a}");
+    }
+}
+
+#[test]
+fn an_owner_hands_a_failing_agent_to_another_host() {
+    let mut c = recovery_setup();
+    let now = c.now;
+    c.node("a1").handoff(now, &agent("agent-1")).unwrap();
+    c.drain_all();
+    c.run(Duration::from_secs(5));
+    let owners = c.local_owners("agent-1");
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_ne!(owners[0].0, "a1");
+    assert_eq!(owners[0].1, 2);
+    assert!(c.events_of("agent_lost").iter().any(|(n, _)| n == "a1"));
 }
