@@ -17,7 +17,7 @@ use axum::extract::{MatchedPath, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
@@ -226,7 +226,22 @@ pub enum ApiRequest {
     Register {
         agent: AgentId,
         meta: String,
+        priority: Option<i32>,
         reply: oneshot::Sender<Result<AgentJson, ApiFailure>>,
+    },
+    Heartbeat {
+        agent: AgentId,
+        reply: oneshot::Sender<Result<HeartbeatJson, ApiFailure>>,
+    },
+    /// Isolate (`true`) or recover an agent.
+    IsolateAgent {
+        agent: AgentId,
+        isolated: bool,
+        reply: oneshot::Sender<Result<AgentJson, ApiFailure>>,
+    },
+    IsolateNode {
+        isolated: bool,
+        reply: oneshot::Sender<NodeIsolationJson>,
     },
     Put {
         agent: AgentId,
@@ -333,6 +348,27 @@ fn router(state: ApiState) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{id}", put(register_agent).get(show_agent))
+        .route("/v1/agents/{id}/heartbeat", post(heartbeat))
+        .route(
+            "/v1/agents/{id}/isolate",
+            post(|State(s): State<ApiState>, UrlPath(id): UrlPath<String>| {
+                isolate_agent(s, id, true)
+            }),
+        )
+        .route(
+            "/v1/agents/{id}/recover",
+            post(|State(s): State<ApiState>, UrlPath(id): UrlPath<String>| {
+                isolate_agent(s, id, false)
+            }),
+        )
+        .route(
+            "/v1/node/isolate",
+            post(|State(s): State<ApiState>| isolate_node(s, true)),
+        )
+        .route(
+            "/v1/node/recover",
+            post(|State(s): State<ApiState>| isolate_node(s, false)),
+        )
         .route(
             "/v1/agents/{id}/snapshot",
             put(put_snapshot).get(get_snapshot),
@@ -487,10 +523,15 @@ async fn show_agent(State(state): State<ApiState>, UrlPath(id): UrlPath<String>)
 async fn register_agent(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
+    RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
     let agent = match agent_id(&id) {
         Ok(a) => a,
+        Err(r) => return r,
+    };
+    let priority = match priority_query(query.as_deref()) {
+        Ok(p) => p,
         Err(r) => return r,
     };
     let Ok(bytes) = axum::body::to_bytes(body, MAX_META_LEN).await else {
@@ -518,12 +559,80 @@ async fn register_agent(
     match ask_within(&state, wait, |reply| ApiRequest::Register {
         agent,
         meta,
+        priority,
         reply,
     })
     .await
     {
         Ok(Ok(a)) => axum::Json(a).into_response(),
         Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
+}
+
+/// Parses the registration's query: `priority=N` (a 32-bit signed integer).
+fn priority_query(query: Option<&str>) -> Result<Option<i32>, Response> {
+    let bad = |msg: String| error_response(StatusCode::BAD_REQUEST, "bad_request", msg);
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    if query.len() > MAX_QUERY_LEN {
+        return Err(bad(format!(
+            "query string longer than {MAX_QUERY_LEN} bytes"
+        )));
+    }
+    let mut priority = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("priority", v)) => {
+                priority = Some(v.parse::<i32>().map_err(|_| {
+                    bad(format!("priority must be an integer (32-bit), got {v:?}"))
+                })?);
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown query parameter {pair:?}; this endpoint accepts only priority"
+                )));
+            }
+        }
+    }
+    Ok(priority)
+}
+
+/// `POST /v1/agents/{id}/heartbeat`.
+async fn heartbeat(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> Response {
+    let agent = match agent_id(&id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match ask(&state, |reply| ApiRequest::Heartbeat { agent, reply }).await {
+        Ok(Ok(a)) => axum::Json(a).into_response(),
+        Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
+}
+
+async fn isolate_agent(state: ApiState, id: String, isolated: bool) -> Response {
+    let agent = match agent_id(&id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match ask(&state, |reply| ApiRequest::IsolateAgent {
+        agent,
+        isolated,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(a)) => axum::Json(a).into_response(),
+        Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
+}
+
+async fn isolate_node(state: ApiState, isolated: bool) -> Response {
+    match ask(&state, |reply| ApiRequest::IsolateNode { isolated, reply }).await {
+        Ok(a) => axum::Json(a).into_response(),
         Err(response) => response,
     }
 }

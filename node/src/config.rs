@@ -48,6 +48,37 @@ pub struct AgentConfig {
     pub idle_timeout: Duration,
     pub log_format: LogFormat,
     pub replication: Replication,
+    pub recovery: Recovery,
+}
+
+/// Recovery and local agent settings.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub standby: bool,
+    pub capacity: u32,
+    pub lease: Duration,
+    /// Launcher template (`--agent-command`), if vigil starts the agents itself.
+    pub agent_command: Option<String>,
+    pub agent_restarts: u32,
+    pub heartbeat_timeout: Duration,
+}
+
+pub const DEFAULT_CAPACITY: u32 = 1000;
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
+pub const DEFAULT_AGENT_RESTARTS: u32 = 3;
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Self {
+            standby: false,
+            capacity: DEFAULT_CAPACITY,
+            lease: DEFAULT_LEASE,
+            agent_command: None,
+            agent_restarts: DEFAULT_AGENT_RESTARTS,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+        }
+    }
 }
 
 /// Snapshot replication settings.
@@ -179,9 +210,15 @@ struct FileConfig {
     max_snapshot: Option<toml::Value>,
     snapshot_memory: Option<toml::Value>,
     repair_rate: Option<toml::Value>,
+    standby: Option<bool>,
+    capacity: Option<u64>,
+    lease: Option<String>,
+    agent_command: Option<String>,
+    agent_restarts: Option<u64>,
+    heartbeat_timeout: Option<String>,
 }
 
-const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format, copies, keep, ack, owner_counts_as_copy, max_snapshot, snapshot_memory, repair_rate";
+const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format, copies, keep, ack, owner_counts_as_copy, max_snapshot, snapshot_memory, repair_rate, standby, capacity, lease, agent_command, agent_restarts, heartbeat_timeout";
 
 /// A size in the file may be a number (bytes) or a string with a unit.
 fn size_text(v: Option<toml::Value>) -> Option<String> {
@@ -284,6 +321,9 @@ fn flag_name(id: &'static str) -> &'static str {
         "max_snapshot" => "max-snapshot",
         "snapshot_memory" => "snapshot-memory",
         "repair_rate" => "repair-rate",
+        "agent_command" => "agent-command",
+        "agent_restarts" => "agent-restarts",
+        "heartbeat_timeout" => "heartbeat-timeout",
         "seeds" => "seed",
         other => other,
     }
@@ -323,6 +363,7 @@ impl AgentConfig {
             matches,
             file_path: args.config.clone(),
         };
+        let recovery = resolve_recovery(&src, &args, &mut file)?;
 
         let name = src
             .pick("name", "VIGIL_NAME", "name", args.name, file.name)
@@ -514,6 +555,7 @@ impl AgentConfig {
             idle_timeout: Duration::from_secs(60),
             log_format,
             replication,
+            recovery,
         })
     }
 }
@@ -629,6 +671,87 @@ fn resolve_replication(
                 "raise snapshot_memory to at least max_snapshot (a few times it lets puts overlap)"
                     .into(),
         });
+    }
+    Ok(r)
+}
+
+fn resolve_recovery(
+    src: &Sources<'_>,
+    args: &AgentArgs,
+    file: &mut FileConfig,
+) -> Result<Recovery, ConfigError> {
+    let mut r = Recovery {
+        standby: args.standby || file.standby.unwrap_or(false),
+        ..Recovery::default()
+    };
+    let whole = |raw: &Raw, hi: u64, fix: &str| -> Result<u32, ConfigError> {
+        match raw.value.trim().parse::<u32>() {
+            Ok(n) if u64::from(n) <= hi => Ok(n),
+            _ => Err(raw.invalid(format!("must be a whole number from 0 to {hi}"), fix)),
+        }
+    };
+    let duration = |raw: &Raw, lo: Duration, hi: Duration| -> Result<Duration, ConfigError> {
+        match humantime::parse_duration(raw.value.trim()) {
+            Ok(d) if (lo..=hi).contains(&d) => Ok(d),
+            _ => Err(raw.invalid(
+                format!("must be a duration from {lo:?} to {hi:?}"),
+                "write a number with a unit, e.g. 1s or 800ms",
+            )),
+        }
+    };
+    let capacity = file.capacity.take().map(|n| n.to_string());
+    if let Some(raw) = src.pick(
+        "capacity",
+        "VIGIL_CAPACITY",
+        "capacity",
+        args.capacity.clone(),
+        capacity,
+    ) {
+        r.capacity = whole(&raw, 1_000_000, "the agents this host can run at once")?;
+    }
+    if let Some(raw) = src.pick(
+        "lease",
+        "VIGIL_LEASE",
+        "lease",
+        args.lease.clone(),
+        file.lease.take(),
+    ) {
+        r.lease = duration(&raw, Duration::from_millis(100), Duration::from_secs(60))?;
+    }
+    if let Some(raw) = src.pick(
+        "agent_command",
+        "VIGIL_AGENT_COMMAND",
+        "agent_command",
+        args.agent_command.clone(),
+        file.agent_command.take(),
+    ) {
+        if raw.value.trim().is_empty() {
+            return Err(raw.invalid(
+                "is empty",
+                "give the command that runs one agent, or leave it out",
+            ));
+        }
+        r.agent_command = Some(raw.value);
+    }
+    let restarts = file.agent_restarts.take().map(|n| n.to_string());
+    if let Some(raw) = src.pick(
+        "agent_restarts",
+        "VIGIL_AGENT_RESTARTS",
+        "agent_restarts",
+        args.agent_restarts.clone(),
+        restarts,
+    ) {
+        r.agent_restarts = whole(&raw, 100, "a few restarts (the default is 3)")?;
+    }
+    if let Some(raw) = src.pick(
+        "heartbeat_timeout",
+        "VIGIL_HEARTBEAT_TIMEOUT",
+        "heartbeat_timeout",
+        args.heartbeat_timeout.clone(),
+        file.heartbeat_timeout.take(),
+    ) {
+        r.heartbeat_timeout =
+            duration(&raw, Duration::from_millis(200), Duration::from_secs(3600))?;
     }
     Ok(r)
 }

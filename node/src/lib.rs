@@ -14,6 +14,7 @@
 // paths and names an operator needs; their size costs nothing measurable.
 #![allow(clippy::result_large_err)]
 
+pub mod agents;
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -22,7 +23,9 @@ pub mod config;
 pub mod datadir;
 pub mod demo;
 pub mod events;
+pub mod example_agent;
 pub mod harness;
+pub mod launcher;
 pub mod metrics;
 pub mod node;
 pub mod store;

@@ -22,13 +22,16 @@ use vigil_protocol::{
     ReplEffect, ReplEvent, Replicator, Zone, wire,
 };
 
+use crate::agents::{self, Supervisor};
 use crate::api::{
-    self, AgentJson, ApiFailure, ApiRequest, HealthJson, HolderJson, MemberJson, PutJson,
-    SnapshotReply,
+    self, AgentJson, ApiFailure, ApiRequest, HealthJson, HeartbeatJson, HolderJson, MemberJson,
+    NodeIsolationJson, PutJson, SnapshotReply,
 };
 use crate::config::AgentConfig;
 use crate::datadir::{DataDir, DataDirError};
+use crate::events::AgentRef;
 use crate::events::{self, EventLog};
+use crate::launcher::{LaunchEvent, LaunchSpec, Launcher, LauncherConfig};
 use crate::metrics::{Metrics, StateLabel, TypeLabel};
 use crate::store::{SnapshotStore, StoreError, VersionMeta};
 use crate::tls;
@@ -50,6 +53,12 @@ const API_QUEUE: usize = 256;
 const DISK_QUEUE: usize = 1024;
 /// The snapshot store's directory inside the data directory.
 const SNAPSHOT_DIR: &str = "snapshots";
+/// Restored snapshots handed to launched agents, and their logs.
+const AGENTS_DIR: &str = "agents";
+/// Agent exits waiting for the owner task.
+const LAUNCH_QUEUE: usize = 256;
+/// How long a launched agent has between SIGTERM and SIGKILL.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(2);
 
 enum DiskDone {
     Persisted {
@@ -74,6 +83,8 @@ pub enum AgentError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Socket(#[from] api::SocketError),
+    #[error(transparent)]
+    Launch(#[from] crate::launcher::LaunchError),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -159,7 +170,10 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     ));
 
     let core = Core::new(identity.clone(), config.profile, rand::random());
-    let mut replicator = Replicator::new(identity.clone(), repl.protocol_config(), rand::random());
+    let mut protocol_config = repl.protocol_config();
+    protocol_config.lease = config.recovery.lease;
+    let mut replicator = Replicator::new(identity.clone(), protocol_config, rand::random());
+    replicator.set_node_settings(config.recovery.standby, config.recovery.capacity);
     let mut startup_problems = Vec::new();
     let versions = opened
         .versions
@@ -187,11 +201,41 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     for p in &opened.problems {
         startup_problems.push(format!("{}: {}", p.path.display(), p.reason));
     }
+    let mut acceptors = Vec::new();
+    for (agent, bytes) in &opened.acceptors {
+        match (AgentId::new(agent), serde_json::from_slice(bytes)) {
+            (Ok(a), Ok(state)) => acceptors.push((a, state)),
+            _ => startup_problems.push(format!("unreadable election state of agent {agent}")),
+        }
+    }
     let stored = opened.versions.len();
     replicator.load(versions, records);
+    replicator.load_acceptors(acceptors);
+    let (launch_tx, launch_rx) = mpsc::channel(LAUNCH_QUEUE);
+    let launcher = match &config.recovery.agent_command {
+        Some(command) => Some(Launcher::new(
+            LauncherConfig {
+                command: command.clone(),
+                socket: config.socket.clone(),
+                node: config.name.to_string(),
+                log_dir: config.data_dir.join(AGENTS_DIR),
+                stop_grace: AGENT_STOP_GRACE,
+            },
+            launch_tx,
+        )?),
+        None => None,
+    };
+    let supervisor = Supervisor::new(
+        config.recovery.heartbeat_timeout,
+        config.recovery.agent_restarts,
+        launcher.is_some(),
+    );
     let (disk_tx, disk_rx) = mpsc::channel(DISK_QUEUE);
     let mut owner = Owner {
         replicator,
+        supervisor,
+        launcher,
+        launch_gets: BTreeMap::new(),
         store: Arc::new(opened.store),
         disk_tx,
         pending: PendingApi::default(),
@@ -227,7 +271,7 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     );
     print_ready(&identity, &owner.config.socket)?;
 
-    let result = owner.run(inbound, api_rx, disk_rx).await;
+    let result = owner.run(inbound, api_rx, disk_rx, launch_rx).await;
     let _ = stop_api.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     let _ = std::fs::remove_file(&owner.config.socket);
@@ -257,7 +301,10 @@ fn put_json(out: PutOutcome) -> PutJson {
 fn put_failure(e: &PutError) -> ApiFailure {
     let status = match e {
         PutError::UnknownAgent { .. } => 404,
-        PutError::NotOwner { .. } | PutError::Fenced { .. } => 409,
+        PutError::NotOwner { .. }
+        | PutError::Fenced { .. }
+        | PutError::LeaseLost { .. }
+        | PutError::Isolated { .. } => 409,
         PutError::NotAcknowledged { .. } | PutError::RegisterAgain { .. } => 503,
         PutError::LocalWrite { .. } => 507,
     };
@@ -316,6 +363,10 @@ struct PendingApi {
 struct Owner {
     core: Core,
     replicator: Replicator,
+    supervisor: Supervisor,
+    launcher: Option<Launcher>,
+    /// Snapshot reads for agents about to be launched: get id -> (agent, epoch).
+    launch_gets: BTreeMap<u64, (AgentId, u64)>,
     store: Arc<SnapshotStore>,
     disk_tx: mpsc::Sender<DiskDone>,
     pending: PendingApi,
@@ -348,6 +399,7 @@ impl Owner {
         mut inbound: mpsc::Receiver<Inbound>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
         mut disk_rx: mpsc::Receiver<DiskDone>,
+        mut launch_rx: mpsc::Receiver<LaunchEvent>,
     ) -> Result<(), AgentError> {
         let signal_err = |source| AgentError::Io {
             context: "installing signal handlers",
@@ -361,7 +413,13 @@ impl Owner {
             let timer_at = self.core.poll_timeout().map(|t| self.start + t);
             let repl_at = self.replicator.poll_timeout().map(|t| self.start + t);
             let join_at = self.join.next_attempt;
+            let deadline_at = self.supervisor.next_deadline();
             tokio::select! {
+                Some(event) = launch_rx.recv() => self.on_launch(event),
+                () = sleep_until_opt(deadline_at) => {
+                    let actions = self.supervisor.tick(Instant::now());
+                    self.act(actions);
+                }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
                 Some(event) = inbound.recv() => self.on_inbound(event),
@@ -388,6 +446,9 @@ impl Owner {
                 }
                 () = sleep_until_opt(join_at) => self.join_attempt(&resolved_tx),
             }
+        }
+        if let Some(launcher) = self.launcher.as_mut() {
+            launcher.stop_all(AGENT_STOP_GRACE).await;
         }
         self.leave(&mut inbound).await;
         Ok(())
@@ -654,8 +715,56 @@ impl Owner {
                 let found = self.replicator.agent(&agent).map(|v| self.agent_json(&v));
                 let _ = reply.send(found);
             }
-            ApiRequest::Register { agent, meta, reply } => {
-                match self.replicator.register(now, agent, meta) {
+            ApiRequest::Heartbeat { agent, reply } => {
+                let _ = reply.send(self.heartbeat(&agent));
+            }
+            ApiRequest::IsolateAgent {
+                agent,
+                isolated,
+                reply,
+            } => {
+                let result = match self.replicator.set_agent_isolated(&agent, isolated) {
+                    Ok(()) => {
+                        let view = self.replicator.agent(&agent);
+                        Ok(view.map(|v| self.agent_json(&v)))
+                    }
+                    Err(e) => Err(e),
+                };
+                self.drain_repl();
+                let _ = reply.send(match result {
+                    Ok(Some(json)) => Ok(json),
+                    Ok(None) => Err(ApiFailure::unavailable("the agent vanished; retry")),
+                    Err(e @ vigil_protocol::ControlError::UnknownAgent { .. }) => Err(ApiFailure {
+                        status: 404,
+                        code: "unknown_agent".into(),
+                        error: e.to_string(),
+                    }),
+                    Err(e) => Err(ApiFailure::unavailable(e.to_string())),
+                });
+            }
+            ApiRequest::IsolateNode { isolated, reply } => {
+                self.replicator.set_node_isolated(isolated);
+                self.events.push_local(
+                    if isolated {
+                        "node_isolated"
+                    } else {
+                        "node_recovered"
+                    },
+                    None,
+                );
+                self.drain_repl();
+                let _ = reply.send(NodeIsolationJson {
+                    name: self.config.name.to_string(),
+                    isolated,
+                });
+            }
+            ApiRequest::Register {
+                agent,
+                meta,
+                priority,
+                reply,
+            } => {
+                match self.replicator.register(now, agent, meta, priority) {
                     Ok(reg) => {
                         self.pending.registers.insert(reg, reply);
                     }
@@ -730,9 +839,9 @@ impl Owner {
             owned_here: v.local_owner,
             local_versions: v.local_versions.clone(),
             degraded: v.degraded.as_ref().map(|d| d.to_string()),
-            priority: 0,
-            isolated: false,
-            state: if v.local_owner { "running" } else { "remote" }.into(),
+            priority: r.priority,
+            isolated: r.isolated,
+            state: self.agent_state(v).into(),
         }
     }
 
@@ -785,6 +894,18 @@ impl Owner {
                         }
                     });
                 }
+                ReplEffect::RegisterFailed { reg, reason } => {
+                    if let Some(reply) = self.pending.registers.remove(&reg) {
+                        let _ = reply.send(Err(ApiFailure {
+                            status: 409,
+                            code: "takeover_failed".into(),
+                            error: reason,
+                        }));
+                    }
+                }
+                ReplEffect::PersistAcceptor { op, agent, state } => {
+                    self.persist_acceptor(op, agent, state)
+                }
                 ReplEffect::RegisterDone { reg, record } => {
                     if let Some(reply) = self.pending.registers.remove(&reg) {
                         let view = self.replicator.agent(&record.agent);
@@ -813,6 +934,10 @@ impl Owner {
                     }
                 }
                 ReplEffect::GetDone { get, result } => {
+                    if let Some((agent, epoch)) = self.launch_gets.remove(&get) {
+                        self.launch_with(agent, epoch, result.ok());
+                        continue;
+                    }
                     let Some(reply) = self.pending.gets.remove(&get) else {
                         continue;
                     };
@@ -851,28 +976,48 @@ impl Owner {
     }
 
     fn on_repl_event(&mut self, e: ReplEvent) {
+        let names = |v: &[vigil_protocol::NodeName]| {
+            v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+        };
+        let (mut epoch, mut seq) = (None, None);
         let detail = match &e {
-            ReplEvent::AgentOwned { agent, epoch } => format!("agent {agent} epoch {epoch}"),
+            ReplEvent::AgentOwned { agent, epoch: ep } => {
+                epoch = Some(*ep);
+                format!("agent {agent} epoch {ep}")
+            }
             ReplEvent::AgentLost {
                 agent,
                 owner,
-                epoch,
-            } => format!(
-                "agent {agent} now owned by {} at epoch {epoch}",
-                owner
-                    .as_ref()
-                    .map_or("another node".into(), |o| o.to_string())
-            ),
+                epoch: ep,
+            } => {
+                epoch = Some(*ep);
+                format!(
+                    "agent {agent} now owned by {} at epoch {ep}",
+                    owner
+                        .as_ref()
+                        .map_or("another node".into(), |o| o.to_string())
+                )
+            }
             ReplEvent::AgentDegraded { agent, degraded } => format!("agent {agent}: {degraded}"),
             ReplEvent::AgentRestored { agent, copies } => {
                 format!("agent {agent}: {copies} copies in the best zone spread")
             }
-            ReplEvent::SnapshotCorrupt { agent, seq, reason } => {
+            ReplEvent::SnapshotCorrupt {
+                agent,
+                seq: s,
+                reason,
+            } => {
                 self.metrics.snapshot_corrupt.inc();
-                format!("agent {agent} seq {seq}: {reason}; moved aside, fetching it again")
+                seq = Some(*s);
+                format!("agent {agent} seq {s}: {reason}; moved aside, fetching it again")
             }
-            ReplEvent::SnapshotHealed { agent, seq, from } => {
-                format!("agent {agent} seq {seq} fetched again from {from}")
+            ReplEvent::SnapshotHealed {
+                agent,
+                seq: s,
+                from,
+            } => {
+                seq = Some(*s);
+                format!("agent {agent} seq {s} fetched again from {from}")
             }
             ReplEvent::RepairDone {
                 agent,
@@ -881,33 +1026,378 @@ impl Owner {
                 bytes,
             } => format!(
                 "agent {agent}: copies added on [{}], dropped from [{}], {bytes} bytes copied",
-                added
-                    .iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                removed
-                    .iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                names(added),
+                names(removed),
             ),
+            ReplEvent::ElectionStarted {
+                agent,
+                epoch: ep,
+                kind,
+            } => {
+                epoch = Some(*ep);
+                format!("agent {agent}: proposing a new owner for epoch {ep} ({kind:?})")
+            }
+            ReplEvent::CoordinatorElected {
+                agent,
+                epoch: ep,
+                target,
+                elapsed,
+            } => {
+                epoch = Some(*ep);
+                format!(
+                    "agent {agent}: this node coordinates epoch {ep}, adopted by {target} (elected in {} ms)",
+                    elapsed.as_millis()
+                )
+            }
+            ReplEvent::AgentAdopted {
+                agent,
+                epoch: ep,
+                seq: s,
+                previous,
+                coordinator,
+            } => {
+                epoch = Some(*ep);
+                seq = Some(*s);
+                format!(
+                    "agent {agent} adopted from {previous} at epoch {ep}, restoring seq {s} (coordinator {coordinator})"
+                )
+            }
+            ReplEvent::AgentPending {
+                agent,
+                epoch: ep,
+                reason,
+            } => {
+                epoch = Some(*ep);
+                format!("agent {agent} waits for a host: {reason}")
+            }
+            ReplEvent::AgentFenced { agent, epoch: ep } => {
+                epoch = Some(*ep);
+                format!(
+                    "agent {agent}: lease lost (no grants from a majority of its holders); stopped here"
+                )
+            }
+            ReplEvent::AgentUnfenced { agent, epoch: ep } => {
+                epoch = Some(*ep);
+                format!("agent {agent}: lease held again; may run here")
+            }
+            ReplEvent::AgentIsolation { agent, isolated } => {
+                if *isolated {
+                    format!("agent {agent} isolated")
+                } else {
+                    format!("agent {agent} recovered from isolation")
+                }
+            }
         };
         match &e {
             ReplEvent::SnapshotCorrupt { .. }
             | ReplEvent::AgentLost { .. }
-            | ReplEvent::AgentDegraded { .. } => {
+            | ReplEvent::AgentDegraded { .. }
+            | ReplEvent::AgentFenced { .. }
+            | ReplEvent::AgentPending { .. } => {
                 tracing::warn!(event = e.kind(), "{detail}")
             }
             _ => tracing::info!(event = e.kind(), "{detail}"),
         }
-        let record = self.events.push_local(e.kind(), Some(detail));
+        let agent = e.agent().clone();
+        let record = self.events.push_agent(
+            e.kind(),
+            AgentRef {
+                agent: Some(agent.to_string()),
+                epoch,
+                seq,
+            },
+            Some(detail),
+        );
         self.metrics
             .events
             .get_or_create(&TypeLabel {
                 r#type: record.kind.clone(),
             })
             .inc();
+        // What local agents do about it.
+        let now = Instant::now();
+        let isolated = self
+            .replicator
+            .agent(&agent)
+            .is_some_and(|v| v.record.isolated);
+        let actions = match &e {
+            ReplEvent::AgentOwned { epoch, .. } if !isolated => {
+                self.supervisor.owned(now, agent.as_str(), *epoch)
+            }
+            ReplEvent::AgentAdopted { epoch, .. } => {
+                self.supervisor.owned(now, agent.as_str(), *epoch)
+            }
+            ReplEvent::AgentLost { .. } => self.supervisor.stop(agent.as_str(), true),
+            ReplEvent::AgentFenced { .. } => self.supervisor.stop(agent.as_str(), false),
+            ReplEvent::AgentIsolation { isolated: true, .. } => {
+                self.supervisor.stop(agent.as_str(), false)
+            }
+            ReplEvent::AgentUnfenced { .. }
+            | ReplEvent::AgentIsolation {
+                isolated: false, ..
+            } if self.replicator.agent(&agent).is_some_and(|v| v.local_owner) => {
+                self.supervisor.resume(now, agent.as_str())
+            }
+            _ => Vec::new(),
+        };
+        self.act(actions);
+    }
+
+    /// Carries out the supervisor's decisions.
+    fn act(&mut self, actions: Vec<agents::Action>) {
+        for action in actions {
+            match action {
+                agents::Action::Start { agent, epoch } => {
+                    let Ok(id) = AgentId::new(&agent) else {
+                        continue;
+                    };
+                    // The latest snapshot first (from any holder), then the process.
+                    match self.replicator.get(self.now(), &id, None) {
+                        Ok(get) => {
+                            self.launch_gets.insert(get, (id, epoch));
+                        }
+                        Err(_) => self.launch_with(id, epoch, None),
+                    }
+                }
+                agents::Action::Stop { agent } => {
+                    if let Some(l) = self.launcher.as_mut() {
+                        l.stop(&agent);
+                    }
+                }
+                agents::Action::Handoff { agent } => {
+                    let Ok(id) = AgentId::new(&agent) else {
+                        continue;
+                    };
+                    let now = self.now();
+                    match self.replicator.handoff(now, &id) {
+                        Ok(()) => {
+                            self.events.push_agent(
+                                "agent_handoff",
+                                AgentRef {
+                                    agent: Some(agent.clone()),
+                                    ..AgentRef::default()
+                                },
+                                Some(format!(
+                                    "agent {agent}: restarts exhausted; handing it to another host"
+                                )),
+                            );
+                        }
+                        Err(e) => {
+                            self.supervisor.failed(&agent);
+                            tracing::error!("agent {agent} failed: {e}");
+                            self.events.push_agent(
+                                "agent_failed",
+                                AgentRef {
+                                    agent: Some(agent.clone()),
+                                    ..AgentRef::default()
+                                },
+                                Some(format!("agent {agent}: restarts exhausted and {e}")),
+                            );
+                        }
+                    }
+                }
+                agents::Action::Event {
+                    kind,
+                    agent,
+                    epoch,
+                    detail,
+                } => {
+                    tracing::warn!(event = kind, "agent {agent}: {detail}");
+                    self.events.push_agent(
+                        kind,
+                        AgentRef {
+                            agent: Some(agent.clone()),
+                            epoch: Some(epoch),
+                            seq: None,
+                        },
+                        Some(format!("agent {agent}: {detail}")),
+                    );
+                }
+            }
+        }
+        self.drain_repl();
+    }
+
+    /// Writes the restored snapshot for the agent's process (if any) and starts it.
+    fn launch_with(&mut self, agent: AgentId, epoch: u64, snap: Option<(SnapMeta, Bytes)>) {
+        let Some(launcher) = self.launcher.as_mut() else {
+            return;
+        };
+        // Still ours, still allowed to run?
+        let runs = self
+            .replicator
+            .agent(&agent)
+            .is_some_and(|v| v.local_owner && v.record.epoch == epoch && !v.record.isolated)
+            && !self.replicator.is_fenced(&agent);
+        if !runs {
+            return;
+        }
+        let mut path = None;
+        if let Some((meta, body)) = snap {
+            let dir = self.config.data_dir.join(AGENTS_DIR).join(agent.as_str());
+            let file = dir.join(format!("snapshot-{}", meta.seq));
+            // Small, local and once per start: written on the owner task.
+            match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, &body)) {
+                Ok(()) => path = Some(file),
+                Err(e) => tracing::warn!(
+                    "cannot write the snapshot of agent {agent} for its process: {e}"
+                ),
+            }
+        }
+        let spec = LaunchSpec {
+            agent: agent.to_string(),
+            epoch,
+            snapshot: path,
+        };
+        match launcher.start(&spec) {
+            Ok(pid) => {
+                self.events.push_agent(
+                    "agent_started",
+                    AgentRef {
+                        agent: Some(agent.to_string()),
+                        epoch: Some(epoch),
+                        seq: None,
+                    },
+                    Some(format!("agent {agent}: process {pid} started")),
+                );
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                self.events.push_agent(
+                    "agent_start_failed",
+                    AgentRef {
+                        agent: Some(agent.to_string()),
+                        epoch: Some(epoch),
+                        seq: None,
+                    },
+                    Some(e.to_string()),
+                );
+            }
+        }
+    }
+
+    fn on_launch(&mut self, event: LaunchEvent) {
+        let LaunchEvent::Exited {
+            agent,
+            pid,
+            epoch,
+            status,
+            requested,
+        } = event;
+        self.events.push_agent(
+            "agent_exited",
+            AgentRef {
+                agent: Some(agent.clone()),
+                epoch: Some(epoch),
+                seq: None,
+            },
+            Some(format!("agent {agent}: process {pid} ended ({status})")),
+        );
+        let actions = self
+            .supervisor
+            .exited(Instant::now(), &agent, epoch, &status, requested);
+        self.act(actions);
+    }
+
+    /// A heartbeat from a local agent.
+    fn heartbeat(&mut self, agent: &AgentId) -> Result<HeartbeatJson, ApiFailure> {
+        let conflict = |code: &str, error: String| ApiFailure {
+            status: 409,
+            code: code.into(),
+            error,
+        };
+        let Some(view) = self.replicator.agent(agent) else {
+            return Err(ApiFailure {
+                status: 404,
+                code: "unknown_agent".into(),
+                error: format!(
+                    "agent {agent} is not registered; register it first (PUT /v1/agents/{agent})"
+                ),
+            });
+        };
+        let r = &view.record;
+        if !view.local_owner {
+            return Err(conflict(
+                "not_owner",
+                format!(
+                    "agent {agent} is owned by {} at epoch {}; stop this copy",
+                    r.owner, r.epoch
+                ),
+            ));
+        }
+        if r.isolated {
+            return Err(conflict(
+                "agent_isolated",
+                format!("agent {agent} is isolated; stop until it is recovered"),
+            ));
+        }
+        if self.replicator.is_fenced(agent) {
+            return Err(conflict(
+                "agent_fenced",
+                format!("agent {agent} is fenced here (lease lost or being handed off); stop"),
+            ));
+        }
+        let first = self
+            .supervisor
+            .heartbeat(Instant::now(), agent.as_str(), r.epoch);
+        if first {
+            self.events.push_agent(
+                "agent_running",
+                AgentRef {
+                    agent: Some(agent.to_string()),
+                    epoch: Some(r.epoch),
+                    seq: Some(r.seq),
+                },
+                Some(format!(
+                    "agent {agent}: first heartbeat at epoch {}",
+                    r.epoch
+                )),
+            );
+        }
+        Ok(HeartbeatJson {
+            id: agent.to_string(),
+            epoch: r.epoch,
+            deadline_ms: u64::try_from(self.supervisor.timeout().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    fn agent_state(&self, v: &AgentView) -> &'static str {
+        let agent = &v.record.agent;
+        if v.record.isolated {
+            return "isolated";
+        }
+        if v.local_owner {
+            if self.replicator.is_fenced(agent) {
+                return "fenced";
+            }
+            return match self.supervisor.status(agent.as_str()) {
+                Some(agents::Status::Running) => "running",
+                Some(agents::Status::Failed) => "failed",
+                Some(agents::Status::Stopped) => "fenced",
+                Some(agents::Status::Starting) | None => "starting",
+            };
+        }
+        if self.replicator.is_pending(agent) {
+            return "pending";
+        }
+        "remote"
+    }
+
+    fn persist_acceptor(&self, op: u64, agent: AgentId, state: vigil_protocol::AcceptorState) {
+        let store = Arc::clone(&self.store);
+        let tx = self.disk_tx.clone();
+        let metrics = Arc::clone(&self.metrics);
+        tokio::task::spawn_blocking(move || {
+            let result = serde_json::to_vec(&state)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    store.write_acceptor(agent.as_str(), &bytes).map_err(|e| {
+                        metrics.count_store_error(e.kind());
+                        e.to_string()
+                    })
+                });
+            let _ = tx.blocking_send(DiskDone::Persisted { op, result });
+        });
     }
 
     fn persist(&self, op: u64, agent: AgentId, snap: SnapMeta, body: Bytes) {

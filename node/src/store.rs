@@ -33,6 +33,9 @@ const FORMAT: u8 = 1;
 const HEADER_LEN: usize = 45;
 const RECORD_HEADER_LEN: u64 = 12;
 const RECORD_FILE: &str = "record";
+/// The agent's election state when this node is one of its acceptors (same format as
+/// the record file).
+const ACCEPTOR_FILE: &str = "acceptor";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionMeta {
@@ -53,6 +56,8 @@ pub struct Opened {
     pub versions: Vec<VersionMeta>,
     /// Every agent's record, sorted by agent.
     pub records: Vec<(String, Vec<u8>)>,
+    /// Every agent's acceptor state, sorted by agent.
+    pub acceptors: Vec<(String, Vec<u8>)>,
     /// Files that could not be used; they are not in `versions` or `records`.
     pub problems: Vec<StoreProblem>,
 }
@@ -305,6 +310,7 @@ impl SnapshotStore {
             .create(root)
             .map_err(io_err("create directory", root))?;
         let (mut versions, mut records, mut problems) = (Vec::new(), Vec::new(), Vec::new());
+        let mut acceptors = Vec::new();
         let mut agents = HashSet::new();
         for entry in fs::read_dir(root).map_err(io_err("list", root))? {
             let entry = entry.map_err(io_err("list", root))?;
@@ -329,6 +335,8 @@ impl SnapshotStore {
                     }
                 } else if name == RECORD_FILE {
                     read_record_file(&path).map(|r| records.push((agent.clone(), r)))
+                } else if name == ACCEPTOR_FILE {
+                    read_record_file(&path).map(|r| acceptors.push((agent.clone(), r)))
                 } else if let Some(seq) = parse_seq(&name) {
                     File::open(&path)
                         .map_err(Fault::Io)
@@ -360,6 +368,7 @@ impl SnapshotStore {
         sync_dir(root)?;
         versions.sort_by(|a, b| (&a.agent, a.seq).cmp(&(&b.agent, b.seq)));
         records.sort();
+        acceptors.sort();
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         let store = SnapshotStore {
             root: root.to_path_buf(),
@@ -371,6 +380,7 @@ impl SnapshotStore {
             store,
             versions,
             records,
+            acceptors,
             problems,
         })
     }
@@ -590,6 +600,16 @@ impl SnapshotStore {
 
     /// Replaces the agent's record durably (at most [`MAX_RECORD`] bytes).
     pub fn write_record(&self, agent: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.write_small(agent, RECORD_FILE, record)
+    }
+
+    /// Replaces the agent's acceptor state durably (fsynced before it returns: an
+    /// election answer goes out only after this).
+    pub fn write_acceptor(&self, agent: &str, state: &[u8]) -> Result<(), StoreError> {
+        self.write_small(agent, ACCEPTOR_FILE, state)
+    }
+
+    fn write_small(&self, agent: &str, file: &str, record: &[u8]) -> Result<(), StoreError> {
         let (len, max) = (record.len() as u64, MAX_RECORD);
         if len > max {
             return Err(StoreError::TooLarge { len, max });
@@ -598,7 +618,7 @@ impl SnapshotStore {
         let mut head = [0u8; RECORD_HEADER_LEN as usize];
         head[..4].copy_from_slice(RECORD_MAGIC);
         head[4..].copy_from_slice(&xxh3_64(record).to_be_bytes());
-        self.write_durable(&dir, "record", &dir.join(RECORD_FILE), &[&head, record])
+        self.write_durable(&dir, file, &dir.join(file), &[&head, record])
     }
 
     /// The agent's record, `None` if it has none.

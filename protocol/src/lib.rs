@@ -28,5 +28,6 @@ pub use crate::identity::{NameError, NodeId, NodeName, Zone};
 pub use crate::lifeguard::Detector;
 pub use crate::profile::Profile;
 pub use crate::replication::{
-    AckMode, AgentId, AgentRecord, ReplEffect, ReplEvent, ReplMsg, ReplicationConfig, Replicator,
+    AcceptorState, AckMode, AgentId, AgentRecord, ControlError, ReplEffect, ReplEvent, ReplMsg,
+    ReplicationConfig, Replicator,
 };

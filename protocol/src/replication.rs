@@ -399,8 +399,8 @@ pub enum ReplMsg {
     Adopt {
         agent: AgentId,
         epoch: u64,
-        decree: Decree,
-        record: AgentRecord,
+        decree: Box<Decree>,
+        record: Box<AgentRecord>,
     },
     Adopted {
         agent: AgentId,
@@ -1963,7 +1963,7 @@ impl Replicator {
                 epoch,
                 decree,
                 record,
-            } => self.on_adopt(now, from, agent, epoch, decree, record),
+            } => self.on_adopt(now, from, agent, epoch, *decree, *record),
             ReplMsg::Adopted { agent, epoch, .. } => self.on_adopted(from, agent, epoch),
             ReplMsg::LeaseRenew { round, agents } => self.on_lease_renew(now, from, round, agents),
             ReplMsg::LeaseReply {

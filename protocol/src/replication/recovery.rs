@@ -1037,8 +1037,8 @@ impl Replicator {
         let msg = ReplMsg::Adopt {
             agent,
             epoch,
-            decree: decree.clone(),
-            record: base,
+            decree: Box::new(decree.clone()),
+            record: Box::new(base),
         };
         self.send_or_local(now, &decree.target, msg);
     }

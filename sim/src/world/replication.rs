@@ -35,8 +35,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use vigil_protocol::placement::{self, Candidate};
 use vigil_protocol::replication::{
-    GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, SnapMeta, StoredVersion,
-    checksum,
+    AcceptorState, GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, SnapMeta,
+    StoredVersion, checksum,
 };
 use vigil_protocol::wire::{self, Body, MAX_STREAM_FRAME_LEN};
 use vigil_protocol::{AgentId, AgentRecord, Event, NodeId, ReplicationConfig, Replicator};
@@ -207,6 +207,10 @@ pub(crate) enum DiskWork {
         agent: AgentId,
         seq: u64,
     },
+    Acceptor {
+        agent: AgentId,
+        state: AcceptorState,
+    },
 }
 
 /// A replication input that reached a stalled host, handled when the stall ends.
@@ -229,6 +233,8 @@ pub(crate) enum ReplInput {
 struct Disk {
     versions: BTreeMap<AgentId, BTreeMap<u64, (SnapMeta, Bytes)>>,
     records: BTreeMap<AgentId, AgentRecord>,
+    /// Election state of the agents this host is an acceptor for.
+    acceptors: BTreeMap<AgentId, AcceptorState>,
 }
 
 impl Disk {
@@ -428,6 +434,12 @@ impl World {
             .collect();
         let records: Vec<AgentRecord> = disk.records.values().cloned().collect();
         r.load(versions, records);
+        r.load_acceptors(
+            disk.acceptors
+                .iter()
+                .map(|(a, s)| (a.clone(), s.clone()))
+                .collect(),
+        );
         let host = &mut self.hosts[h as usize];
         host.repl = Some(r);
         host.repl_timer_at = None;
@@ -589,6 +601,10 @@ impl World {
                     }
                 }
                 ReplEffect::RegisterDone { reg, .. } => self.on_register_done(h, reg),
+                ReplEffect::RegisterFailed { reg, .. } => self.on_register_failed(h, reg),
+                ReplEffect::PersistAcceptor { op, agent, state } => {
+                    self.disk_later(h, op, DiskWork::Acceptor { agent, state });
+                }
                 ReplEffect::PutDone { put, result } => self.on_put_done(h, put, result),
                 ReplEffect::GetDone { get, result } => self.on_get_done(h, get, result),
                 ReplEffect::Event(event) => self.on_repl_event(event),
@@ -855,6 +871,15 @@ impl World {
                     r.on_persisted(now, op, result);
                 }
             }
+            DiskWork::Acceptor {
+                agent,
+                state: acceptor,
+            } => {
+                state.disks[h as usize].acceptors.insert(agent, acceptor);
+                if let Some(r) = self.hosts[h as usize].repl.as_mut() {
+                    r.on_persisted(now, op, Ok(()));
+                }
+            }
             DiskWork::Load { agent, seq } => {
                 state.report.disk_reads += 1;
                 let found = state.disks[h as usize]
@@ -1064,7 +1089,7 @@ impl World {
         let Some(r) = self.hosts[h as usize].repl.as_mut() else {
             return;
         };
-        match r.register(now, id, format!("{{\"agent\":{i}}}")) {
+        match r.register(now, id, format!("{{\"agent\":{i}}}"), None) {
             Ok(reg) => {
                 state.regs.insert((h, reg), i);
                 state.agents[i as usize].registering = true;
@@ -1156,6 +1181,16 @@ impl World {
             }
         }
         self.repl_after(h);
+    }
+
+    /// A takeover that lost its election: the workload tries again later.
+    fn on_register_failed(&mut self, h: HostId, reg: u64) {
+        let Some(state) = self.repl_state() else {
+            return;
+        };
+        if let Some(i) = state.regs.remove(&(h, reg)) {
+            state.agents[i as usize].registering = false;
+        }
     }
 
     fn on_register_done(&mut self, h: HostId, reg: u64) {
@@ -1305,7 +1340,14 @@ impl World {
             | ReplEvent::AgentLost { .. }
             | ReplEvent::AgentDegraded { .. }
             | ReplEvent::AgentRestored { .. }
-            | ReplEvent::SnapshotCorrupt { .. } => {}
+            | ReplEvent::SnapshotCorrupt { .. }
+            | ReplEvent::ElectionStarted { .. }
+            | ReplEvent::CoordinatorElected { .. }
+            | ReplEvent::AgentAdopted { .. }
+            | ReplEvent::AgentPending { .. }
+            | ReplEvent::AgentFenced { .. }
+            | ReplEvent::AgentUnfenced { .. }
+            | ReplEvent::AgentIsolation { .. } => {}
         }
     }
 

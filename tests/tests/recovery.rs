@@ -1,0 +1,139 @@
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
+
+//! Real `vigil agent` processes on loopback: a host killed with SIGKILL has its agents
+//! adopted elsewhere, once each, from their latest acknowledged snapshot; isolated
+//! nodes adopt nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nix::sys::signal::Signal;
+use vigil::api::AgentJson;
+use vigil::client;
+use vigil_tests::{CONVERGE, cluster, start_all};
+
+const SIX: [&str; 6] = ["n1", "n2", "n3", "n4", "n5", "n6"];
+/// Correctness bound for waits (not a performance figure: RTO is in benches/).
+const RECOVER: Duration = Duration::from_secs(40);
+
+fn body(agent: &str, seq: u64) -> Bytes {
+    Bytes::from(format!("{agent} state after step {seq} ").repeat(20))
+}
+
+async fn agents_on(socket: &Path) -> BTreeMap<String, AgentJson> {
+    client::agents(socket)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.id.clone(), a))
+        .collect()
+}
+
+/// Registers `n` agents on `owner` and puts `puts` snapshots to each; returns the last
+/// acknowledged seq of each.
+async fn agents_with_snapshots(owner: &Path, n: usize, puts: u64) -> BTreeMap<String, u64> {
+    let mut acked = BTreeMap::new();
+    for i in 0..n {
+        let id = format!("worker-{i}");
+        client::register(owner, &id, "{}").await.unwrap();
+        for seq in 1..=puts {
+            let out = client::put_snapshot(owner, &id, body(&id, seq), None)
+                .await
+                .unwrap();
+            acked.insert(id.clone(), out.seq);
+        }
+    }
+    acked
+}
+
+/// Waits until `observer` sees every agent of `acked` owned by a live node other than
+/// `dead` at a higher epoch, and returns the views.
+async fn wait_adopted(
+    observer: &Path,
+    dead: &str,
+    acked: &BTreeMap<String, u64>,
+) -> BTreeMap<String, AgentJson> {
+    let deadline = Instant::now() + RECOVER;
+    loop {
+        let view = agents_on(observer).await;
+        let done = acked.keys().all(|id| {
+            view.get(id)
+                .is_some_and(|a| a.owner != dead && a.epoch >= 2)
+        });
+        if done {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "agents never adopted: {view:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_agents_are_adopted_once_each_from_their_latest_snapshot() {
+    let mut c = cluster!(&SIX);
+    start_all(&mut c, &SIX).await;
+    c.wait_converged(CONVERGE).await.expect("converge");
+    let owner = c.node("n1").unwrap().socket.clone();
+    let acked = agents_with_snapshots(&owner, 6, 3).await;
+    // Let the holders learn the owner's lease and the catalog settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.signal("n1", Signal::SIGKILL).unwrap();
+    let observer = c.node("n2").unwrap().socket.clone();
+    let view = wait_adopted(&observer, "n1", &acked).await;
+    for (id, seq) in &acked {
+        let a = &view[id];
+        assert_eq!(a.epoch, 2, "{a:?}");
+        // Exactly one live node owns it, and it is the one the catalog names.
+        let mut owners = Vec::new();
+        for n in &SIX[1..] {
+            let socket = c.node(n).unwrap().socket.clone();
+            if agents_on(&socket)
+                .await
+                .get(id)
+                .is_some_and(|x| x.owned_here)
+            {
+                owners.push(n.to_string());
+            }
+        }
+        assert_eq!(owners, vec![a.owner.clone()], "{id}");
+        // RPO = 0: the new owner serves the last acknowledged snapshot.
+        let new_owner = c.node(&a.owner).unwrap().socket.clone();
+        let snap = client::get_snapshot(&new_owner, id, None).await.unwrap();
+        assert_eq!(snap.seq, *seq, "{id}");
+        assert_eq!(snap.body, body(id, *seq), "{id}");
+        // And its puts continue the seqs under the new epoch.
+        let out = client::put_snapshot(&new_owner, id, body(id, seq + 1), None)
+            .await
+            .unwrap();
+        assert_eq!((out.epoch, out.seq), (2, seq + 1), "{id}");
+    }
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_node_receives_no_adoptions() {
+    let mut c = cluster!(&SIX);
+    start_all(&mut c, &SIX).await;
+    c.wait_converged(CONVERGE).await.expect("converge");
+    for n in ["n2", "n3", "n4"] {
+        let socket = c.node(n).unwrap().socket.clone();
+        let answer = client::isolate_node(&socket).await.unwrap();
+        assert!(answer.isolated, "{answer:?}");
+    }
+    let owner = c.node("n1").unwrap().socket.clone();
+    let acked = agents_with_snapshots(&owner, 4, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.signal("n1", Signal::SIGKILL).unwrap();
+    let observer = c.node("n5").unwrap().socket.clone();
+    let view = wait_adopted(&observer, "n1", &acked).await;
+    for id in acked.keys() {
+        let owner = view[id].owner.as_str();
+        assert!(
+            ["n5", "n6"].contains(&owner),
+            "{id} adopted by isolated {owner}"
+        );
+    }
+    c.stop_all().await;
+}
