@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod netns;
+
 pub use vigil::harness::{HarnessError, LocalCluster};
 
 /// Generous bounds: these are correctness waits, not performance assertions (timing

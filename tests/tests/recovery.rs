@@ -137,3 +137,67 @@ async fn an_isolated_node_receives_no_adoptions() {
     }
     c.stop_all().await;
 }
+
+/// A node cut off by blackhole routes fences its agents, the others adopt them, and
+/// after the heal it rejoins without running the old copies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_host_fences_its_agents_and_does_not_resume_them_after_the_heal() {
+    use vigil_tests::netns::NsCluster;
+    let names = ["n1", "n2", "n3", "n4"];
+    let Some(mut c) = NsCluster::new_or_skip(vigil_tests::vigil_bin!(), &names) else {
+        return;
+    };
+    let seed = c.start("n1", "az1", &[]).await.expect("start n1").addr;
+    for (n, z) in [("n2", "az2"), ("n3", "az3"), ("n4", "az1")] {
+        c.start(n, z, &[seed]).await.expect("start");
+    }
+    c.wait_converged(CONVERGE).await.expect("converge");
+    let owner = c.node("n1").unwrap().socket.clone();
+    let acked = agents_with_snapshots(&owner, 3, 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.partition("n1").expect("cut n1 off");
+    for id in acked.keys() {
+        c.wait_event("n1", None, RECOVER, |e| {
+            e.kind == "agent_fenced" && e.agent.as_deref() == Some(id.as_str())
+        })
+        .await
+        .expect("the cut-off owner fences its agent");
+    }
+    let observer = c.node("n2").unwrap().socket.clone();
+    let view = wait_adopted(&observer, "n1", &acked).await;
+    // While cut off, n1 refuses its agents' puts (a zombie cannot write).
+    for id in acked.keys() {
+        let err = client::put_snapshot(&owner, id, body(id, 99), None)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err}").contains("fenced") || format!("{err}").contains("not_owner"),
+            "{err}"
+        );
+    }
+    c.heal("n1").expect("heal");
+    c.wait_converged(CONVERGE)
+        .await
+        .expect("converge after heal");
+    // n1 learns the new owners and never owns the agents again.
+    let deadline = Instant::now() + RECOVER;
+    loop {
+        let on_n1 = agents_on(&owner).await;
+        let settled = acked.keys().all(|id| {
+            on_n1
+                .get(id)
+                .is_some_and(|a| !a.owned_here && a.owner == view[id].owner && a.epoch >= 2)
+        });
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n1 after the heal: {on_n1:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, seq) in &acked {
+        let new_owner = c.node(&view[id].owner).unwrap().socket.clone();
+        let snap = client::get_snapshot(&new_owner, id, None).await.unwrap();
+        assert_eq!(snap.seq, *seq, "{id}");
+    }
+    c.stop_all().await;
+}
