@@ -476,7 +476,9 @@ impl Replicator {
     /// Starts elections for agents whose owner is down, where this node holds a copy;
     /// drops elections that are no longer needed.
     fn orphan_scan(&mut self, now: Duration) {
-        let settled = self.settled_at.is_some_and(|at| now >= at);
+        // No settle gate here (unlike repair): a node just back with an old view
+        // proposes at worst for an agent whose owner is alive, and the holders refuse
+        // while the owner's lease runs; a stale epoch is refused as such.
         // Highest priority first, so that when targets run short it is the lower
         // priorities that wait.
         let mut orphans: Vec<(i32, AgentId)> = Vec::new();
@@ -486,7 +488,7 @@ impl Replicator {
             }
         }
         orphans.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        if settled {
+        {
             for (_, agent) in orphans {
                 let Some(record) = self.records.get(&agent).cloned() else {
                     continue;
