@@ -201,3 +201,49 @@ async fn a_cut_off_host_fences_its_agents_and_does_not_resume_them_after_the_hea
     }
     c.stop_all().await;
 }
+
+/// An agent whose process keeps failing is restarted in place, then handed to
+/// another host through an election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_local_agent_is_restarted_then_moved() {
+    let names = ["n1", "n2", "n3", "n4"];
+    let mut c = cluster!(&names);
+    // Every launch of the agent fails at once (exit code 3).
+    let extra: Vec<String> = ["--agent-command", "sh -c 'exit 3'", "--agent-restarts", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let seed = c
+        .start_with("n1", "az1", &[], &extra)
+        .await
+        .expect("start n1")
+        .addr;
+    for (n, z) in [("n2", "az2"), ("n3", "az3"), ("n4", "az1")] {
+        c.start_with(n, z, &[seed], &extra).await.expect("start");
+    }
+    c.wait_converged(CONVERGE).await.expect("converge");
+    let n1 = c.node("n1").unwrap().socket.clone();
+    client::register(&n1, "flaky", "{}").await.unwrap();
+    let restarted = |e: &vigil::events::EventRecord| {
+        e.kind == "agent_restarted" && e.agent.as_deref() == Some("flaky")
+    };
+    c.wait_event("n1", RECOVER, restarted)
+        .await
+        .expect("restarted in place");
+    c.wait_event("n1", RECOVER, |e| {
+        e.kind == "agent_handoff" && e.agent.as_deref() == Some("flaky")
+    })
+    .await
+    .expect("handed off after the restarts");
+    let deadline = Instant::now() + RECOVER;
+    loop {
+        let a = agents_on(&n1).await.remove("flaky").unwrap();
+        if a.owner != "n1" && a.epoch >= 2 {
+            assert!(!a.owned_here);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never moved: {a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.stop_all().await;
+}
