@@ -37,6 +37,21 @@ pub enum Command {
     /// Put or get an agent's state snapshot.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Send one heartbeat for an agent owned by this node (for shell-scripted agents).
+    Heartbeat(HeartbeatArgs),
+    /// Isolate (quarantine) an agent, or this node when no agent is named: no
+    /// heartbeats, restarts or adoption until `vigil recover`.
+    Isolate(IsolationArgs),
+    /// End the isolation of an agent, or of this node when no agent is named.
+    Recover(IsolationArgs),
+    /// Run the built-in example agent: counts, snapshots and heartbeats (used by the
+    /// demo and the tests).
+    ///
+    /// It prints NDJSON lines to stdout (`started`, every 25th `snapshot`, `stopping`).
+    /// Exit status: 0 when the node tells it to stop (another owner, fenced, isolated)
+    /// or on SIGTERM; 2 when another node owns the agent (start it there) or for bad
+    /// arguments; 1 when the node failed every request for 30 s.
+    ExampleAgent(ExampleAgentArgs),
     /// Create the cluster CA and node certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -111,6 +126,28 @@ pub struct AgentArgs {
     /// Repair copies at most this many bytes per second [default: 64MiB].
     #[arg(long, env = "VIGIL_REPAIR_RATE", value_name = "SIZE")]
     pub repair_rate: Option<String>,
+    /// Advertise this node as a standby host: agents of failed hosts are adopted here first.
+    #[arg(long, env = "VIGIL_STANDBY")]
+    pub standby: bool,
+    /// Agents this node is willing to own (its own and adopted ones) [default: 1000].
+    #[arg(long, env = "VIGIL_CAPACITY", value_name = "N")]
+    pub capacity: Option<String>,
+    /// Lease an owner holds on its agents' holders; keep it below the failure detection
+    /// time, e.g. 1s [default: 1s].
+    #[arg(long, env = "VIGIL_LEASE", value_name = "DURATION")]
+    pub lease: Option<String>,
+    /// Command that runs one agent, e.g. "python agent.py --id {id} --snapshot {snapshot}";
+    /// placeholders {id} {epoch} {snapshot} {socket} {node}. Without it, agents are
+    /// handed to your own supervisor through the event stream.
+    #[arg(long, env = "VIGIL_AGENT_COMMAND", value_name = "TEMPLATE")]
+    pub agent_command: Option<String>,
+    /// Restarts in place of an agent that stops heartbeating before it is handed to
+    /// another host [default: 3].
+    #[arg(long, env = "VIGIL_AGENT_RESTARTS", value_name = "N")]
+    pub agent_restarts: Option<String>,
+    /// An agent that has not heartbeated for this long has failed, e.g. 2s [default: 2s].
+    #[arg(long, env = "VIGIL_HEARTBEAT_TIMEOUT", value_name = "DURATION")]
+    pub heartbeat_timeout: Option<String>,
 }
 
 /// Where to find the local node.
@@ -160,6 +197,57 @@ pub struct RegisterArgs {
     /// Metadata as JSON (at most 4 KiB).
     #[arg(long, default_value = "{}")]
     pub meta: String,
+    /// Adoption priority: higher priorities are adopted first when standby capacity is
+    /// short [default: the node's, 0].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// The agent's id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IsolationArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// The agent; without it, this node.
+    pub id: Option<String>,
+    /// Print JSON instead of a table or a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Settings of `vigil example-agent` (see [`crate::example_agent`]).
+#[derive(Debug, Args)]
+pub struct ExampleAgentArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// The agent's id (the launcher sets VIGIL_AGENT_ID).
+    #[arg(long, env = "VIGIL_AGENT_ID")]
+    pub id: String,
+    /// Restore from this snapshot file instead of the cluster's latest (the launcher
+    /// sets VIGIL_SNAPSHOT); an empty path or file means the cluster's latest.
+    // Not a PathBuf: clap refuses an empty path, and the launcher's `{snapshot}` is
+    // empty when there is none.
+    #[arg(long, env = "VIGIL_SNAPSHOT", value_name = "PATH")]
+    pub snapshot: Option<std::ffi::OsString>,
+    /// Milliseconds between snapshots; each adds one to the count.
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_ms: u64,
+    /// Milliseconds between heartbeats (the first goes at once).
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_ms: u64,
+    /// Metadata as JSON, used when the agent is registered.
+    #[arg(long, default_value = "{}")]
+    pub meta: String,
+    /// Adoption priority, used when the agent is registered.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
 }
 
 #[derive(Debug, Args)]

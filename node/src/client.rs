@@ -246,6 +246,9 @@ pub struct EventStream {
 /// One line of the event stream: an event, or the final error line of a stream that
 /// was cut off.
 #[derive(Debug)]
+// Items are consumed one at a time as they arrive; boxing the event would cost an
+// allocation per line for no memory saved.
+#[allow(clippy::large_enum_variant)]
 pub enum StreamItem {
     Event(EventRecord),
     Error(ErrorJson),
@@ -317,4 +320,67 @@ impl EventStream {
             }
         }
     }
+}
+
+/// Like [`register`], with the agent's adoption priority (`?priority=N`; higher
+/// priorities are adopted first when standby capacity is short). `None` is exactly
+/// [`register`].
+pub async fn register_with_priority(
+    socket: &Path,
+    agent: &str,
+    meta: &str,
+    priority: Option<i32>,
+) -> Result<AgentJson, ClientError> {
+    let path = match priority {
+        Some(p) => format!("/v1/agents/{agent}?priority={p}"),
+        None => format!("/v1/agents/{agent}"),
+    };
+    let reply = call(
+        socket,
+        Method::PUT,
+        &path,
+        Bytes::copy_from_slice(meta.as_bytes()),
+    )
+    .await?;
+    json_reply(&reply)
+}
+
+/// POST with an empty body, expecting a JSON answer.
+async fn post_json<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T, ClientError> {
+    let reply = call(socket, Method::POST, path, Bytes::new()).await?;
+    json_reply(&reply)
+}
+
+/// One heartbeat of a local agent. A 409 with code `not_owner`, `agent_fenced` or
+/// `agent_isolated` means the agent must stop.
+pub async fn heartbeat(
+    socket: &Path,
+    agent: &str,
+) -> Result<crate::api::HeartbeatJson, ClientError> {
+    post_json(socket, &format!("/v1/agents/{agent}/heartbeat")).await
+}
+
+/// Isolates (quarantines) an agent: no heartbeats, restarts or adoption until recovered.
+pub async fn isolate_agent(socket: &Path, agent: &str) -> Result<AgentJson, ClientError> {
+    post_json(socket, &format!("/v1/agents/{agent}/isolate")).await
+}
+
+/// Ends an agent's isolation.
+pub async fn recover_agent(socket: &Path, agent: &str) -> Result<AgentJson, ClientError> {
+    post_json(socket, &format!("/v1/agents/{agent}/recover")).await
+}
+
+/// Isolates this node.
+pub async fn isolate_node(socket: &Path) -> Result<crate::api::NodeIsolationJson, ClientError> {
+    post_json(socket, "/v1/node/isolate").await
+}
+
+/// Ends this node's isolation.
+pub async fn recover_node(socket: &Path) -> Result<crate::api::NodeIsolationJson, ClientError> {
+    post_json(socket, "/v1/node/recover").await
+}
+
+/// One agent as this node knows it; a 404 (`unknown_agent`) when it knows none.
+pub async fn agent(socket: &Path, agent: &str) -> Result<AgentJson, ClientError> {
+    get_json(socket, &format!("/v1/agents/{agent}")).await
 }

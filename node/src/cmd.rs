@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
-use crate::api::MemberJson;
+use crate::api::{AgentJson, MemberJson};
 use crate::cli::{
-    AgentsArgs, CertCommand, Cli, Command, EventsArgs, HealthArgs, MembersArgs, RegisterArgs,
-    SnapshotCommand,
+    AgentsArgs, CertCommand, Cli, Command, EventsArgs, ExampleAgentArgs, HealthArgs, HeartbeatArgs,
+    IsolationArgs, MembersArgs, RegisterArgs, SnapshotCommand,
 };
 use crate::client::{self, StreamItem};
 use crate::config::{self, AgentConfig, LogFormat};
+use crate::example_agent::{self, ExampleAgentConfig};
 use crate::{demo, tls};
 
 /// Exit status for bad settings or arguments.
@@ -56,6 +57,10 @@ pub fn main_entry() -> ExitCode {
         Command::Register(args) => run_client(register(args)),
         Command::Agents(args) => run_client(agents(args)),
         Command::Snapshot(cmd) => run_client(snapshot(cmd)),
+        Command::Heartbeat(args) => run_client(heartbeat(args)),
+        Command::Isolate(args) => run_client(isolation(args, true)),
+        Command::Recover(args) => run_client(isolation(args, false)),
+        Command::ExampleAgent(args) => run_client(run_example_agent(args)),
         Command::Cert(cert) => match cert_command(cert) {
             Ok(()) => ExitCode::SUCCESS,
             Err(f) => {
@@ -177,11 +182,97 @@ async fn members(args: MembersArgs) -> Result<(), Failure> {
 
 async fn register(args: RegisterArgs) -> Result<(), Failure> {
     let socket = config::resolve_socket(&args.socket)?;
-    let agent = client::register(&socket, &args.id, &args.meta).await?;
+    let agent =
+        client::register_with_priority(&socket, &args.id, &args.meta, args.priority).await?;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &agent)?;
     writeln!(out)?;
     Ok(())
+}
+
+async fn heartbeat(args: HeartbeatArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let beat = client::heartbeat(&socket, &args.id).await?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &beat)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `vigil isolate` (`isolate` true) and `vigil recover`, of an agent or of this node.
+async fn isolation(args: IsolationArgs, isolate: bool) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let mut out = std::io::stdout().lock();
+    match &args.id {
+        Some(id) => {
+            let agent = if isolate {
+                client::isolate_agent(&socket, id).await?
+            } else {
+                client::recover_agent(&socket, id).await?
+            };
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &agent)?;
+                writeln!(out)?;
+            } else {
+                write_agents(&mut out, std::slice::from_ref(&agent))?;
+            }
+        }
+        None => {
+            let node = if isolate {
+                client::isolate_node(&socket).await?
+            } else {
+                client::recover_node(&socket).await?
+            };
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &node)?;
+                writeln!(out)?;
+            } else if node.isolated {
+                writeln!(
+                    out,
+                    "node {} is isolated: its agents get no restarts and it adopts none until `vigil recover`",
+                    node.name
+                )?;
+            } else {
+                writeln!(out, "node {} is not isolated", node.name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exit status of the example agent when it gave up or failed (2 is usage or "owned
+/// elsewhere", as [`example_agent::ExampleAgentError::exit_code`] says).
+async fn run_example_agent(args: ExampleAgentArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let config = ExampleAgentConfig {
+        socket,
+        id: args.id,
+        snapshot: args.snapshot.map(std::path::PathBuf::from),
+        snapshot_every: std::time::Duration::from_millis(args.snapshot_ms),
+        heartbeat_every: std::time::Duration::from_millis(args.heartbeat_ms),
+        meta: args.meta,
+        priority: args.priority,
+        give_up_after: ExampleAgentConfig::DEFAULT_GIVE_UP,
+    };
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let mut out = std::io::stdout();
+    match example_agent::run(&config, shutdown, &mut out).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure {
+            message: format!("example-agent: {e}"),
+            code: e.exit_code(),
+        }),
+    }
 }
 
 async fn agents(args: AgentsArgs) -> Result<(), Failure> {
@@ -193,6 +284,13 @@ async fn agents(args: AgentsArgs) -> Result<(), Failure> {
         writeln!(out)?;
         return Ok(());
     }
+    write_agents(&mut out, &agents)?;
+    Ok(())
+}
+
+/// The agents table of `vigil agents` (also one agent's answer to isolate/recover).
+/// `*` marks the agents owned by this node.
+fn write_agents(out: &mut impl Write, agents: &[AgentJson]) -> std::io::Result<()> {
     let id_w = agents
         .iter()
         .map(|a| a.id.len() + 1)
@@ -205,12 +303,18 @@ async fn agents(args: AgentsArgs) -> Result<(), Failure> {
         .max()
         .unwrap_or(0)
         .max(5);
+    let state_w = agents
+        .iter()
+        .map(|a| a.state.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     writeln!(
         out,
-        "{:<id_w$}  {:<owner_w$}  {:>5}  {:>8}  HOLDERS",
-        "AGENT", "OWNER", "EPOCH", "SEQ"
+        "{:<id_w$}  {:<owner_w$}  {:>5}  {:>8}  {:<state_w$}  HOLDERS",
+        "AGENT", "OWNER", "EPOCH", "SEQ", "STATE"
     )?;
-    for a in &agents {
+    for a in agents {
         let id = if a.owned_here {
             format!("{}*", a.id)
         } else {
@@ -227,11 +331,17 @@ async fn agents(args: AgentsArgs) -> Result<(), Failure> {
             .map_or(String::new(), |d| format!("  [degraded: {d}]"));
         writeln!(
             out,
-            "{:<id_w$}  {:<owner_w$}  {:>5}  {:>8}  {}{degraded}",
+            "{:<id_w$}  {:<owner_w$}  {:>5}  {:>8}  {:<state_w$}  {}{degraded}",
             id,
             a.owner,
             a.epoch,
             a.latest_seq,
+            // A node that predates agent states answers without one.
+            if a.state.is_empty() {
+                "-"
+            } else {
+                a.state.as_str()
+            },
             holders.join(", ")
         )?;
     }
