@@ -316,6 +316,21 @@ fn print_replication(r: &vigil_sim::world::ReplReport) {
         r.registered, r.takeovers
     );
     println!("  replicator events: {:?}", r.events);
+    println!(
+        "  recovery: {} adoptions; {} agents of crashed owners not adopted (owner back first or run over); {} put ticks without a live unfenced owner",
+        r.adoptions, r.rto_not_adopted, r.skipped_no_owner
+    );
+    println!("{}", q("owner crash to adoption (RTO)", &r.rto_ms, "ms"));
+    println!(
+        "  owners at the end: {} agents owned, {} ownerless with most holders live (R3), {} ownerless with most holders down; R1 checks {}, R2 catalog scans {}",
+        r.owned_at_end, r.ownerless_at_end, r.ownerless_holders_down, r.r1_checks, r.r2_scans
+    );
+    if r.stale_unfenced_owners > 0 {
+        println!(
+            "  SUSPICIOUS: {} times an older epoch's owner was unfenced while a newer epoch had an owner: {:?}",
+            r.stale_unfenced_owners, r.stale_unfenced_owner_examples
+        );
+    }
     println!("  repair: {} bytes copied", r.repair_bytes);
     let (msgs, bytes) = r
         .messages

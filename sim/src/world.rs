@@ -165,6 +165,35 @@ pub enum Violation {
         agent: String,
         detail: String,
     },
+    /// R1: two live hosts (a partitioned or stalled one counts) own the same agent in
+    /// the same epoch, neither of them fenced.
+    #[error("at {at:?}: agent {agent} has two unfenced owners in epoch {epoch}: {hosts}")]
+    TwoOwners {
+        at: Duration,
+        agent: String,
+        epoch: u64,
+        hosts: String,
+    },
+    /// R2: the epoch of an agent's record, as one host sees it, went backwards (a
+    /// restarted host starts from what its disk held).
+    #[error("at {at:?}: {host} saw agent {agent}'s epoch go back from {from} to {to}")]
+    EpochWentBack {
+        at: Duration,
+        host: String,
+        agent: String,
+        from: u64,
+        to: u64,
+    },
+    /// R3: after the faults stopped and the settle bound, agents whose holders are
+    /// mostly live have no live, unfenced owner.
+    #[error(
+        "{after:?} after the faults stopped, {agents} agents whose holders are mostly live have no live unfenced owner: {detail}"
+    )]
+    NoOwner {
+        after: Duration,
+        agents: usize,
+        detail: String,
+    },
     /// A replicator misbehaved: a message that does not fit a stream frame, or a timer
     /// that stays due at the same instant.
     #[error("at {at:?}: {host}'s replicator: {detail}")]

@@ -169,6 +169,28 @@ pub struct ReplReport {
     /// owner is down (not part of I2; reported).
     pub short: Vec<Shortfall>,
     pub short_owner_down: Vec<Shortfall>,
+    /// Recovery: adoptions of an agent by a new owner (`AgentAdopted`).
+    pub adoptions: u64,
+    /// Recovery time: from an owner's crash to the adoption of each of its agents by
+    /// a new owner, simulated milliseconds.
+    pub rto_ms: Quantiles,
+    /// Agents whose owner crashed and that no other host adopted (the owner came back
+    /// first, or the run ended).
+    pub rto_not_adopted: u64,
+    /// R1 checks (one agent's owners compared) and full scans of a host's catalog (R2).
+    pub r1_checks: u64,
+    pub r2_scans: u64,
+    /// Not a violation of R1 (which is per epoch), but suspicious: times an owner of
+    /// an older epoch was live and unfenced while a newer epoch had an owner too.
+    pub stale_unfenced_owners: u64,
+    pub stale_unfenced_owner_examples: Vec<String>,
+    /// Put ticks skipped because no live host owned the agent unfenced.
+    pub skipped_no_owner: u64,
+    /// At the end: agents with a live, unfenced owner, and those without one whose
+    /// holders are mostly live (R3 violations) or mostly down (not checked).
+    pub owned_at_end: usize,
+    pub ownerless_at_end: usize,
+    pub ownerless_holders_down: usize,
 }
 
 #[derive(Debug)]
@@ -310,6 +332,20 @@ pub(crate) struct ReplState {
     /// `VIGIL_SIM_TRACE=<agent id>`: print every effect, message and disk result
     /// that mentions that agent (to stderr), for debugging one agent's history.
     trace: Option<String>,
+    /// R1: hosts that owned each agent (by index) at some point and may still; a host
+    /// leaves the set once it neither runs nor owns the agent.
+    owner_candidates: BTreeMap<u32, BTreeSet<HostId>>,
+    /// R2: the highest epoch each host saw for each agent (reset to its disk's records
+    /// when it restarts).
+    seen_epoch: BTreeMap<(HostId, u32), u64>,
+    r1_reported: BTreeSet<(u32, u64)>,
+    stale_owner_reported: BTreeSet<(u32, u64)>,
+    r2_reported: BTreeSet<(HostId, u32)>,
+    /// RTO: agents whose owner crashed, and when.
+    owner_crashed_at: BTreeMap<u32, Duration>,
+    rto_ms: Vec<f64>,
+    /// The next host whose whole catalog the periodic R2 scan reads.
+    scan_cursor: u32,
 }
 
 impl ReplState {
@@ -369,6 +405,14 @@ impl ReplState {
             trace: std::env::var("VIGIL_SIM_TRACE")
                 .ok()
                 .map(|a| format!("{a:?}")),
+            owner_candidates: BTreeMap::new(),
+            seen_epoch: BTreeMap::new(),
+            r1_reported: BTreeSet::new(),
+            stale_owner_reported: BTreeSet::new(),
+            r2_reported: BTreeSet::new(),
+            owner_crashed_at: BTreeMap::new(),
+            rto_ms: Vec::new(),
+            scan_cursor: 0,
         }
     }
 
@@ -444,6 +488,37 @@ impl World {
         host.repl = Some(r);
         host.repl_timer_at = None;
         host.repl_backlog.clear();
+        // R2 starts again from what the disk holds; RTO: an agent whose owner is back
+        // before anyone adopted it is not a recovery.
+        if let Some(state) = self.repl.as_deref_mut() {
+            let disk_epochs: Vec<(u32, u64)> = state.disks[h as usize]
+                .records
+                .values()
+                .filter_map(|r| state.by_id.get(&r.agent).map(|i| (*i, r.epoch)))
+                .collect();
+            let keys: Vec<(HostId, u32)> = state
+                .seen_epoch
+                .range((h, 0)..=(h, u32::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in keys {
+                state.seen_epoch.remove(&k);
+            }
+            for (i, e) in disk_epochs {
+                state.seen_epoch.insert((h, i), e);
+            }
+            let back: Vec<u32> = state
+                .owner_crashed_at
+                .keys()
+                .copied()
+                .filter(|i| state.agents[*i as usize].home == Some(h))
+                .collect();
+            for i in back {
+                state.owner_crashed_at.remove(&i);
+                state.report.rto_not_adopted += 1;
+            }
+        }
+        self.scan_host(h);
         self.repl_after(h);
     }
 
@@ -455,9 +530,15 @@ impl World {
         host.repl_timer_at = None;
         host.repl_backlog.clear();
         host.incarnation += 1;
+        let now = self.now;
         let Some(state) = self.repl.as_deref_mut() else {
             return;
         };
+        for (i, agent) in state.agents.iter().enumerate() {
+            if agent.home == Some(h) {
+                state.owner_crashed_at.entry(i as u32).or_insert(now);
+            }
+        }
         for p in take_host(&mut state.puts, h) {
             state.report.puts_unanswered += 1;
             state.agents[p.agent as usize].busy = false;
@@ -587,6 +668,7 @@ impl World {
                     self.disk_later(h, op, DiskWork::Load { agent, seq });
                 }
                 ReplEffect::PersistRecord { record } => {
+                    self.note_epoch(h, &record.agent, record.epoch);
                     if let Some(state) = self.repl_state() {
                         state.disks[h as usize]
                             .records
@@ -607,7 +689,7 @@ impl World {
                 }
                 ReplEffect::PutDone { put, result } => self.on_put_done(h, put, result),
                 ReplEffect::GetDone { get, result } => self.on_get_done(h, get, result),
-                ReplEffect::Event(event) => self.on_repl_event(event),
+                ReplEffect::Event(event) => self.on_repl_event(h, event),
             }
         }
     }
@@ -1010,7 +1092,20 @@ impl World {
             return;
         }
         let interval = state.spec.put_interval.max(Duration::from_millis(1));
+        let registered = state.agents[i as usize].home.is_some();
         self.schedule(now + interval, Action::Repl(ReplAction::Tick { agent: i }));
+        // Put to whichever live host owns the agent now (recovery moves it).
+        let owner = if registered { self.live_owner(i) } else { None };
+        let Some(state) = self.repl.as_deref_mut() else {
+            return;
+        };
+        if let Some(o) = owner
+            && state.agents[i as usize].home != Some(o)
+            && !state.agents[i as usize].registering
+        {
+            state.agents[i as usize].home = Some(o);
+            state.agents[i as usize].owner_down_since = None;
+        }
         let Some(state) = self.repl.as_deref() else {
             return;
         };
@@ -1054,7 +1149,9 @@ impl World {
                 if registering {
                     return;
                 }
-                if stalled {
+                if owner.is_none() {
+                    state.report.skipped_no_owner += 1;
+                } else if stalled {
                     state.report.skipped_owner_stalled += 1;
                 } else if busy {
                     state.report.skipped_busy += 1;
@@ -1320,8 +1417,33 @@ impl World {
         }
     }
 
-    fn on_repl_event(&mut self, event: ReplEvent) {
+    fn on_repl_event(&mut self, h: HostId, event: ReplEvent) {
         let now = self.now;
+        let Some(state) = self.repl.as_deref_mut() else {
+            return;
+        };
+        // Ownership starts here: R1 compares the new owner with every other.
+        if let ReplEvent::AgentOwned { agent, .. }
+        | ReplEvent::AgentAdopted { agent, .. }
+        | ReplEvent::AgentUnfenced { agent, .. } = &event
+            && let Some(&i) = state.by_id.get(agent)
+        {
+            state.owner_candidates.entry(i).or_default().insert(h);
+            let a = &mut state.agents[i as usize];
+            if a.home.is_some_and(|old| old != h) && !a.registering {
+                a.home = Some(h);
+                a.owner_down_since = None;
+            } else if a.home.is_none() && !a.registering {
+                a.home = Some(h);
+            }
+            if let ReplEvent::AgentAdopted { .. } = &event {
+                state.report.adoptions += 1;
+                if let Some(at) = state.owner_crashed_at.remove(&i) {
+                    state.rto_ms.push((now - at).as_secs_f64() * 1e3);
+                }
+            }
+            self.check_owners(i);
+        }
         let Some(state) = self.repl_state() else {
             return;
         };
@@ -1356,6 +1478,7 @@ impl World {
     fn repl_check(&mut self) {
         let now = self.now;
         self.check_snapshots();
+        self.check_recovery();
         let Some(state) = self.repl.as_deref() else {
             return;
         };
@@ -1381,6 +1504,245 @@ impl World {
             Duration::from_secs(1)
         };
         self.schedule(now + step, Action::Repl(ReplAction::Check));
+    }
+
+    /// R2: `h` sees `agent` at `epoch`; it must not be below what `h` saw before (or,
+    /// since its last restart, what its disk held).
+    fn note_epoch(&mut self, h: HostId, agent: &AgentId, epoch: u64) {
+        let now = self.now;
+        let Some(state) = self.repl.as_deref_mut() else {
+            return;
+        };
+        let Some(&i) = state.by_id.get(agent) else {
+            return;
+        };
+        let seen = state.seen_epoch.entry((h, i)).or_insert(epoch);
+        if epoch < *seen {
+            let from = *seen;
+            if state.r2_reported.insert((h, i)) {
+                let host = self.name_of(h);
+                self.violations.push(Violation::EpochWentBack {
+                    at: now,
+                    host,
+                    agent: agent.to_string(),
+                    from,
+                    to: epoch,
+                });
+            }
+        } else {
+            *seen = epoch;
+        }
+    }
+
+    /// Reads `h`'s whole catalog: R2 for every record, and the agents it owns become
+    /// R1 candidates (and are checked).
+    fn scan_host(&mut self, h: HostId) {
+        let Some(r) = self.hosts[h as usize].repl.as_ref() else {
+            return;
+        };
+        let views: Vec<(AgentId, u64, bool)> = r
+            .agents()
+            .into_iter()
+            .map(|v| (v.record.agent, v.record.epoch, v.local_owner))
+            .collect();
+        if let Some(state) = self.repl_state() {
+            state.report.r2_scans += 1;
+        }
+        let mut owned = Vec::new();
+        for (agent, epoch, local_owner) in views {
+            self.note_epoch(h, &agent, epoch);
+            if local_owner
+                && let Some(state) = self.repl.as_deref_mut()
+                && let Some(&i) = state.by_id.get(&agent)
+                && state.owner_candidates.entry(i).or_default().insert(h)
+            {
+                owned.push(i);
+            }
+        }
+        for i in owned {
+            self.check_owners(i);
+        }
+    }
+
+    /// The live hosts that own agent `i` unfenced, with the epoch of their record;
+    /// hosts that neither run nor own it leave the candidates.
+    fn unfenced_owners(&mut self, i: u32) -> Vec<(HostId, u64)> {
+        let Some(state) = self.repl.as_deref_mut() else {
+            return Vec::new();
+        };
+        let Some(cands) = state.owner_candidates.get(&i) else {
+            return Vec::new();
+        };
+        let id = &state.agents[i as usize].id;
+        let mut still = BTreeSet::new();
+        let mut out = Vec::new();
+        for &h in cands {
+            let Some(r) = self.hosts[h as usize].repl.as_ref() else {
+                continue; // crashed: a restart scans its catalog again
+            };
+            let Some(v) = r.agent(id) else { continue };
+            if v.local_owner {
+                still.insert(h);
+                if !r.is_fenced(id) {
+                    out.push((h, v.record.epoch));
+                }
+            }
+        }
+        state.owner_candidates.insert(i, still);
+        out
+    }
+
+    /// R1: no two live hosts own agent `i` unfenced in the same epoch.
+    fn check_owners(&mut self, i: u32) {
+        let now = self.now;
+        let owners = self.unfenced_owners(i);
+        let Some(state) = self.repl.as_deref_mut() else {
+            return;
+        };
+        state.report.r1_checks += 1;
+        if owners.len() < 2 {
+            return;
+        }
+        // Not R1 but reported: an owner of an older epoch still unfenced while a newer
+        // one is (the older one may acknowledge puts the newer epoch supersedes).
+        let newest = owners.iter().map(|(_, e)| *e).max().unwrap_or(0);
+        for (h, e) in &owners {
+            if *e < newest && state.stale_owner_reported.insert((i, *e)) {
+                state.report.stale_unfenced_owners += 1;
+                if state.report.stale_unfenced_owner_examples.len() < 5 {
+                    state.report.stale_unfenced_owner_examples.push(format!(
+                        "at {:.3} s: {} owns {} unfenced in epoch {e}, while epoch {newest} has an owner",
+                        now.as_secs_f64(),
+                        self.hosts[*h as usize].name,
+                        state.agents[i as usize].id
+                    ));
+                }
+            }
+        }
+        let mut by_epoch: BTreeMap<u64, Vec<HostId>> = BTreeMap::new();
+        for (h, e) in owners {
+            by_epoch.entry(e).or_default().push(h);
+        }
+        for (epoch, hosts) in by_epoch {
+            if hosts.len() > 1 && state.r1_reported.insert((i, epoch)) {
+                let agent = state.agents[i as usize].id.to_string();
+                let hosts = hosts
+                    .iter()
+                    .map(|h| self.hosts[*h as usize].name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                self.violations.push(Violation::TwoOwners {
+                    at: now,
+                    agent,
+                    epoch,
+                    hosts,
+                });
+            }
+        }
+    }
+
+    /// R1 for every agent with an owner, and R2 over the catalogs of a few hosts in
+    /// turn (about 200 000 records a check, every host for small runs).
+    fn check_recovery(&mut self) {
+        self.refresh_homes();
+        let Some(state) = self.repl.as_deref_mut() else {
+            return;
+        };
+        let agents: Vec<u32> = state.owner_candidates.keys().copied().collect();
+        let per_check = (200_000 / state.spec.agents.max(1)).clamp(1, self.config.nodes.max(1));
+        let first = state.scan_cursor;
+        state.scan_cursor = (first + per_check) % self.config.nodes.max(1);
+        for i in agents {
+            self.check_owners(i);
+        }
+        for k in 0..per_check {
+            self.scan_host((first + k) % self.config.nodes.max(1));
+        }
+    }
+
+    /// Points every registered agent's home at its current owner (the live host that
+    /// owns it unfenced in the highest epoch), when it has one.
+    fn refresh_homes(&mut self) {
+        let Some(state) = self.repl.as_deref() else {
+            return;
+        };
+        let n = state.agents.len() as u32;
+        for i in 0..n {
+            let Some(state) = self.repl.as_deref() else {
+                return;
+            };
+            let a = &state.agents[i as usize];
+            if a.home.is_none() || a.registering {
+                continue;
+            }
+            if let Some(o) = self.live_owner(i)
+                && let Some(state) = self.repl.as_deref_mut()
+            {
+                state.agents[i as usize].home = Some(o);
+            }
+        }
+    }
+
+    /// The live host that owns agent `i` unfenced in the highest epoch.
+    fn live_owner(&mut self, i: u32) -> Option<HostId> {
+        let state = self.repl.as_deref_mut()?;
+        if let Some(home) = state.agents[i as usize].home {
+            state.owner_candidates.entry(i).or_default().insert(home);
+        }
+        self.unfenced_owners(i)
+            .into_iter()
+            .max_by_key(|(h, e)| (*e, std::cmp::Reverse(*h)))
+            .map(|(h, _)| h)
+    }
+
+    /// R3's measure: registered agents without a live, unfenced owner, split into
+    /// those whose holders (in the newest record a live host has) are mostly live,
+    /// and the others.
+    pub fn ownerless_agents(&mut self) -> (Vec<String>, usize) {
+        let Some(state) = self.repl.as_deref() else {
+            return (Vec::new(), 0);
+        };
+        let registered: Vec<u32> = (0..state.agents.len() as u32)
+            .filter(|i| state.agents[*i as usize].home.is_some())
+            .collect();
+        let live = self.live_hosts();
+        let mut out = Vec::new();
+        let mut holders_down = 0;
+        for i in registered {
+            if self.live_owner(i).is_some() {
+                continue;
+            }
+            let Some(state) = self.repl.as_deref() else {
+                break;
+            };
+            let id = &state.agents[i as usize].id;
+            let newest = live
+                .iter()
+                .filter_map(|h| self.hosts[*h as usize].repl.as_ref())
+                .filter_map(|r| r.agent(id))
+                .max_by_key(|v| v.record.epoch);
+            let Some(v) = newest else {
+                holders_down += 1;
+                continue;
+            };
+            let holders = &v.record.holders;
+            let up = holders
+                .iter()
+                .filter(|n| self.by_name.get(&n.name).is_some_and(|h| self.is_up(*h)))
+                .count();
+            if up * 2 > holders.len() {
+                out.push(format!(
+                    "{} (epoch {}, owner {}, {up} of {} holders live)",
+                    id,
+                    v.record.epoch,
+                    v.record.owner,
+                    holders.len()
+                ));
+            } else {
+                holders_down += 1;
+            }
+        }
+        (out, holders_down)
     }
 
     /// I1: every agent's latest acknowledged (epoch, seq), or a newer version, is on
@@ -1549,6 +1911,7 @@ impl World {
         let step = Duration::from_millis(250);
         loop {
             self.check_snapshots();
+            self.refresh_homes();
             let short: Vec<Shortfall> = self
                 .copies_shortfall()
                 .into_iter()
@@ -1591,13 +1954,44 @@ impl World {
             }
             self.run_for(step);
         }
+        // R3: every registered agent whose holders are mostly live has a live,
+        // unfenced owner.
+        loop {
+            let (ownerless, _) = self.ownerless_agents();
+            let now = self.now;
+            if ownerless.is_empty() {
+                break;
+            }
+            if now >= deadline {
+                self.violations.push(Violation::NoOwner {
+                    after: now - over,
+                    agents: ownerless.len(),
+                    detail: ownerless
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+                break;
+            }
+            self.run_for(step);
+        }
+        self.check_recovery();
         self.check_snapshots();
     }
 
     /// The replication figures so far (None when replication is off).
-    pub fn replication_report(&self) -> Option<ReplReport> {
+    pub fn replication_report(&mut self) -> Option<ReplReport> {
+        let (ownerless, holders_down) = self.ownerless_agents();
         let state = self.repl.as_deref()?;
         let mut r = state.report.clone();
+        r.rto_ms = Quantiles::of(state.rto_ms.clone());
+        r.rto_not_adopted += state.owner_crashed_at.len() as u64;
+        let registered = state.agents.iter().filter(|a| a.home.is_some()).count();
+        r.ownerless_at_end = ownerless.len();
+        r.ownerless_holders_down = holders_down;
+        r.owned_at_end = registered - ownerless.len() - holders_down;
         r.put_latency_ms = Quantiles::of(state.latencies_ms.clone());
         r.messages = state
             .sent_by_kind
