@@ -71,6 +71,24 @@ pub struct LocalCluster {
     pub env: Vec<(String, String)>,
 }
 
+/// Where a node process runs: by default directly, bound to 127.0.0.1 on a free port;
+/// a wrapper (e.g. `ip netns exec NS`) runs it elsewhere, bound to `bind`.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Program and arguments the vigil binary is appended to; empty: run it directly.
+    pub wrapper: Vec<std::ffi::OsString>,
+    pub bind: String,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            wrapper: Vec::new(),
+            bind: "127.0.0.1:0".into(),
+        }
+    }
+}
+
 /// How long a node may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -151,7 +169,23 @@ impl LocalCluster {
         extra_args: &[String],
     ) -> Result<&LocalNode, HarnessError> {
         let pki = self.pki.clone();
-        self.spawn(name, zone, seeds, &pki, extra_args).await
+        self.spawn(name, zone, seeds, &pki, extra_args, &Placement::default())
+            .await
+    }
+
+    /// Like [`LocalCluster::start_with`], run through `placement` (e.g. in a network
+    /// namespace).
+    pub async fn start_placed(
+        &mut self,
+        name: &str,
+        zone: &str,
+        seeds: &[SocketAddr],
+        extra_args: &[String],
+        placement: &Placement,
+    ) -> Result<&LocalNode, HarnessError> {
+        let pki = self.pki.clone();
+        self.spawn(name, zone, seeds, &pki, extra_args, placement)
+            .await
     }
 
     /// Like [`LocalCluster::start`], with certificates from another directory (another
@@ -163,7 +197,8 @@ impl LocalCluster {
         seeds: &[SocketAddr],
         pki: &Path,
     ) -> Result<&LocalNode, HarnessError> {
-        self.spawn(name, zone, seeds, pki, &[]).await
+        self.spawn(name, zone, seeds, pki, &[], &Placement::default())
+            .await
     }
 
     async fn spawn(
@@ -173,6 +208,7 @@ impl LocalCluster {
         seeds: &[SocketAddr],
         pki: &Path,
         extra_args: &[String],
+        placement: &Placement,
     ) -> Result<&LocalNode, HarnessError> {
         let dir = self.root.join(name);
         std::fs::create_dir_all(&dir)?;
@@ -183,9 +219,16 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(&log)?;
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match placement.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.binary);
+                cmd
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.arg("agent")
-            .args(["--name", name, "--zone", zone, "--bind", "127.0.0.1:0"])
+            .args(["--name", name, "--zone", zone, "--bind", &placement.bind])
             .arg("--pki")
             .arg(pki)
             .arg("--socket")
@@ -375,11 +418,16 @@ impl LocalCluster {
     ) -> Result<EventRecord, HarnessError> {
         let node = self.node(name)?;
         let wait = async {
-            let mut stream = client::events(&node.socket, None).await?;
+            let mut last = None;
+            let mut stream = client::events(&node.socket, last).await?;
             loop {
                 match stream.next().await? {
                     Some(StreamItem::Event(record)) if done(&record) => return Ok(record),
-                    Some(_) => {}
+                    Some(StreamItem::Event(record)) => last = Some(record.index),
+                    // Cut off as too slow: resume after the last event seen.
+                    Some(StreamItem::Error(_)) => {
+                        stream = client::events(&node.socket, last).await?;
+                    }
                     None => {
                         return Err(HarnessError::Node {
                             name: name.into(),

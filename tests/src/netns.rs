@@ -27,8 +27,8 @@
 // HarnessError, shared with vigil::harness, is large; it is returned on cold paths only.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -40,13 +40,9 @@ use std::time::{Duration, Instant};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout};
 use vigil::api::MemberJson;
-use vigil::client::{self, StreamItem};
 use vigil::events::EventRecord;
-use vigil::harness::{HarnessError, LocalCluster};
-use vigil::node::ReadyLine;
+use vigil::harness::{HarnessError, LocalCluster, LocalNode, Placement};
 
 /// Prefix of every namespace a lab creates.
 const PREFIX: &str = "vigil-lab-";
@@ -54,8 +50,6 @@ const PREFIX: &str = "vigil-lab-";
 pub const REQUIRE_ENV: &str = "VIGIL_REQUIRE_NETNS";
 /// The UDP port every lab node binds (each host has its own port space).
 pub const NODE_PORT: u16 = 7946;
-/// How long a node may take to print its ready line.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 static SERIAL: AtomicU32 = AtomicU32::new(0);
 /// Serializes namespace creation and stale cleanup within this process (concurrent
@@ -223,10 +217,18 @@ impl NetLab {
     /// add its arguments, environment and stdio as usual.
     pub fn command(&self, k: usize, program: impl AsRef<OsStr>) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.ip);
-        cmd.args(["netns", "exec"])
-            .arg(self.host_ns(k))
-            .arg(program);
+        cmd.args(&self.exec_prefix(k)[1..]).arg(program);
         cmd
+    }
+
+    /// `ip netns exec NS` for host `k`: what runs a program inside its namespace.
+    pub fn exec_prefix(&self, k: usize) -> Vec<OsString> {
+        vec![
+            self.ip.clone().into_os_string(),
+            "netns".into(),
+            "exec".into(),
+            self.host_ns(k).into(),
+        ]
     }
 
     /// Runs `program args` inside host `k`'s namespace to completion (blocking) and
@@ -506,58 +508,27 @@ fn required() -> bool {
     std::env::var_os(REQUIRE_ENV).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// One `vigil agent` running in a lab host.
-pub struct LabNode {
-    pub name: String,
-    pub zone: String,
-    /// The lab host (namespace index) it runs in.
-    pub host: usize,
-    pub socket: PathBuf,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-    pub addr: SocketAddr,
-    pub generation: u64,
-    pub pid: u32,
-    child: Option<Child>,
-    _stdout: Option<ChildStdout>,
-}
-
-impl LabNode {
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
 /// Real `vigil agent` processes, node `names[k]` in lab host `k`, bound to
-/// `addr(k):7946`; certificates and node directories from a [`LocalCluster`] that runs
-/// nothing itself. Sockets are on the shared filesystem, so `vigil::client` works on
-/// them from the test process.
+/// `addr(k):7946`: a [`LocalCluster`] (certificates, node directories, processes,
+/// waits) whose nodes are started through `ip netns exec`. Sockets are on the shared
+/// filesystem, so `vigil::client` works on them from the test process.
 pub struct NsCluster {
-    // Field order is drop order: processes, then namespaces, then files.
-    nodes: BTreeMap<String, LabNode>,
+    // Field order is drop order: processes (and files), then namespaces.
+    cluster: LocalCluster,
     lab: NetLab,
-    files: LocalCluster,
-    binary: PathBuf,
     names: Vec<String>,
-    profile: String,
-    /// Extra environment for every node.
-    pub env: Vec<(String, String)>,
 }
 
 impl NsCluster {
     /// A lab with one host per name and certificates for every name, no node started.
     pub fn new(binary: PathBuf, names: &[&str]) -> Result<NsCluster, LabError> {
-        let files = LocalCluster::new(binary.clone(), names, false)
+        let cluster = LocalCluster::new(binary, names, false)
             .map_err(|e| LabError::Io(std::io::Error::other(e.to_string())))?;
         let lab = NetLab::new(names.len())?;
         Ok(NsCluster {
-            nodes: BTreeMap::new(),
+            cluster,
             lab,
-            files,
-            binary,
             names: names.iter().map(|n| n.to_string()).collect(),
-            profile: "lan".into(),
-            env: vec![("RUST_LOG".into(), "info".into())],
         })
     }
 
@@ -582,13 +553,13 @@ impl NsCluster {
         &mut self.lab
     }
 
-    /// The scratch directory (pki/, one directory per node).
-    pub fn root(&self) -> &Path {
-        self.files.root()
+    /// The processes, their directories and the waits on them.
+    pub fn cluster(&self) -> &LocalCluster {
+        &self.cluster
     }
 
-    pub fn set_profile(&mut self, profile: &str) {
-        self.profile = profile.into();
+    pub fn cluster_mut(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
     }
 
     /// The lab host of `name`.
@@ -599,14 +570,12 @@ impl NsCluster {
             .ok_or_else(|| HarnessError::Unknown(name.into()))
     }
 
-    pub fn node(&self, name: &str) -> Result<&LabNode, HarnessError> {
-        self.nodes
-            .get(name)
-            .ok_or_else(|| HarnessError::Unknown(name.into()))
+    pub fn node(&self, name: &str) -> Result<&LocalNode, HarnessError> {
+        self.cluster.node(name)
     }
 
-    pub fn nodes(&self) -> impl Iterator<Item = &LabNode> {
-        self.nodes.values()
+    pub fn nodes(&self) -> impl Iterator<Item = &LocalNode> {
+        self.cluster.nodes()
     }
 
     /// Makes `name`'s host unreachable from every other host, both ways.
@@ -632,7 +601,7 @@ impl NsCluster {
         name: &str,
         zone: &str,
         seeds: &[SocketAddr],
-    ) -> Result<&LabNode, HarnessError> {
+    ) -> Result<&LocalNode, HarnessError> {
         self.start_with(name, zone, seeds, &[]).await
     }
 
@@ -643,102 +612,23 @@ impl NsCluster {
         zone: &str,
         seeds: &[SocketAddr],
         extra_args: &[String],
-    ) -> Result<&LabNode, HarnessError> {
+    ) -> Result<&LocalNode, HarnessError> {
         let host = self.host(name)?;
-        let dir = self.files.root().join(name);
-        std::fs::create_dir_all(&dir)?;
-        let socket = dir.join("vigil.sock");
-        let data_dir = dir.join("data");
-        let log = dir.join("node.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let bind = SocketAddrV4::new(self.lab.addr(host), NODE_PORT).to_string();
-        let mut cmd = self.lab.command(host, &self.binary);
-        cmd.arg("agent")
-            .args(["--name", name, "--zone", zone, "--bind", &bind])
-            .arg("--pki")
-            .arg(self.files.pki())
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--profile", &self.profile]);
-        for seed in seeds {
-            cmd.arg("--seed").arg(seed.to_string());
-        }
-        cmd.args(extra_args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env_remove("VIGIL_CONFIG")
-            .env_remove("VIGIL_SEED")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true);
-        let mut child = cmd.spawn()?;
-        let node_err = |message: String| HarnessError::Node {
-            name: name.to_string(),
-            message,
-            log: log.display().to_string(),
+        let placement = Placement {
+            wrapper: self.lab.exec_prefix(host),
+            bind: SocketAddrV4::new(self.lab.addr(host), NODE_PORT).to_string(),
         };
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| node_err("no stdout".into()))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
-            Ok(Ok(Some(line))) => serde_json::from_str::<ReadyLine>(&line)
-                .map_err(|e| node_err(format!("unexpected first line {line:?}: {e}")))?,
-            Ok(Ok(None)) => {
-                let status = child.wait().await.ok();
-                return Err(node_err(format!("exited before it was ready ({status:?})")));
-            }
-            Ok(Err(e)) => return Err(node_err(e.to_string())),
-            Err(_) => return Err(node_err(format!("not ready after {START_TIMEOUT:?}"))),
-        };
-        let addr = ready
-            .addr
-            .parse()
-            .map_err(|_| node_err(format!("bad address {:?}", ready.addr)))?;
-        let node = LabNode {
-            name: name.into(),
-            zone: zone.into(),
-            host,
-            socket,
-            data_dir,
-            log,
-            addr,
-            generation: ready.generation,
-            pid: ready.pid,
-            child: Some(child),
-            _stdout: Some(lines.into_inner().into_inner()),
-        };
-        self.nodes.insert(name.into(), node);
-        self.node(name)
+        self.cluster
+            .start_placed(name, zone, seeds, extra_args, &placement)
+            .await
     }
 
     /// SIGTERM every running node (graceful leave) and wait for each to exit.
     pub async fn stop_all(&mut self) {
-        for node in self.nodes.values_mut() {
-            let Some(mut child) = node.child.take() else {
-                continue;
-            };
-            node._stdout = None;
-            if let Ok(pid) = i32::try_from(node.pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
+        self.cluster.stop_all().await
     }
 
-    /// Waits until `check` holds for `name`'s member list, re-checking after every
-    /// event the node reports.
+    /// See [`LocalCluster::wait_members`].
     pub async fn wait_members(
         &self,
         name: &str,
@@ -746,106 +636,21 @@ impl NsCluster {
         timeout: Duration,
         check: impl Fn(&[MemberJson]) -> bool,
     ) -> Result<Vec<MemberJson>, HarnessError> {
-        let node = self.node(name)?;
-        let wait = async {
-            let mut stream = client::events(&node.socket, None).await?;
-            let mut last = None;
-            loop {
-                let members = client::members(&node.socket).await?;
-                if check(&members) {
-                    return Ok(members);
-                }
-                match stream.next().await? {
-                    Some(StreamItem::Event(e)) => last = Some(e.index),
-                    Some(StreamItem::Error(_)) => {
-                        stream = client::events(&node.socket, last).await?;
-                    }
-                    None => return Err(closed(node)),
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| HarnessError::Timeout {
-                what: format!("{name}: {what}"),
-                after: timeout,
-            })?
+        self.cluster.wait_members(name, what, timeout, check).await
     }
 
-    /// Waits until every running node sees exactly the running nodes alive (one row
-    /// per name; a node may be back under a new generation).
+    /// See [`LocalCluster::wait_converged`] (a node may be back under a new generation).
     pub async fn wait_converged(&self, timeout: Duration) -> Result<(), HarnessError> {
-        let running: Vec<String> = self
-            .nodes
-            .values()
-            .filter(|n| n.is_running())
-            .map(|n| n.name.clone())
-            .collect();
-        let deadline = Instant::now() + timeout;
-        for name in &running {
-            let left = deadline.saturating_duration_since(Instant::now());
-            self.wait_members(name, "all running nodes alive", left, |members| {
-                running
-                    .iter()
-                    .all(|r| members.iter().any(|m| &m.name == r && m.state == "alive"))
-            })
-            .await?;
-        }
-        Ok(())
+        self.cluster.wait_converged(timeout).await
     }
 
-    /// `name`'s events (from its start, or after index `since`) until `done` returns
-    /// true for one.
+    /// See [`LocalCluster::wait_event`].
     pub async fn wait_event(
         &self,
         name: &str,
-        since: Option<u64>,
         timeout: Duration,
         done: impl Fn(&EventRecord) -> bool,
     ) -> Result<EventRecord, HarnessError> {
-        let node = self.node(name)?;
-        let wait = async {
-            let mut last = since;
-            let mut stream = client::events(&node.socket, last).await?;
-            loop {
-                match stream.next().await? {
-                    Some(StreamItem::Event(record)) if done(&record) => return Ok(record),
-                    Some(StreamItem::Event(record)) => last = Some(record.index),
-                    // Cut off as too slow: resume after the last event seen.
-                    Some(StreamItem::Error(_)) => {
-                        stream = client::events(&node.socket, last).await?;
-                    }
-                    None => return Err(closed(node)),
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| HarnessError::Timeout {
-                what: format!("an event on {name}"),
-                after: timeout,
-            })?
-    }
-}
-
-fn closed(node: &LabNode) -> HarnessError {
-    HarnessError::Node {
-        name: node.name.clone(),
-        message: "closed its event stream".into(),
-        log: node.log.display().to_string(),
-    }
-}
-
-impl Drop for NsCluster {
-    fn drop(&mut self) {
-        // kill_on_drop reaps asynchronously; the lab's drop then deletes the
-        // namespaces (and kills whatever is still inside).
-        for node in self.nodes.values() {
-            if node.child.is_some()
-                && let Ok(pid) = i32::try_from(node.pid)
-            {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
+        self.cluster.wait_event(name, timeout, done).await
     }
 }

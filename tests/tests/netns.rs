@@ -55,13 +55,18 @@ async fn a_partitioned_node_is_declared_down_and_rejoins_when_healed() {
     c.start("n3", "az3", &[seed]).await.expect("start n3");
     c.wait_converged(CONVERGE).await.expect("converge");
     for node in c.nodes() {
-        assert_eq!(node.addr.ip(), c.lab().addr(node.host), "{}", node.name);
+        assert_eq!(
+            node.addr.ip(),
+            c.lab().addr(c.host(&node.name).unwrap()),
+            "{}",
+            node.name
+        );
     }
 
     c.partition("n3").expect("partition n3");
     for survivor in ["n1", "n2"] {
         let down = c
-            .wait_event(survivor, None, DETECT, |e| {
+            .wait_event(survivor, DETECT, |e| {
                 e.kind == "member_down" && e.member.as_deref() == Some("n3")
             })
             .await
@@ -69,7 +74,7 @@ async fn a_partitioned_node_is_declared_down_and_rejoins_when_healed() {
         assert_eq!(down.member_zone.as_deref(), Some("az3"));
     }
     for lost in ["n1", "n2"] {
-        c.wait_event("n3", None, DETECT, |e| {
+        c.wait_event("n3", DETECT, |e| {
             e.kind == "member_down" && e.member.as_deref() == Some(lost)
         })
         .await

@@ -157,7 +157,7 @@ async fn a_cut_off_host_fences_its_agents_and_does_not_resume_them_after_the_hea
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.partition("n1").expect("cut n1 off");
     for id in acked.keys() {
-        c.wait_event("n1", None, RECOVER, |e| {
+        c.wait_event("n1", RECOVER, |e| {
             e.kind == "agent_fenced" && e.agent.as_deref() == Some(id.as_str())
         })
         .await
