@@ -84,9 +84,7 @@ impl Supervisor {
 
     /// The agent is owned here (registered, reclaimed or adopted) and may run.
     pub fn owned(&mut self, now: Instant, agent: &str, epoch: u64) -> Vec<Action> {
-        let deadline = self
-            .launcher
-            .then_some(now + FIRST_HEARTBEAT.max(self.timeout));
+        let deadline = self.launcher.then_some(self.first_deadline(now));
         self.agents.insert(
             agent.to_string(),
             Local {
@@ -131,13 +129,12 @@ impl Supervisor {
 
     /// The agent may run again (unfenced, recovered from isolation).
     pub fn resume(&mut self, now: Instant, agent: &str) -> Vec<Action> {
+        let deadline = self.launcher.then_some(self.first_deadline(now));
         let Some(l) = self.agents.get_mut(agent) else {
             return Vec::new();
         };
         l.status = Status::Starting;
-        l.deadline = self
-            .launcher
-            .then_some(now + FIRST_HEARTBEAT.max(self.timeout));
+        l.deadline = deadline;
         let epoch = l.epoch;
         self.start(agent, epoch)
     }
@@ -158,6 +155,11 @@ impl Supervisor {
         first
     }
 
+    /// When a (re)started agent must have sent its first heartbeat.
+    fn first_deadline(&self, now: Instant) -> Instant {
+        now + FIRST_HEARTBEAT.max(self.timeout)
+    }
+
     /// The heartbeat deadline, for the heartbeat's answer.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -172,6 +174,7 @@ impl Supervisor {
         status: &str,
         requested: bool,
     ) -> Vec<Action> {
+        let first_deadline = self.first_deadline(now);
         let Some(l) = self.agents.get_mut(agent) else {
             return Vec::new();
         };
@@ -182,7 +185,7 @@ impl Supervisor {
             if l.restart_after_exit {
                 l.restart_after_exit = false;
                 l.status = Status::Starting;
-                l.deadline = Some(now + FIRST_HEARTBEAT.max(self.timeout));
+                l.deadline = Some(first_deadline);
                 return self.start(agent, epoch);
             }
             return Vec::new();
@@ -222,6 +225,7 @@ impl Supervisor {
     /// `running`: the process (if launched) is still there and must be stopped first.
     fn failure(&mut self, now: Instant, agent: &str, why: String, running: bool) -> Vec<Action> {
         let (timeout, max, launcher) = (self.timeout, self.max_restarts, self.launcher);
+        let first_deadline = self.first_deadline(now);
         let Some(l) = self.agents.get_mut(agent) else {
             return Vec::new();
         };
@@ -242,13 +246,13 @@ impl Supervisor {
                 detail: format!("restart {} of {max} in place", l.restarts),
             });
             if launcher && running {
-                l.deadline = Some(now + FIRST_HEARTBEAT.max(timeout));
+                l.deadline = Some(first_deadline);
                 l.restart_after_exit = true;
                 actions.push(Action::Stop {
                     agent: agent.to_string(),
                 });
             } else if launcher {
-                l.deadline = Some(now + FIRST_HEARTBEAT.max(timeout));
+                l.deadline = Some(first_deadline);
                 actions.push(Action::Start {
                     agent: agent.to_string(),
                     epoch,

@@ -1099,15 +1099,7 @@ impl Owner {
             _ => tracing::info!(event = e.kind(), "{detail}"),
         }
         let agent = e.agent().clone();
-        let record = self.events.push_agent(
-            e.kind(),
-            AgentRef {
-                agent: Some(agent.to_string()),
-                epoch,
-                seq,
-            },
-            Some(detail),
-        );
+        let record = self.agent_event(e.kind(), agent.as_str(), epoch, seq, detail);
         self.metrics
             .events
             .get_or_create(&TypeLabel {
@@ -1143,6 +1135,20 @@ impl Owner {
         self.act(actions);
     }
 
+    /// Records an event about one agent.
+    fn agent_event(
+        &mut self,
+        kind: &str,
+        agent: &str,
+        epoch: Option<u64>,
+        seq: Option<u64>,
+        detail: String,
+    ) -> Arc<events::EventRecord> {
+        let agent = Some(agent.to_string());
+        self.events
+            .push_agent(kind, AgentRef { agent, epoch, seq }, Some(detail))
+    }
+
     /// Carries out the supervisor's decisions.
     fn act(&mut self, actions: Vec<agents::Action>) {
         for action in actions {
@@ -1171,27 +1177,25 @@ impl Owner {
                     let now = self.now();
                     match self.replicator.handoff(now, &id) {
                         Ok(()) => {
-                            self.events.push_agent(
+                            self.agent_event(
                                 "agent_handoff",
-                                AgentRef {
-                                    agent: Some(agent.clone()),
-                                    ..AgentRef::default()
-                                },
-                                Some(format!(
+                                &agent,
+                                None,
+                                None,
+                                format!(
                                     "agent {agent}: restarts exhausted; handing it to another host"
-                                )),
+                                ),
                             );
                         }
                         Err(e) => {
                             self.supervisor.failed(&agent);
                             tracing::error!("agent {agent} failed: {e}");
-                            self.events.push_agent(
+                            self.agent_event(
                                 "agent_failed",
-                                AgentRef {
-                                    agent: Some(agent.clone()),
-                                    ..AgentRef::default()
-                                },
-                                Some(format!("agent {agent}: restarts exhausted and {e}")),
+                                &agent,
+                                None,
+                                None,
+                                format!("agent {agent}: restarts exhausted and {e}"),
                             );
                         }
                     }
@@ -1203,14 +1207,12 @@ impl Owner {
                     detail,
                 } => {
                     tracing::warn!(event = kind, "agent {agent}: {detail}");
-                    self.events.push_agent(
+                    self.agent_event(
                         kind,
-                        AgentRef {
-                            agent: Some(agent.clone()),
-                            epoch: Some(epoch),
-                            seq: None,
-                        },
-                        Some(format!("agent {agent}: {detail}")),
+                        &agent,
+                        Some(epoch),
+                        None,
+                        format!("agent {agent}: {detail}"),
                     );
                 }
             }
@@ -1251,26 +1253,22 @@ impl Owner {
         };
         match launcher.start(&spec) {
             Ok(pid) => {
-                self.events.push_agent(
+                self.agent_event(
                     "agent_started",
-                    AgentRef {
-                        agent: Some(agent.to_string()),
-                        epoch: Some(epoch),
-                        seq: None,
-                    },
-                    Some(format!("agent {agent}: process {pid} started")),
+                    agent.as_str(),
+                    Some(epoch),
+                    None,
+                    format!("agent {agent}: process {pid} started"),
                 );
             }
             Err(e) => {
                 tracing::warn!("{e}");
-                self.events.push_agent(
+                self.agent_event(
                     "agent_start_failed",
-                    AgentRef {
-                        agent: Some(agent.to_string()),
-                        epoch: Some(epoch),
-                        seq: None,
-                    },
-                    Some(e.to_string()),
+                    agent.as_str(),
+                    Some(epoch),
+                    None,
+                    e.to_string(),
                 );
             }
         }
@@ -1284,14 +1282,12 @@ impl Owner {
             status,
             requested,
         } = event;
-        self.events.push_agent(
+        self.agent_event(
             "agent_exited",
-            AgentRef {
-                agent: Some(agent.clone()),
-                epoch: Some(epoch),
-                seq: None,
-            },
-            Some(format!("agent {agent}: process {pid} ended ({status})")),
+            &agent,
+            Some(epoch),
+            None,
+            format!("agent {agent}: process {pid} ended ({status})"),
         );
         let actions = self
             .supervisor
@@ -1341,17 +1337,12 @@ impl Owner {
             .supervisor
             .heartbeat(Instant::now(), agent.as_str(), r.epoch);
         if first {
-            self.events.push_agent(
+            self.agent_event(
                 "agent_running",
-                AgentRef {
-                    agent: Some(agent.to_string()),
-                    epoch: Some(r.epoch),
-                    seq: Some(r.seq),
-                },
-                Some(format!(
-                    "agent {agent}: first heartbeat at epoch {}",
-                    r.epoch
-                )),
+                agent.as_str(),
+                Some(r.epoch),
+                Some(r.seq),
+                format!("agent {agent}: first heartbeat at epoch {}", r.epoch),
             );
         }
         Ok(HeartbeatJson {

@@ -105,6 +105,18 @@ pub struct NodeInfo {
     pub isolated: bool,
 }
 
+/// A node that was given no settings: not standby, no limit, not isolated.
+impl Default for NodeInfo {
+    fn default() -> Self {
+        Self {
+            standby: false,
+            capacity: u32::MAX,
+            owned: 0,
+            isolated: false,
+        }
+    }
+}
+
 impl NodeInfo {
     fn free(&self) -> i64 {
         i64::from(self.capacity) - i64::from(self.owned)
@@ -175,7 +187,8 @@ pub(super) struct Recovery {
     pub(super) lease: LeaseState,
     pub(super) fenced: BTreeSet<AgentId>,
     pub(super) infos: BTreeMap<NodeName, NodeInfo>,
-    pub(super) me: Option<NodeInfo>,
+    /// This node's settings (`owned` is filled in when announced).
+    pub(super) me: NodeInfo,
     pub(super) info_sent: Option<NodeInfo>,
     /// Adoptions each target was chosen for by this coordinator and has not confirmed.
     pub(super) planned: BTreeMap<NodeName, u32>,
@@ -211,39 +224,23 @@ impl Replicator {
 
     /// This node's standby role and capacity (announced to every member).
     pub fn set_node_settings(&mut self, standby: bool, capacity: u32) {
-        let isolated = self.recovery.me.as_ref().is_some_and(|m| m.isolated);
-        self.recovery.me = Some(NodeInfo {
-            standby,
-            capacity,
-            owned: 0,
-            isolated,
-        });
+        self.recovery.me.standby = standby;
+        self.recovery.me.capacity = capacity;
         self.announce_info(true);
     }
 
     /// Isolates (or recovers) this node: an isolated node adopts nothing.
     pub fn set_node_isolated(&mut self, isolated: bool) {
-        let me = self.recovery.me.get_or_insert(NodeInfo {
-            standby: false,
-            capacity: u32::MAX,
-            owned: 0,
-            isolated: false,
-        });
-        me.isolated = isolated;
+        self.recovery.me.isolated = isolated;
         self.announce_info(true);
     }
 
     pub fn node_isolated(&self) -> bool {
-        self.recovery.me.as_ref().is_some_and(|m| m.isolated)
+        self.recovery.me.isolated
     }
 
     fn my_info(&self) -> NodeInfo {
-        let mut info = self.recovery.me.clone().unwrap_or(NodeInfo {
-            standby: false,
-            capacity: u32::MAX,
-            owned: 0,
-            isolated: false,
-        });
+        let mut info = self.recovery.me.clone();
         info.owned = u32::try_from(self.owned.len()).unwrap_or(u32::MAX);
         info
     }
@@ -452,7 +449,8 @@ impl Replicator {
         }
         self.check_fencing(now);
         if now >= self.recovery.next_scan {
-            self.recovery.next_scan = now + self.config.election_backoff.max(ms_dur(50));
+            self.recovery.next_scan =
+                now + self.config.election_backoff.max(Duration::from_millis(50));
             self.orphan_scan(now);
             self.announce_info(false);
         }
@@ -576,7 +574,9 @@ impl Replicator {
             return;
         };
         let backoff = self.config.election_backoff * (e.rank + 1);
-        let wait = after.unwrap_or(backoff.mul_f64(jitter)).max(ms_dur(20));
+        let wait = after
+            .unwrap_or(backoff.mul_f64(jitter))
+            .max(Duration::from_millis(20));
         e.phase = Phase::Waiting { at: now + wait };
     }
 
@@ -970,7 +970,7 @@ impl Replicator {
                 self.retry_later(now, agent, None);
             }
             PaxosAnswer::Leased { remaining_ms } => {
-                let wait = Duration::from_millis(remaining_ms) + ms_dur(10);
+                let wait = Duration::from_millis(remaining_ms) + Duration::from_millis(10);
                 self.retry_later(now, agent, Some(wait));
             }
             PaxosAnswer::Stale { .. } => {
@@ -1460,8 +1460,4 @@ impl Replicator {
             })
             .collect()
     }
-}
-
-fn ms_dur(ms: u64) -> Duration {
-    Duration::from_millis(ms)
 }
