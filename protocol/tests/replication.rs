@@ -960,20 +960,6 @@ fn a_standby_node_outside_the_failed_zone_is_preferred() {
         c.node(n).set_node_settings(false, 100);
     }
     c.node("c2").set_node_settings(true, 100);
-    // Re-announce (settings are sent on join; here they changed after it).
-    let ids: Vec<NodeId> = c.ids.values().cloned().collect();
-    for id in &ids {
-        for n in c.nodes.keys().cloned().collect::<Vec<_>>() {
-            c.nodes
-                .get_mut(&n)
-                .unwrap()
-                .member_down(Duration::ZERO, &id.name);
-            c.nodes
-                .get_mut(&n)
-                .unwrap()
-                .member_up(Duration::ZERO, id.clone());
-        }
-    }
     c.drain_all();
     c.register("a1", "agent-1");
     c.run(Duration::from_millis(50));
@@ -1126,7 +1112,6 @@ fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears()
     }
     for n in ["a2", "b1", "b2", "c1", "c2"] {
         c.node(n).set_node_settings(false, 0);
-        c.node(n).set_node_isolated(false);
     }
     c.drain_all();
     c.run(Duration::from_secs(1));
@@ -1138,7 +1123,6 @@ fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears()
     assert!(c.events_of("agent_pending").len() >= 2);
     // Room appears: both are adopted, nothing was dropped.
     c.node("b2").set_node_settings(false, 5);
-    c.node("b2").set_node_isolated(false);
     c.drain_all();
     c.run(Duration::from_secs(5));
     for a in ["low", "high"] {
