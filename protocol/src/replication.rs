@@ -183,7 +183,7 @@ pub struct ReplicationConfig {
     /// "busy" so a burst of remote reads cannot fill memory.
     pub max_serving: usize,
     /// How long a holder's grant to an owner lasts: the owner stops its agents when it
-    /// has no grants from a majority of holders for three quarters of this, and no
+    /// has no grants from enough holders (2 of 3, 1 of 2) for three quarters of this, and no
     /// holder elects a new owner while its grant runs. Keep it below the failure
     /// detection time, or recovery waits for it.
     pub lease: Duration,
@@ -552,7 +552,7 @@ pub enum PutError {
         reason: String,
     },
     #[error(
-        "agent {agent} is fenced on this node: it lost the lease of a majority of the agent's holders (cut off from them, or handing the agent to another host); the agent must stop here"
+        "agent {agent} is fenced on this node: it lost the lease of the agent's holders (cut off from them, or handing the agent to another host); the agent must stop here"
     )]
     LeaseLost { agent: AgentId },
     #[error(
@@ -677,7 +677,7 @@ pub enum ReplEvent {
         epoch: u64,
         reason: String,
     },
-    /// This node lost the lease of a majority of the agent's holders: the agent must
+    /// This node lost the lease of the agent's holders: the agent must
     /// stop here (another host may adopt it).
     AgentFenced { agent: AgentId, epoch: u64 },
     /// The holders grant the lease again and nobody took the agent: it may run again.
@@ -930,6 +930,9 @@ struct RepairJob {
     target: Vec<Holder>,
     /// (holder, seq) still to copy, next first.
     todo: VecDeque<(Holder, u64)>,
+    /// The newest seq the job copies to each holder: when it is done, only those
+    /// holders are no longer behind, and only if no newer put missed them meanwhile.
+    newest_copied: BTreeMap<NodeName, u64>,
     in_flight: usize,
     bytes: u64,
     failed: bool,
@@ -958,6 +961,9 @@ pub struct Replicator {
     /// Agents this node owned until a holder refused its epoch: (epoch seen, owner).
     superseded: BTreeMap<AgentId, (u64, Option<NodeName>)>,
     healing: BTreeSet<(AgentId, u64)>,
+    /// Sources a heal of (agent, seq) already failed from (missing or corrupt there
+    /// too): the next attempt asks another copy.
+    heal_tried: BTreeMap<(AgentId, u64), BTreeSet<NodeName>>,
     /// Records whose publication waits for the end of a repair.
     deferred_publish: BTreeSet<AgentId>,
     /// Repair waits until then after this node (re)gains live members, so that a node
@@ -1003,6 +1009,7 @@ impl Replicator {
             degraded: BTreeMap::new(),
             superseded: BTreeMap::new(),
             healing: BTreeSet::new(),
+            heal_tried: BTreeMap::new(),
             deferred_publish: BTreeSet::new(),
             settled_at: None,
             writer_synced: BTreeMap::new(),
@@ -2245,10 +2252,7 @@ impl Replicator {
                             body,
                         });
                     }
-                    _ => {
-                        // Try again at the next repair round, from another copy.
-                        self.healing.remove(&(a, seq));
-                    }
+                    _ => self.heal_failed(now, a, seq, from),
                 }
             }
             _ => {}
@@ -2318,6 +2322,7 @@ impl Replicator {
             }
             DiskOp::Heal { agent, snap, from } => {
                 self.healing.remove(&(agent.clone(), snap.seq));
+                self.heal_tried.remove(&(agent.clone(), snap.seq));
                 if result.is_ok() {
                     self.insert_local(&agent, snap);
                     self.emit(ReplEvent::SnapshotHealed {
@@ -2458,17 +2463,23 @@ impl Replicator {
         }
         let Some(record) = self.records.get(agent) else {
             self.healing.remove(&(agent.clone(), seq));
+            self.heal_tried.remove(&(agent.clone(), seq));
             return;
         };
         let mut sources: Vec<&NodeName> = record.holders.iter().map(|h| &h.name).collect();
         sources.push(&record.owner);
+        let tried = self.heal_tried.get(&(agent.clone(), seq));
         let Some(to) = sources
             .into_iter()
+            .filter(|n| tried.is_none_or(|t| !t.contains(*n)))
             .filter_map(|n| self.live.get(n))
             .max_by_key(|m| placement::score(agent, &m.name))
             .cloned()
         else {
+            // Every live copy was tried: the next trigger (a read, a repair round)
+            // starts over.
             self.healing.remove(&(agent.clone(), seq));
+            self.heal_tried.remove(&(agent.clone(), seq));
             return;
         };
         let op = self.op();
@@ -2492,6 +2503,16 @@ impl Replicator {
             },
             None,
         );
+    }
+
+    /// A heal source did not have a good copy: ask the next one.
+    fn heal_failed(&mut self, now: Duration, agent: AgentId, seq: u64, from: &NodeName) {
+        self.healing.remove(&(agent.clone(), seq));
+        self.heal_tried
+            .entry((agent.clone(), seq))
+            .or_default()
+            .insert(from.clone());
+        self.heal(now, &agent, seq);
     }
 
     // ---- catalog -------------------------------------------------------------------
@@ -2553,8 +2574,15 @@ impl Replicator {
         // newer than the record may be the only ones of an acknowledged version
         // (a holder set re-placed on the other side of a partition).
         let covered = newest_here.is_none_or(|newest| newest <= (r.epoch, r.seq));
+        // Nor while the record lists fewer copies than wanted: an adoption takes the
+        // new owner out of the holders and drops the old owner's copy, and until the
+        // new owner (which may be fenced, on the wrong side of a partition) re-places
+        // them, the copy here may be one of only two.
+        let whole =
+            r.holders.len() + usize::from(self.config.owner_counts_as_copy) >= self.config.copies;
         if holds_here
             && covered
+            && whole
             && r.owner != self.me.name
             && !r.is_holder(&self.me.name)
             && r.version > 0
@@ -2727,6 +2755,18 @@ impl Replicator {
             if self.repairs.contains_key(&agent) || !self.is_writer(&record) {
                 continue;
             }
+            // The holders are the electorate of the agent's next epoch. Its owner
+            // changes them only while its lease keeps any election from succeeding;
+            // for a gone owner's agent the holders are electing its successor (who
+            // re-places the copies then), so they are not changed under it: only an
+            // isolated agent, which is not recovered, has its copies re-placed by a
+            // holder.
+            let owned_here = self.owned.contains_key(&agent);
+            if (owned_here && !self.may_change_holders(now, &record))
+                || (!owned_here && !record.isolated)
+            {
+                continue;
+            }
             // For a dead owner's agent the holders are also the electorate of its
             // recovery: a minority of them must not re-place the copies and so make
             // itself a majority (it may lack the latest acknowledged version).
@@ -2800,12 +2840,18 @@ impl Replicator {
                 }
                 continue;
             }
+            let mut newest_copied: BTreeMap<NodeName, u64> = BTreeMap::new();
+            for (h, seq) in &todo {
+                let newest = newest_copied.entry(h.name.clone()).or_default();
+                *newest = (*newest).max(*seq);
+            }
             self.repairs.insert(
                 agent,
                 RepairJob {
                     epoch: record.epoch,
                     target,
                     todo,
+                    newest_copied,
                     in_flight: 0,
                     bytes: 0,
                     failed: false,
@@ -2948,7 +2994,7 @@ impl Replicator {
                     seq,
                 });
             }
-            self.finish_repair_if_done(&agent);
+            self.finish_repair_if_done(now, &agent);
         }
     }
 
@@ -2960,11 +3006,11 @@ impl Replicator {
                 job.failed = true;
             }
         }
-        self.finish_repair_if_done(agent);
+        self.finish_repair_if_done(now, agent);
         self.pump_repairs(now);
     }
 
-    fn finish_repair_if_done(&mut self, agent: &AgentId) {
+    fn finish_repair_if_done(&mut self, now: Duration, agent: &AgentId) {
         let done = self
             .repairs
             .get(agent)
@@ -2982,15 +3028,27 @@ impl Replicator {
         if record.epoch != job.epoch || !self.is_writer(record) {
             return;
         }
-        if job.failed {
+        // Fenced (or no longer leased) while copying: the new holders are not
+        // written down (the next scan plans again once the lease is back).
+        let failed =
+            job.failed || (self.owned.contains_key(agent) && !self.may_change_holders(now, record));
+        if failed {
             // The next scan plans again from scratch (the target may have changed).
             if deferred {
                 self.publish(agent);
             }
             return;
         }
+        // A put that missed a holder while the job ran left it behind again.
+        let latest = self
+            .local
+            .get(agent)
+            .and_then(|l| l.versions.last_key_value().map(|(seq, _)| *seq))
+            .unwrap_or(0);
         if let Some(owned) = self.owned.get_mut(agent) {
-            owned.behind.clear();
+            owned
+                .behind
+                .retain(|h| job.newest_copied.get(h).is_none_or(|s| *s < latest));
         }
         self.stale_holders.remove(agent);
         if record.holders == job.target {
@@ -3149,9 +3207,7 @@ impl Replicator {
                 self.advance_get(now, get);
             }
             Request::GetFetch { get } => self.get_failed(now, get, format!("{}: {why}", r.to)),
-            Request::Heal { agent, seq } => {
-                self.healing.remove(&(agent, seq));
-            }
+            Request::Heal { agent, seq } => self.heal_failed(now, agent, seq, &r.to),
             Request::RepairStore { agent, .. } => self.repair_transfer_done(now, &agent, false),
         }
     }

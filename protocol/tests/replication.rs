@@ -239,9 +239,9 @@ impl Cluster {
             let now = self.now;
             match work {
                 Work::Deliver { from, msg, payload } => {
+                    // Across the partition (one end cut off, the other not).
                     if self.down.contains(&from)
-                        || (from != to
-                            && (self.cut_off.contains(&from) || self.cut_off.contains(&to)))
+                        || self.cut_off.contains(&from) != self.cut_off.contains(&to)
                     {
                         continue;
                     }
@@ -379,19 +379,25 @@ impl Cluster {
     /// Partition: `n` keeps running but no message reaches it or leaves it; after
     /// `detect` both sides declare the other down.
     fn cut(&mut self, n: &str, detect: Duration) {
-        self.cut_off.insert(name(n));
+        self.split(&[n], detect);
+    }
+
+    /// Partition: `group` keeps talking within itself, nothing crosses to the rest;
+    /// after `detect` each side declares the other down.
+    fn split(&mut self, group: &[&str], detect: Duration) {
+        self.cut_off.extend(group.iter().map(|n| name(n)));
         self.run(detect);
         let now = self.now;
-        let others: Vec<NodeName> = self
+        let (inside, outside): (Vec<NodeName>, Vec<NodeName>) = self
             .nodes
             .keys()
-            .filter(|o| **o != name(n))
+            .filter(|n| !self.down.contains(*n))
             .cloned()
-            .collect();
-        for o in &others {
-            if !self.down.contains(o) {
-                self.nodes.get_mut(o).unwrap().member_down(now, &name(n));
-                self.nodes.get_mut(&name(n)).unwrap().member_down(now, o);
+            .partition(|n| self.cut_off.contains(n));
+        for i in &inside {
+            for o in &outside {
+                self.nodes.get_mut(o).unwrap().member_down(now, i);
+                self.nodes.get_mut(i).unwrap().member_down(now, o);
             }
         }
         self.drain_all();
@@ -1076,6 +1082,47 @@ fn a_cut_off_owner_fences_its_agent_before_anyone_adopts_it() {
     assert!(c.now > cut_at);
     let err = c.put("a1", "agent-1", b"zombie", None).unwrap_err();
     assert_eq!(err.code(), "agent_fenced", "{err:?}");
+}
+
+/// Found by the simulator (swarm seeds 55 and 60): an owner fenced on the minority
+/// side of a partition re-placed its copies onto the nodes on its side, which had
+/// never seen the election the old holders held, and their leases unfenced it: a
+/// second electorate and later two owners in one epoch. A fenced owner leaves its
+/// holders as they are.
+#[test]
+fn a_fenced_owner_on_the_minority_side_does_not_move_its_copies() {
+    let mut c = recovery_setup();
+    let holders = c
+        .node("a1")
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record
+        .holders;
+    let holder_names: BTreeSet<String> = holders.iter().map(|h| h.name.to_string()).collect();
+    // The owner with one node that holds nothing: room on its side to re-place onto.
+    let spare = ["a2", "b1", "b2", "c1", "c2"]
+        .into_iter()
+        .find(|n| !holder_names.contains(*n))
+        .unwrap();
+    c.split(&["a1", spare], Duration::from_millis(1200));
+    c.run(Duration::from_secs(10));
+    let a1_view = c.node("a1").agent(&agent("agent-1")).unwrap();
+    assert!(c.node("a1").is_fenced(&agent("agent-1")) || !a1_view.local_owner);
+    assert_eq!(
+        a1_view.record.holders, holders,
+        "the fenced owner re-placed its copies"
+    );
+    let spare_view = c.node(spare).agent(&agent("agent-1"));
+    assert!(
+        spare_view
+            .as_ref()
+            .is_none_or(|v| !v.record.is_holder(&name(spare))),
+        "{spare_view:?}"
+    );
+    // The majority side adopted the agent; only that owner is unfenced.
+    let owners = c.local_owners("agent-1");
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(owners[0].1, 2, "{owners:?}");
 }
 
 #[test]

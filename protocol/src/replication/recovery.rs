@@ -5,8 +5,10 @@
 //!   refuses to elect a new owner until it expires (measured from when the holder got
 //!   the renewal). The owner counts a lease from when it *sent* the renewal, and only
 //!   for three quarters of its length, so it always gives up first: when it has not
-//!   had grants from a majority of an agent's holders for that long it reports the
-//!   agent fenced (its launcher stops it; puts are refused) before any holder may elect.
+//!   had grants from enough of an agent's holders that every election majority
+//!   includes one of them, for that long, it reports the agent fenced (its launcher
+//!   stops it; puts are refused) before any holder may elect. Only an owner holding
+//!   its lease changes the agent's holders (the next epoch's electorate).
 //! - **Election.** When an agent's owner is down (or gives the agent up, or another
 //!   node takes it over), a single-decree Paxos among the agent's holders (the
 //!   acceptors) picks one decree per (agent, new epoch): the target host and the seq to
@@ -213,6 +215,14 @@ pub enum ControlError {
 
 fn majority(n: usize) -> usize {
     n / 2 + 1
+}
+
+/// Grants an owner needs from `n` holders to keep its lease: enough that every
+/// election majority includes one of them (n + 1 - majority), so one of two holders
+/// is enough (an owner that loses one of its two holders keeps its agent and can
+/// re-place the copy) while elections still need both.
+fn lease_quorum(n: usize) -> usize {
+    n + 1 - majority(n)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -486,6 +496,7 @@ impl Replicator {
             }
         }
         orphans.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        self.finish_successions(now);
         {
             for (_, agent) in orphans {
                 let Some(record) = self.records.get(&agent).cloned() else {
@@ -540,6 +551,32 @@ impl Replicator {
             {
                 self.finish_takeover(reg, &agent);
             }
+        }
+    }
+
+    /// Agents this node stopped owning because a holder had accepted a decree for a
+    /// later epoch, while no record of that epoch arrived: the election that decree
+    /// belongs to may have stalled (its proposer stopped once this node, the owner,
+    /// was seen alive again, and no holder proposes for a live owner). This node
+    /// proposes then, as an owner handing off: phase 1 finds the accepted decree and
+    /// carries it out. Later than any holder would (two back-offs), so the usual
+    /// coordinator finishes first.
+    fn finish_successions(&mut self, now: Duration) {
+        let stalled: Vec<AgentRecord> = self
+            .superseded
+            .iter()
+            .filter(|(agent, _)| !self.recovery.elections.contains_key(*agent))
+            .filter_map(|(agent, (seen, _))| {
+                self.records
+                    .get(agent)
+                    .filter(|r| r.owner == self.me.name && r.epoch < *seen)
+                    .filter(|r| !r.holders.is_empty() && !r.isolated)
+                    .cloned()
+            })
+            .collect();
+        for record in stalled {
+            let exclude = BTreeSet::from([self.me.name.clone()]);
+            self.new_election(now, ElectionKind::Handoff, record, exclude, None, 2);
         }
     }
 
@@ -1374,8 +1411,8 @@ impl Replicator {
         self.check_fencing(now);
     }
 
-    /// Fences owned agents whose lease lapsed; lifts the fence when a majority of
-    /// holders grants it again (nobody took the agent over meanwhile).
+    /// Fences owned agents whose lease lapsed; lifts the fence when enough
+    /// holders grant it again (nobody took the agent over meanwhile).
     fn check_fencing(&mut self, now: Duration) {
         let valid_for = self.config.lease.mul_f64(0.75);
         let mut changes = Vec::new();
@@ -1386,16 +1423,7 @@ impl Replicator {
             if r.holders.is_empty() || r.isolated {
                 continue;
             }
-            let acks = self.recovery.lease.acks.get(agent);
-            let valid = r
-                .holders
-                .iter()
-                .filter(|h| {
-                    acks.and_then(|a| a.get(&h.name))
-                        .is_some_and(|t| *t + valid_for > now)
-                })
-                .count();
-            let held = valid >= majority(r.holders.len());
+            let held = self.lease_held(now, r);
             let fenced = self.recovery.fenced.contains(agent);
             let handing_off = self
                 .recovery
@@ -1418,6 +1446,32 @@ impl Replicator {
                 self.emit(ReplEvent::AgentUnfenced { agent, epoch });
             }
         }
+    }
+
+    /// Whether this node holds unexpired grants on `record`'s agent from enough of its
+    /// holders that no election for the next epoch can succeed meanwhile.
+    fn lease_held(&self, now: Duration, record: &AgentRecord) -> bool {
+        let valid_for = self.config.lease.mul_f64(0.75);
+        let acks = self.recovery.lease.acks.get(&record.agent);
+        let valid = record
+            .holders
+            .iter()
+            .filter(|h| {
+                acks.and_then(|a| a.get(&h.name))
+                    .is_some_and(|t| *t + valid_for > now)
+            })
+            .count();
+        valid >= lease_quorum(record.holders.len())
+    }
+
+    /// Whether this node, as owner, may change `record`'s holders now. The holders
+    /// are the electorate of the agent's next epoch, so only an owner whose lease
+    /// keeps every election from succeeding may replace them: a fenced owner on the
+    /// minority side of a partition that re-placed its copies would hand the agent a
+    /// second electorate, unaware of the election the old one may be holding.
+    pub(super) fn may_change_holders(&self, now: Duration, record: &AgentRecord) -> bool {
+        record.holders.is_empty()
+            || (!self.recovery.fenced.contains(&record.agent) && self.lease_held(now, record))
     }
 
     /// Starts the lease clock of a newly owned agent.
