@@ -5,14 +5,14 @@
 //! nodes adopt nothing.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::sys::signal::Signal;
 use vigil::api::AgentJson;
 use vigil::client;
-use vigil_tests::{CONVERGE, cluster, start_all};
+use vigil_tests::{CONVERGE, LocalCluster, cluster, start_all};
 
 const SIX: [&str; 6] = ["n1", "n2", "n3", "n4", "n5", "n6"];
 /// Correctness bound for waits (not a performance figure: RTO is in benches/).
@@ -20,6 +20,24 @@ const RECOVER: Duration = Duration::from_secs(40);
 
 fn body(agent: &str, seq: u64) -> Bytes {
     Bytes::from(format!("{agent} state after step {seq} ").repeat(20))
+}
+
+fn socket(c: &LocalCluster, name: &str) -> PathBuf {
+    c.node(name).unwrap().socket.clone()
+}
+
+/// Runs `probe` every 100 ms until it returns `Ok`, for at most [`RECOVER`]; fails with
+/// `what` and the last `Err`. For states that no single event announces (catalog
+/// views across nodes).
+async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + RECOVER;
+    loop {
+        match probe().await {
+            Ok(done) => return done,
+            Err(last) => assert!(Instant::now() < deadline, "{what}: {last}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn agents_on(socket: &Path) -> BTreeMap<String, AgentJson> {
@@ -55,19 +73,51 @@ async fn wait_adopted(
     dead: &str,
     acked: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, AgentJson> {
-    let deadline = Instant::now() + RECOVER;
-    loop {
+    wait_for("agents adopted", async || {
         let view = agents_on(observer).await;
         let done = acked.keys().all(|id| {
             view.get(id)
                 .is_some_and(|a| a.owner != dead && a.epoch >= 2)
         });
         if done {
-            return view;
+            Ok(view)
+        } else {
+            Err(format!("{view:#?}"))
         }
-        assert!(Instant::now() < deadline, "agents never adopted: {view:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await
+}
+
+/// `a`, an agent acknowledged up to `seq` whose owner died, is owned at epoch 2 by
+/// exactly one of the `live` nodes, the one the view names; that node serves the last
+/// acknowledged snapshot (RPO 0), and its puts continue the seqs under the new epoch.
+async fn assert_owned_once_serving_latest(
+    c: &LocalCluster,
+    live: &[&str],
+    a: &AgentJson,
+    seq: u64,
+) {
+    let id = a.id.as_str();
+    assert_eq!(a.epoch, 2, "{a:?}");
+    let mut owners = Vec::new();
+    for n in live {
+        if agents_on(&socket(c, n))
+            .await
+            .get(id)
+            .is_some_and(|x| x.owned_here)
+        {
+            owners.push(n.to_string());
+        }
     }
+    assert_eq!(owners, vec![a.owner.clone()], "{id}");
+    let new_owner = socket(c, &a.owner);
+    let snap = client::get_snapshot(&new_owner, id, None).await.unwrap();
+    assert_eq!(snap.seq, seq, "{id}");
+    assert_eq!(snap.body, body(id, seq), "{id}");
+    let out = client::put_snapshot(&new_owner, id, body(id, seq + 1), None)
+        .await
+        .unwrap();
+    assert_eq!((out.epoch, out.seq), (2, seq + 1), "{id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,31 +133,7 @@ async fn a_killed_hosts_agents_are_adopted_once_each_from_their_latest_snapshot(
     let observer = c.node("n2").unwrap().socket.clone();
     let view = wait_adopted(&observer, "n1", &acked).await;
     for (id, seq) in &acked {
-        let a = &view[id];
-        assert_eq!(a.epoch, 2, "{a:?}");
-        // Exactly one live node owns it, and it is the one the catalog names.
-        let mut owners = Vec::new();
-        for n in &SIX[1..] {
-            let socket = c.node(n).unwrap().socket.clone();
-            if agents_on(&socket)
-                .await
-                .get(id)
-                .is_some_and(|x| x.owned_here)
-            {
-                owners.push(n.to_string());
-            }
-        }
-        assert_eq!(owners, vec![a.owner.clone()], "{id}");
-        // RPO = 0: the new owner serves the last acknowledged snapshot.
-        let new_owner = c.node(&a.owner).unwrap().socket.clone();
-        let snap = client::get_snapshot(&new_owner, id, None).await.unwrap();
-        assert_eq!(snap.seq, *seq, "{id}");
-        assert_eq!(snap.body, body(id, *seq), "{id}");
-        // And its puts continue the seqs under the new epoch.
-        let out = client::put_snapshot(&new_owner, id, body(id, seq + 1), None)
-            .await
-            .unwrap();
-        assert_eq!((out.epoch, out.seq), (2, seq + 1), "{id}");
+        assert_owned_once_serving_latest(&c, &SIX[1..], &view[id], *seq).await;
     }
     c.stop_all().await;
 }
@@ -180,8 +206,7 @@ async fn a_cut_off_host_fences_its_agents_and_does_not_resume_them_after_the_hea
         .await
         .expect("converge after heal");
     // n1 learns the new owners and never owns the agents again.
-    let deadline = Instant::now() + RECOVER;
-    loop {
+    wait_for("n1 after the heal", async || {
         let on_n1 = agents_on(&owner).await;
         let settled = acked.keys().all(|id| {
             on_n1
@@ -189,11 +214,12 @@ async fn a_cut_off_host_fences_its_agents_and_does_not_resume_them_after_the_hea
                 .is_some_and(|a| !a.owned_here && a.owner == view[id].owner && a.epoch >= 2)
         });
         if settled {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{on_n1:#?}"))
         }
-        assert!(Instant::now() < deadline, "n1 after the heal: {on_n1:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     for (id, seq) in &acked {
         let new_owner = c.node(&view[id].owner).unwrap().socket.clone();
         let snap = client::get_snapshot(&new_owner, id, None).await.unwrap();
@@ -235,15 +261,15 @@ async fn a_failing_local_agent_is_restarted_then_moved() {
     })
     .await
     .expect("handed off after the restarts");
-    let deadline = Instant::now() + RECOVER;
-    loop {
+    let moved = wait_for("flaky to move", async || {
         let a = agents_on(&n1).await.remove("flaky").unwrap();
         if a.owner != "n1" && a.epoch >= 2 {
-            assert!(!a.owned_here);
-            break;
+            Ok(a)
+        } else {
+            Err(format!("{a:?}"))
         }
-        assert!(Instant::now() < deadline, "never moved: {a:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert!(!moved.owned_here, "{moved:?}");
     c.stop_all().await;
 }
