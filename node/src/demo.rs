@@ -10,8 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::cli::DemoArgs;
-use crate::client::{self, StreamItem};
-use crate::events::EventRecord;
+use crate::client;
 use crate::harness::{HarnessError, LocalCluster};
 
 const NODES: [(&str, &str); 5] = [
@@ -118,29 +117,14 @@ async fn run_scenario(cluster: &mut LocalCluster, timeout: Duration) -> Result<(
         .filter(|(_, o)| *o == VICTIM)
         .map(|(a, _)| a.clone())
         .collect();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, EventRecord)>(4096);
-    let mut watchers = Vec::new();
-    for name in &survivors {
-        let socket = cluster.node(name)?.socket.clone();
-        let since = client::health(&socket).await?.last_event_index;
-        let mut stream = client::events(&socket, Some(since)).await?;
-        let (name, tx) = (name.to_string(), tx.clone());
-        watchers.push(tokio::spawn(async move {
-            while let Ok(Some(StreamItem::Event(record))) = stream.next().await {
-                if tx.send((name.clone(), record)).await.is_err() {
-                    break;
-                }
-            }
-        }));
-    }
-    drop(tx);
+    let mut watch = cluster.watch(&survivors).await?;
 
     // The host dies with its agents: freeze them, read what the owner acknowledged,
     // then SIGKILL the node and the agents.
     let victim = cluster.node(VICTIM)?;
     let (victim_zone, victim_pid, victim_socket) =
         (victim.zone.clone(), victim.pid, victim.socket.clone());
-    let pids = agent_pids(&victim_socket, &victims, timeout).await?;
+    let pids = cluster.agent_pids(VICTIM, &victims, timeout).await?;
     for pid in pids.values() {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
     }
@@ -169,7 +153,7 @@ async fn run_scenario(cluster: &mut LocalCluster, timeout: Duration) -> Result<(
     let mut per_agent: BTreeMap<String, Recovery> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while per_agent.values().filter(|r| r.running.is_some()).count() < victims.len() {
-        let next = tokio::time::timeout_at(deadline, rx.recv()).await;
+        let next = tokio::time::timeout_at(deadline, watch.next()).await;
         let Ok(Some((name, e))) = next else {
             break;
         };
@@ -209,9 +193,7 @@ async fn run_scenario(cluster: &mut LocalCluster, timeout: Duration) -> Result<(
             _ => {}
         }
     }
-    for w in watchers {
-        w.abort();
-    }
+    drop(watch);
     lines.sort();
     for (at, what) in &lines {
         println!("  {}  {what}", secs(*at));
@@ -310,37 +292,4 @@ async fn wait_running(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The pids of the launched agents, from the node's `agent_started` events.
-async fn agent_pids(
-    socket: &std::path::Path,
-    agents: &[String],
-    timeout: Duration,
-) -> Result<BTreeMap<String, i32>, HarnessError> {
-    let mut stream = client::events(socket, None).await?;
-    let mut pids = BTreeMap::new();
-    let read = async {
-        while pids.len() < agents.len() {
-            let Ok(Some(StreamItem::Event(e))) = stream.next().await else {
-                break;
-            };
-            let Some(agent) = e.agent.clone().filter(|a| agents.contains(a)) else {
-                continue;
-            };
-            // "agent ID: process PID started"
-            let pid = e
-                .detail
-                .as_deref()
-                .filter(|_| e.kind == "agent_started")
-                .and_then(|d| d.split("process ").nth(1))
-                .and_then(|d| d.split(' ').next())
-                .and_then(|p| p.parse::<i32>().ok());
-            if let Some(pid) = pid {
-                pids.insert(agent, pid);
-            }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, read).await;
-    Ok(pids)
 }

@@ -2,7 +2,7 @@
 //! scratch directory, one child process per node, and event-driven waiting (no
 //! polling loops). Used by `vigil demo`, the black-box tests and the benchmarks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,6 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::mpsc;
 use vigil_protocol::NodeName;
 
 use crate::api::MemberJson;
@@ -418,16 +419,11 @@ impl LocalCluster {
     ) -> Result<EventRecord, HarnessError> {
         let node = self.node(name)?;
         let wait = async {
-            let mut last = None;
-            let mut stream = client::events(&node.socket, last).await?;
+            let mut stream = ResumingStream::open(&node.socket, None).await?;
             loop {
                 match stream.next().await? {
-                    Some(StreamItem::Event(record)) if done(&record) => return Ok(record),
-                    Some(StreamItem::Event(record)) => last = Some(record.index),
-                    // Cut off as too slow: resume after the last event seen.
-                    Some(StreamItem::Error(_)) => {
-                        stream = client::events(&node.socket, last).await?;
-                    }
+                    Some(record) if done(&record) => return Ok(record),
+                    Some(_) => {}
                     None => {
                         return Err(HarnessError::Node {
                             name: name.into(),
@@ -444,6 +440,186 @@ impl LocalCluster {
                 what: format!("an event on {name}"),
                 after: timeout,
             })?
+    }
+
+    /// Follows the events of `names` from now on (each from its latest event), merged
+    /// in the order they arrive. A node's feed ends when the node stops.
+    pub async fn watch(&self, names: &[&str]) -> Result<EventWatch, HarnessError> {
+        let (tx, rx) = mpsc::channel(4096);
+        let mut tasks = Vec::new();
+        let mut seen = BTreeMap::new();
+        for name in names {
+            let socket = self.node(name)?.socket.clone();
+            let since = client::health(&socket).await?.last_event_index;
+            // Subscribed before returning, so nothing after this call is missed.
+            let mut stream = ResumingStream::open(&socket, Some(since)).await?;
+            seen.insert(name.to_string(), since);
+            let (name, tx) = (name.to_string(), tx.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Ok(Some(record)) = stream.next().await {
+                    if tx.send((name.clone(), Some(record))).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send((name, None)).await;
+            }));
+        }
+        Ok(EventWatch {
+            rx,
+            tasks,
+            seen,
+            ended: BTreeSet::new(),
+        })
+    }
+
+    /// The pids of the agent processes `name` launched for `agents`, from its
+    /// `agent_started` events; stops looking after `timeout` and returns those found.
+    pub async fn agent_pids(
+        &self,
+        name: &str,
+        agents: &[String],
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, i32>, HarnessError> {
+        let mut stream = ResumingStream::open(&self.node(name)?.socket, None).await?;
+        let mut pids = BTreeMap::new();
+        let read = async {
+            while pids.len() < agents.len() {
+                let Ok(Some(e)) = stream.next().await else {
+                    break;
+                };
+                let Some(agent) = e.agent.clone().filter(|a| agents.contains(a)) else {
+                    continue;
+                };
+                // "agent ID: process PID started"
+                let pid = e
+                    .detail
+                    .as_deref()
+                    .filter(|_| e.kind == "agent_started")
+                    .and_then(|d| d.split("process ").nth(1))
+                    .and_then(|d| d.split(' ').next())
+                    .and_then(|p| p.parse::<i32>().ok());
+                if let Some(pid) = pid {
+                    pids.insert(agent, pid);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, read).await;
+        Ok(pids)
+    }
+}
+
+/// A node's event stream that resubscribes after the last event seen when the node
+/// cuts it off as too slow.
+struct ResumingStream {
+    socket: PathBuf,
+    last: Option<u64>,
+    stream: client::EventStream,
+}
+
+impl ResumingStream {
+    /// Events after index `since` (all retained ones with `None`).
+    async fn open(socket: &Path, since: Option<u64>) -> Result<Self, ClientError> {
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            last: since,
+            stream: client::events(socket, since).await?,
+        })
+    }
+
+    /// The next event, or `None` when the node closed the stream.
+    async fn next(&mut self) -> Result<Option<EventRecord>, ClientError> {
+        loop {
+            match self.stream.next().await? {
+                Some(StreamItem::Event(record)) => {
+                    self.last = Some(record.index);
+                    return Ok(Some(record));
+                }
+                Some(StreamItem::Error(e)) => {
+                    tracing::debug!("event stream: {}", e.error);
+                    self.stream = client::events(&self.socket, self.last).await?;
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// The merged events of some nodes of a local cluster ([`LocalCluster::watch`]).
+pub struct EventWatch {
+    /// A node's events, then `None` when its feed ends.
+    rx: mpsc::Receiver<(String, Option<EventRecord>)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The last index received from each node.
+    seen: BTreeMap<String, u64>,
+    /// Nodes whose feed ended (the node stopped).
+    ended: BTreeSet<String>,
+}
+
+impl EventWatch {
+    /// The next event of any watched node, with the node's name; `None` when every
+    /// watched node's feed has ended.
+    pub async fn next(&mut self) -> Option<(String, EventRecord)> {
+        loop {
+            match self.rx.recv().await? {
+                (name, Some(record)) => {
+                    self.seen.insert(name.clone(), record.index);
+                    return Some((name, record));
+                }
+                (name, None) => {
+                    self.ended.insert(name);
+                }
+            }
+        }
+    }
+
+    /// Receives every event that the watched nodes have reported up to now: up to
+    /// its `last_event_index` for a running node, to the end of its feed for a stopped
+    /// one. What was received before and this make a complete record up to this call,
+    /// not up to wherever a feed happened to be.
+    pub async fn catch_up(
+        &mut self,
+        cluster: &LocalCluster,
+        timeout: Duration,
+    ) -> Result<Vec<(String, EventRecord)>, HarnessError> {
+        let mut until = BTreeMap::new();
+        let mut stopped = Vec::new();
+        for name in self.seen.keys() {
+            let node = cluster.node(name)?;
+            if node.is_running() {
+                let last = client::health(&node.socket).await?.last_event_index;
+                until.insert(name.to_string(), last);
+            } else {
+                stopped.push(name.to_string());
+            }
+        }
+        let mut got = Vec::new();
+        let read = async {
+            while until
+                .iter()
+                .any(|(n, last)| self.seen.get(n).copied().unwrap_or(0) < *last)
+                || stopped.iter().any(|n| !self.ended.contains(n))
+            {
+                match self.next().await {
+                    Some(item) => got.push(item),
+                    None => break,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| HarnessError::Timeout {
+                what: format!("the events up to {until:?} and the end of {stopped:?}"),
+                after: timeout,
+            })?;
+        Ok(got)
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

@@ -31,15 +31,20 @@ macro_rules! cluster {
 
 /// Starts `names` (zones az1, az2, az3 in turn), all seeded by the first.
 pub async fn start_all(cluster: &mut LocalCluster, names: &[&str]) {
+    start_all_with(cluster, names, &[]).await;
+}
+
+/// Like [`start_all`], with `extra` arguments for every node.
+pub async fn start_all_with(cluster: &mut LocalCluster, names: &[&str], extra: &[String]) {
     let zones = ["az1", "az2", "az3"];
     let seed = cluster
-        .start(names[0], zones[0], &[])
+        .start_with(names[0], zones[0], &[], extra)
         .await
         .expect("start the first node")
         .addr;
     for (i, name) in names.iter().enumerate().skip(1) {
         cluster
-            .start(name, zones[i % zones.len()], &[seed])
+            .start_with(name, zones[i % zones.len()], &[seed], extra)
             .await
             .expect("start a node");
     }
