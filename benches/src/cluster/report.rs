@@ -92,9 +92,35 @@ pub fn git_revision() -> Option<String> {
     })
 }
 
-fn load_average() -> Option<String> {
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`.
+pub fn load_average() -> Option<String> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
     Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// Writes a bench's raw results as JSON to `path` (relative paths from the workspace
+/// root), by default `bench-results/NAME-UNIXSECS.json`, creating the directory.
+/// Returns the path written.
+pub fn write_results(
+    results: &impl Serialize,
+    name: &str,
+    unix_ms: u64,
+    path: Option<&Path>,
+) -> std::io::Result<PathBuf> {
+    let root = workspace_root();
+    let path = match path {
+        Some(p) if p.is_absolute() => p.to_path_buf(),
+        Some(p) => root.join(p),
+        None => root
+            .join("bench-results")
+            .join(format!("{name}-{}.json", unix_ms / 1000)),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = serde_json::to_vec_pretty(results).map_err(std::io::Error::other)?;
+    std::fs::write(&path, json)?;
+    Ok(path)
 }
 
 /// The workspace root (this package's parent directory).
@@ -318,20 +344,7 @@ impl Report {
     /// Writes the raw numbers as JSON to `path` (relative paths from the workspace
     /// root), creating its directory. Returns the path written.
     pub fn write_json(&self, path: Option<&Path>) -> std::io::Result<PathBuf> {
-        let root = workspace_root();
-        let path = match path {
-            Some(p) if p.is_absolute() => p.to_path_buf(),
-            Some(p) => root.join(p),
-            None => root
-                .join("bench-results")
-                .join(format!("cluster-{}.json", self.unix_ms / 1000)),
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&path, json)?;
-        Ok(path)
+        write_results(self, "cluster", self.unix_ms, path)
     }
 
     /// How long the runs settled after convergence.
