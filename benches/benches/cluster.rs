@@ -13,15 +13,13 @@ use std::process::ExitCode;
 use vigil_benches::cluster::{Binaries, Params, USAGE, run_bench};
 
 fn main() -> ExitCode {
-    let (params, runtime) = match vigil_benches::bench_setup(Params::parse, USAGE) {
-        Ok(setup) => setup,
-        Err(code) => return code,
-    };
-    let bins = Binaries {
-        vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
-        udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
-    };
-    let report = runtime.block_on(run_bench(&params, &bins));
-    let written = report.write_json(params.out.as_deref());
-    vigil_benches::bench_finish(&report.markdown(), written, false)
+    vigil_benches::bench_main(Params::parse, USAGE, |params, runtime| {
+        let bins = Binaries {
+            vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
+            udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
+        };
+        let report = runtime.block_on(run_bench(&params, &bins));
+        let written = report.write_json(params.out.as_deref());
+        vigil_benches::bench_finish(&report.markdown(), written, false)
+    })
 }

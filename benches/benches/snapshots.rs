@@ -15,16 +15,14 @@ use std::process::ExitCode;
 use vigil_benches::snapshots::{Params, USAGE, report, run_bench};
 
 fn main() -> ExitCode {
-    let (params, runtime) = match vigil_benches::bench_setup(Params::parse, USAGE) {
-        Ok(setup) => setup,
-        Err(code) => return code,
-    };
-    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_vigil-bench-node"));
-    let report = runtime.block_on(run_bench(&params, &bin));
-    println!("{}", report::render(&report));
-    if report.failures.is_empty() && report.repair.iter().all(|r| r.failures.is_empty()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    vigil_benches::bench_main(Params::parse, USAGE, |params, runtime| {
+        let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_vigil-bench-node"));
+        let report = runtime.block_on(run_bench(&params, &bin));
+        println!("{}", report::render(&report));
+        if report.failures.is_empty() && report.repair.iter().all(|r| r.failures.is_empty()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }

@@ -16,24 +16,29 @@ pub mod snapshots;
 
 use std::process::ExitCode;
 
-/// What a bench target does first: parse its arguments with `parse` (`--help`
-/// prints `usage` and exits 0, a bad argument exits 2) and build the runtime.
-pub fn bench_setup<P>(
+/// A bench target's `main`: parses its arguments with `parse` (`--help` prints
+/// `usage` and exits 0, a bad argument exits 2), builds the runtime and hands both
+/// to `run`.
+pub fn bench_main<P>(
     parse: impl FnOnce(std::iter::Skip<std::env::Args>) -> Result<Option<P>, String>,
     usage: &str,
-) -> Result<(P, tokio::runtime::Runtime), ExitCode> {
+    run: impl FnOnce(P, tokio::runtime::Runtime) -> ExitCode,
+) -> ExitCode {
     let params = match parse(std::env::args().skip(1)) {
         Ok(Some(p)) => p,
         Ok(None) => {
             println!("{usage}");
-            return Err(ExitCode::SUCCESS);
+            return ExitCode::SUCCESS;
         }
         Err(e) => {
             eprintln!("{e}");
-            return Err(ExitCode::from(2));
+            return ExitCode::from(2);
         }
     };
-    Ok((params, harness_runtime()?))
+    match harness_runtime() {
+        Ok(runtime) => run(params, runtime),
+        Err(code) => code,
+    }
 }
 
 /// The benchmark harness's Tokio runtime. The harness only drives the nodes, follows

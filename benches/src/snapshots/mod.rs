@@ -40,7 +40,7 @@ use vigil::harness::LocalCluster;
 
 use self::disk::Recipe;
 use self::stats::CpuTimes;
-use crate::cluster::report::{Machine, git_revision};
+use crate::cluster::report::{Machine, git_revision, load_average};
 use crate::cluster::systems::{to_unix_ms, unix_ms};
 use crate::{args, procstat};
 
@@ -503,11 +503,6 @@ pub struct Report {
     /// Problems that cost a part or a run its figures.
     pub failures: Vec<String>,
     pub wall_secs: f64,
-}
-
-fn load_average() -> Option<String> {
-    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
-    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn mem_total() -> Option<String> {
