@@ -6,12 +6,15 @@
 //! - [`handshake`]: QUIC + mutual TLS connection costs (the `handshake` bench).
 //! - [`snapshots`]: snapshot replication latency, throughput and repair against the
 //!   local disk with fsync (the `snapshots` bench).
+//! - [`recovery`]: RTO and RPO when a host dies with its agents, on real processes
+//!   (the `recovery` bench).
 //! - [`args`]: the benches' command-line flags.
 
 pub mod args;
 pub mod cluster;
 pub mod handshake;
 pub mod procstat;
+pub mod recovery;
 pub mod snapshots;
 
 use std::process::ExitCode;
