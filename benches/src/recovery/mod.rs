@@ -208,6 +208,33 @@ impl AgentResult {
                 .saturating_sub(self.restored_seq.unwrap_or(0)),
         )
     }
+
+    /// Its new process resumed from a later snapshot than the last one read as
+    /// acknowledged: a put still in flight when the seqs were read was acknowledged
+    /// (or reached a majority of the holders) afterwards. Not a loss.
+    pub fn resumed_newer(&self) -> bool {
+        self.restored_seq.is_some_and(|s| s > self.acked_seq)
+    }
+
+    /// What is wrong with the state its new process resumed, if anything: a
+    /// snapshot older than the last acknowledged one, or a count that does not
+    /// match it (the same snapshot must hold the same count; a later one, a higher
+    /// count).
+    pub fn resume_problem(&self) -> Option<String> {
+        let (restored, acked) = (self.restored_count?, self.acked_count?);
+        match self.lost()? {
+            0 if self.resumed_newer() && restored > acked => None,
+            0 if !self.resumed_newer() && restored == acked => None,
+            0 => Some(format!(
+                "resumed count {restored} from seq {:?}, but the last acknowledged snapshot (seq {}) holds {acked}",
+                self.restored_seq, self.acked_seq
+            )),
+            lost => Some(format!(
+                "{lost} acknowledged snapshots lost (acked seq {}, resumed from seq {:?})",
+                self.acked_seq, self.restored_seq
+            )),
+        }
+    }
 }
 
 /// One run: one fresh cluster, one host killed.
@@ -229,6 +256,8 @@ pub struct RunResult {
     pub cpu_busy_before: Option<f64>,
     pub cpu_busy_settle: Option<f64>,
     pub cpu_busy_recovery: Option<f64>,
+    /// The acknowledged seqs stopped changing before the kill (no put in flight).
+    pub quiet: bool,
     /// What went wrong (the run counts as failed if any).
     pub failures: Vec<String>,
     /// The kept scratch directory.
@@ -339,6 +368,7 @@ async fn measure(
         .map_err(step("kill"))?;
     let at_kill = CpuTimes::read().ok();
     r.victim_zone = killed.zone.clone();
+    r.quiet = killed.quiet;
 
     // 4. The recovery.
     let mut watch = RecoveryWatch::new(&killed);
@@ -393,26 +423,17 @@ async fn measure(
             r.failures
                 .push(format!("{id}: no acknowledged snapshot before the kill"));
         }
-        match (agent.running_ms, agent.lost()) {
-            (None, _) => r.failures.push(format!(
+        match (agent.running_ms, agent.lost(), agent.resume_problem()) {
+            (None, _, _) => r.failures.push(format!(
                 "{id}: not running again within {} s",
                 params.timeout_secs
             )),
-            (Some(_), None) => r.failures.push(format!(
+            (Some(_), None, _) => r.failures.push(format!(
                 "{id}: no `started` line in its log on {}",
                 agent.new_host.as_deref().unwrap_or("?")
             )),
-            (Some(_), Some(0)) if agent.restored_count != agent.acked_count => {
-                r.failures.push(format!(
-                    "{id}: resumed count {:?}, but its last acknowledged snapshot holds {:?}",
-                    agent.restored_count, agent.acked_count
-                ))
-            }
-            (Some(_), Some(0)) => {}
-            (Some(_), Some(lost)) => r.failures.push(format!(
-                "{id}: {lost} acknowledged snapshots lost (acked seq {}, resumed from seq {:?})",
-                agent.acked_seq, agent.restored_seq
-            )),
+            (Some(_), Some(_), Some(problem)) => r.failures.push(format!("{id}: {problem}")),
+            (Some(_), Some(_), None) => {}
         }
         r.agents.push(agent);
     }

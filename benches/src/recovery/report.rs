@@ -188,7 +188,29 @@ impl Report {
             "\nAll in ms. Percentiles are nearest-rank (p99 of 100 samples is the second largest). The four phases follow each other (election starts at the first `member_down`, transfer at `coordinator_elected`, ...), so per agent they add up to its RTO; the three rows marked … split the election at the coordinator's own `member_down` and `election_started`.\n"
         );
 
-        let _ = writeln!(md, "Per run:\n");
+        let _ = writeln!(
+            md,
+            "The coordinator's Paxos rounds by the number of holders that proposed for the same agent and epoch (a lower-ranked holder proposes when its back-off runs out before it has seen the election decided; competing ballots pre-empt each other):\n\n| holders proposing | agents | min | median | p99 | max |\n|---|---|---|---|---|---|"
+        );
+        let mut counts: Vec<usize> = self.agents().map(|(_, a)| a.proposers).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        for n in counts {
+            let paxos: Vec<f64> = self
+                .agents()
+                .filter(|(_, a)| a.proposers == n)
+                .filter_map(|(_, a)| between(a.elected_ms, a.coordinator_proposed_ms))
+                .map(|ms| ms as f64)
+                .collect();
+            if let Some(d) = dist(&paxos) {
+                let _ = writeln!(
+                    md,
+                    "| {n} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    d.n, d.min, d.median, d.p99, d.max
+                );
+            }
+        }
+        let _ = writeln!(md, "\nPer run:\n");
         let _ = writeln!(
             md,
             "| run | killed (zone) | agents | detection, first / last survivor (ms) | RTO min / median / max (ms) | new hosts | holders proposing per agent, max | agents elected more than once | acknowledged snapshots lost | CPU busy: before / settle / recovery | failures |\n|---|---|---|---|---|---|---|---|---|---|---|"
@@ -209,10 +231,13 @@ impl Report {
             .filter(|r| !r.agents.is_empty() && r.agents.iter().all(|a| a.lost() == Some(0)))
             .count();
         let acked: u64 = self.agents().map(|(_, a)| a.acked_seq).sum();
+        let newer = self.agents().filter(|(_, a)| a.resumed_newer()).count();
+        let loud = self.runs.iter().filter(|r| !r.quiet).count();
         let _ = writeln!(
             md,
-            "\nRPO: {lost} acknowledged snapshots lost; {runs_without_loss} of {} runs restored every agent's last acknowledged snapshot ({recovered} of {agents} agents running again; their owners had acknowledged {acked} snapshots in all, the last of each is what its new process must restore).\n",
-            self.runs.len()
+            "\nRPO: {lost} acknowledged snapshots lost; {runs_without_loss} of {} runs restored every agent's last acknowledged snapshot ({recovered} of {agents} agents running again; their owners had acknowledged {acked} snapshots in all, the last of each is what its new process must restore). {newer} agents resumed a later snapshot than the last one read as acknowledged (a put still in flight when the seqs were read, answered afterwards); in {loud} runs the acknowledged seqs were still changing when the agents had been frozen for {} ms.\n",
+            self.runs.len(),
+            vigil::harness::recovery::QUIESCE_MAX.as_millis()
         );
 
         let rto = phases.last().and_then(|ph| dist(&ph.samples));
@@ -262,7 +287,7 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "How to read: every time is an event time stamped by the node that reported it (`time_ms`, the host's wall clock) minus the harness's clock read just before the SIGKILL: one host, one clock. Detection is one sample per run (every agent of a run shares it). RPO: the last seq each old owner acknowledged while the agent's process was frozen (no put was in flight at the kill), against the seq of the snapshot its new process resumed from (the file the new host's launcher handed it, `agents/ID/snapshot-SEQ`); the count the new process printed in its first `started` line must also equal the count in that acknowledged snapshot. CPU busy: share of the whole machine's CPU time (all cores) not idle, from /proc/stat: for one second before the run's cluster started (other processes on this shared machine), while the agents settled, and from the kill until every agent ran again."
+            "How to read: every time is an event time stamped by the node that reported it (`time_ms`, the host's wall clock) minus the harness's clock read just before the SIGKILL: one host, one clock. Detection is one sample per run (every agent of a run shares it). RPO: the agents' processes are frozen (SIGSTOP) and their owner's acknowledged seqs read until two reads 300 ms apart agree (at most 1.5 s, under the 2 s heartbeat timeout), then the node and the agents are killed; the last acknowledged seq of each is compared with the seq of the snapshot its new process resumed from (the file the new host's launcher handed it, `agents/ID/snapshot-SEQ`), and the count the new process printed in its first `started` line with the count in that acknowledged snapshot (equal for the same snapshot, higher for a later one). CPU busy: share of the whole machine's CPU time (all cores) not idle, from /proc/stat: for one second before the run's cluster started (other processes on this shared machine), while the agents settled, and from the kill until every agent ran again."
         );
         let failures: Vec<String> = self
             .runs

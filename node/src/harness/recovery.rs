@@ -29,9 +29,12 @@ use crate::client;
 use crate::events::EventRecord;
 use crate::example_agent::Line;
 
-/// How long the frozen agents' puts in flight get to be answered before the owner's
-/// acknowledged seqs are read (a quorum put takes a few milliseconds).
+/// Between two reads of the frozen agents' acknowledged seqs (a quorum put takes a
+/// few milliseconds on an idle machine).
 pub const QUIESCE: Duration = Duration::from_millis(300);
+/// How long the agents stay frozen at most before the kill: below the node's default
+/// heartbeat timeout (2 s), after which it would restart them.
+pub const QUIESCE_MAX: Duration = Duration::from_millis(1500);
 
 /// Events buffered between the followers and the reader of an [`EventFeed`].
 const FEED_CAPACITY: usize = 4096;
@@ -74,6 +77,9 @@ pub struct KilledHost {
     pub agents: BTreeMap<String, Acked>,
     /// The agents' process ids (from the node's `agent_started` events).
     pub agent_pids: BTreeMap<String, i32>,
+    /// The acknowledged seqs stopped changing before the kill (false: a put was
+    /// still being answered after [`QUIESCE_MAX`]; it may be acknowledged later).
+    pub quiet: bool,
 }
 
 impl KilledHost {
@@ -194,10 +200,12 @@ impl LocalCluster {
     }
 
     /// The host `name` dies with `agents` (which it owns and launched): their
-    /// processes are frozen (SIGSTOP), their puts in flight get [`QUIESCE`] to be
-    /// answered, the owner's acknowledged seqs (and those snapshots) are read, then the node and the
-    /// agents' process groups get SIGKILL. Every put acknowledged before the kill is
-    /// therefore in [`KilledHost::agents`], and no put is in flight at the kill.
+    /// processes are frozen (SIGSTOP); the owner's acknowledged seqs are read every
+    /// [`QUIESCE`] until two reads agree (their puts in flight are answered), for at
+    /// most [`QUIESCE_MAX`]; the last acknowledged snapshots are read; then the node
+    /// and the agents' process groups get SIGKILL. Every put acknowledged before the
+    /// kill is in [`KilledHost::agents`]; unless [`KilledHost::quiet`] is false, no
+    /// put was in flight at the kill.
     pub async fn kill_with_agents(
         &mut self,
         name: &str,
@@ -212,25 +220,36 @@ impl LocalCluster {
             }
         };
         signal_all(Signal::SIGSTOP);
-        tokio::time::sleep(QUIESCE).await;
         let node = self.node(name)?;
-        let (zone, pid) = (node.zone.clone(), node.pid);
-        let known = client::agents(&node.socket).await?;
-        let mut acked = BTreeMap::new();
-        for id in agents {
-            let (epoch, seq) = known
+        let (zone, pid, socket) = (node.zone.clone(), node.pid, node.socket.clone());
+        let read = async || -> Result<BTreeMap<String, (u64, u64)>, HarnessError> {
+            let known = client::agents(&socket).await?;
+            Ok(agents
                 .iter()
-                .find(|a| &a.id == id)
-                .map_or((0, 0), |a| (a.epoch, a.latest_seq));
+                .map(|id| {
+                    let a = known.iter().find(|a| &a.id == id);
+                    (id.clone(), a.map_or((0, 0), |a| (a.epoch, a.latest_seq)))
+                })
+                .collect())
+        };
+        let frozen = tokio::time::Instant::now();
+        let mut seqs = read().await?;
+        let quiet = loop {
+            tokio::time::sleep(QUIESCE).await;
+            let again = read().await?;
+            let same = again == seqs;
+            seqs = again;
+            if same || frozen.elapsed() >= QUIESCE_MAX {
+                break same;
+            }
+        };
+        let mut acked = BTreeMap::new();
+        for (id, (epoch, seq)) in seqs {
             let body = match seq {
                 0 => None,
-                seq => Some(
-                    client::get_snapshot(&node.socket, id, Some(seq))
-                        .await?
-                        .body,
-                ),
+                seq => Some(client::get_snapshot(&socket, &id, Some(seq)).await?.body),
             };
-            acked.insert(id.clone(), Acked { epoch, seq, body });
+            acked.insert(id, Acked { epoch, seq, body });
         }
         let killed_at = self.kill(name).await?;
         signal_all(Signal::SIGKILL);
@@ -241,6 +260,7 @@ impl LocalCluster {
             killed_at,
             agents: acked,
             agent_pids,
+            quiet,
         })
     }
 }
