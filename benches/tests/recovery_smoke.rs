@@ -36,6 +36,7 @@ async fn a_killed_hosts_agents_all_run_again_with_their_last_acknowledged_snapsh
         assert!(a.acked_seq > 0, "{markdown}");
         assert_eq!(a.lost(), Some(0), "{markdown}");
         assert!(a.acked_count.is_some(), "{markdown}");
+        assert!(a.starts >= 1, "{markdown}");
         assert_eq!(a.resume_problem(), None, "{markdown}");
         assert!(a.adopted_seq.unwrap() >= a.acked_seq, "{markdown}");
         assert!(a.restored_seq.unwrap() >= a.acked_seq, "{markdown}");

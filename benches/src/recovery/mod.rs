@@ -40,7 +40,7 @@ use serde::Serialize;
 use vigil::client;
 use vigil::example_agent::parse_snapshot;
 use vigil::harness::LocalCluster;
-use vigil::harness::recovery::{RecoveryWatch, example_agent_args, resumed};
+use vigil::harness::recovery::{RecoveryWatch, example_agent_args, resumed, versions_on_disk};
 
 pub use self::report::Report;
 use crate::args;
@@ -196,6 +196,8 @@ pub struct AgentResult {
     /// resumed from (the example agent's state).
     pub acked_count: Option<u64>,
     pub restored_count: Option<u64>,
+    /// Processes of it started on the new host (more than one: restarted there).
+    pub starts: usize,
 }
 
 impl AgentResult {
@@ -256,7 +258,8 @@ pub struct RunResult {
     pub cpu_busy_before: Option<f64>,
     pub cpu_busy_settle: Option<f64>,
     pub cpu_busy_recovery: Option<f64>,
-    /// The acknowledged seqs stopped changing before the kill (no put in flight).
+    /// The acknowledged seqs stopped changing before the kill and no agent was
+    /// restarted meanwhile (no put in flight at the kill).
     pub quiet: bool,
     /// What went wrong (the run counts as failed if any).
     pub failures: Vec<String>,
@@ -385,7 +388,16 @@ async fn measure(
     r.last_detection_ms = watch.downs.values().max().copied().map(since_kill);
     r.detected_by = watch.downs.len();
 
-    // 5. Per agent, with what its new process restored.
+    // 5. Per agent, with what its new process restored, against the last
+    // acknowledged snapshot on the killed host's disk (its owner wrote it before
+    // acknowledging).
+    let wanted = killed
+        .agents
+        .iter()
+        .map(|(id, a)| (id.clone(), a.seq))
+        .collect();
+    let victim = cluster.node(&r.victim).map_err(step("the killed host"))?;
+    let acked_bodies = versions_on_disk(victim, &wanted).map_err(step("the killed host's disk"))?;
     for (id, rec) in &watch.agents {
         let running = rec.running.as_ref();
         let new_host = running.map(|(s, _)| s.node.clone());
@@ -412,10 +424,11 @@ async fn measure(
             adopted_seq: rec.adopted().map(|(_, seq)| *seq),
             running_ms: running.map(|(s, _)| since_kill(s.at_ms)),
             restored_seq: restart.and_then(|r| r.seq),
-            acked_count: acked
-                .and_then(|a| a.body.as_deref())
+            acked_count: acked_bodies
+                .get(id)
                 .and_then(|b| parse_snapshot(b, id).ok()),
             restored_count: restart.map(|r| r.count),
+            starts: restart.map_or(0, |r| r.starts),
             new_host,
             coordinator,
         };

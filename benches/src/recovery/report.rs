@@ -233,9 +233,10 @@ impl Report {
         let acked: u64 = self.agents().map(|(_, a)| a.acked_seq).sum();
         let newer = self.agents().filter(|(_, a)| a.resumed_newer()).count();
         let loud = self.runs.iter().filter(|r| !r.quiet).count();
+        let restarted = self.agents().filter(|(_, a)| a.starts > 1).count();
         let _ = writeln!(
             md,
-            "\nRPO: {lost} acknowledged snapshots lost; {runs_without_loss} of {} runs restored every agent's last acknowledged snapshot ({recovered} of {agents} agents running again; their owners had acknowledged {acked} snapshots in all, the last of each is what its new process must restore). {newer} agents resumed a later snapshot than the last one read as acknowledged (a put still in flight when the seqs were read, answered afterwards); in {loud} runs the acknowledged seqs were still changing when the agents had been frozen for {} ms.\n",
+            "\nRPO: {lost} acknowledged snapshots lost; {runs_without_loss} of {} runs restored every agent's last acknowledged snapshot ({recovered} of {agents} agents running again; their owners had acknowledged {acked} snapshots in all, the last of each is what its new process must restore). {newer} agents resumed a later snapshot than the last one read as acknowledged (a put still in flight when the seqs were read, answered afterwards); in {loud} runs the acknowledged seqs were still changing (or an agent had been restarted) when the agents had been frozen for {} ms. {restarted} agents were restarted on their new host after their first start (a missed heartbeat).\n",
             self.runs.len(),
             vigil::harness::recovery::QUIESCE_MAX.as_millis()
         );
@@ -287,7 +288,7 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "How to read: every time is an event time stamped by the node that reported it (`time_ms`, the host's wall clock) minus the harness's clock read just before the SIGKILL: one host, one clock. Detection is one sample per run (every agent of a run shares it). RPO: the agents' processes are frozen (SIGSTOP) and their owner's acknowledged seqs read until two reads 300 ms apart agree (at most 1.5 s, under the 2 s heartbeat timeout), then the node and the agents are killed; the last acknowledged seq of each is compared with the seq of the snapshot its new process resumed from (the file the new host's launcher handed it, `agents/ID/snapshot-SEQ`), and the count the new process printed in its first `started` line with the count in that acknowledged snapshot (equal for the same snapshot, higher for a later one). CPU busy: share of the whole machine's CPU time (all cores) not idle, from /proc/stat: for one second before the run's cluster started (other processes on this shared machine), while the agents settled, and from the kill until every agent ran again."
+            "How to read: every time is an event time stamped by the node that reported it (`time_ms`, the host's wall clock) minus the harness's clock read just before the SIGKILL: one host, one clock. Detection is one sample per run (every agent of a run shares it). RPO: the agents' processes are frozen (SIGSTOP) and their owner's acknowledged seqs read until two reads 300 ms apart agree (at most 1.5 s, under the 2 s heartbeat timeout), then the node and every process it started are killed; the last acknowledged seq of each agent is compared with the seq of the snapshot its new process resumed from (the file the new host's launcher handed it, `agents/ID/snapshot-SEQ`), and the count the new process printed in its first `started` line with the count in that acknowledged snapshot as the killed owner wrote it to its disk (equal for the same snapshot, higher for a later one). CPU busy: share of the whole machine's CPU time (all cores) not idle, from /proc/stat: for one second before the run's cluster started (other processes on this shared machine), while the agents settled, and from the kill until every agent ran again."
         );
         let failures: Vec<String> = self
             .runs

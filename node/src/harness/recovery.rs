@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
@@ -28,6 +27,7 @@ use super::{HarnessError, LocalCluster, LocalNode, follow_events, to_unix_ms};
 use crate::client;
 use crate::events::EventRecord;
 use crate::example_agent::Line;
+use crate::store::{DEFAULT_MAX_BODY, SnapshotStore};
 
 /// Between two reads of the frozen agents' acknowledged seqs (a quorum put takes a
 /// few milliseconds on an idle machine).
@@ -55,14 +55,12 @@ pub fn example_agent_args(exe: &Path, agent_flags: &str) -> Vec<String> {
 }
 
 /// An agent as its owner knew it just before the kill.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acked {
     /// The owner epoch it ran under.
     pub epoch: u64,
     /// The last seq the owner acknowledged (0: none).
     pub seq: u64,
-    /// That snapshot's bytes, read from the owner (`None` if there is none).
-    pub body: Option<Bytes>,
 }
 
 /// A host killed with its agents.
@@ -77,8 +75,9 @@ pub struct KilledHost {
     pub agents: BTreeMap<String, Acked>,
     /// The agents' process ids (from the node's `agent_started` events).
     pub agent_pids: BTreeMap<String, i32>,
-    /// The acknowledged seqs stopped changing before the kill (false: a put was
-    /// still being answered after [`QUIESCE_MAX`]; it may be acknowledged later).
+    /// The acknowledged seqs stopped changing before the kill and no agent was
+    /// restarted meanwhile (false: a put may still have been in flight at the kill,
+    /// to be acknowledged by the holders later).
     pub quiet: bool,
 }
 
@@ -202,10 +201,10 @@ impl LocalCluster {
     /// The host `name` dies with `agents` (which it owns and launched): their
     /// processes are frozen (SIGSTOP); the owner's acknowledged seqs are read every
     /// [`QUIESCE`] until two reads agree (their puts in flight are answered), for at
-    /// most [`QUIESCE_MAX`]; the last acknowledged snapshots are read; then the node
-    /// and the agents' process groups get SIGKILL. Every put acknowledged before the
-    /// kill is in [`KilledHost::agents`]; unless [`KilledHost::quiet`] is false, no
-    /// put was in flight at the kill.
+    /// most [`QUIESCE_MAX`] in all; then the node gets SIGKILL, and so do the process
+    /// groups of the frozen agents and of any other process the node had started.
+    /// Every put acknowledged before the kill is in [`KilledHost::agents`] unless
+    /// [`KilledHost::quiet`] is false.
     pub async fn kill_with_agents(
         &mut self,
         name: &str,
@@ -213,46 +212,56 @@ impl LocalCluster {
         timeout: Duration,
     ) -> Result<KilledHost, HarnessError> {
         let agent_pids = self.launched_pids(name, agents, timeout).await?;
-        let signal_all = |signal| {
-            for pid in agent_pids.values() {
+        let node = self.node(name)?;
+        let (zone, pid, socket) = (node.zone.clone(), node.pid, node.socket.clone());
+        let signal_groups = |pids: &BTreeSet<i32>, signal| {
+            for pid in pids {
                 // Each launched agent leads its own process group.
                 let _ = killpg(Pid::from_raw(*pid), signal);
             }
         };
-        signal_all(Signal::SIGSTOP);
-        let node = self.node(name)?;
-        let (zone, pid, socket) = (node.zone.clone(), node.pid, node.socket.clone());
-        let read = async || -> Result<BTreeMap<String, (u64, u64)>, HarnessError> {
+        let frozen: BTreeSet<i32> = agent_pids.values().copied().collect();
+        signal_groups(&frozen, Signal::SIGSTOP);
+        let deadline = tokio::time::Instant::now() + QUIESCE_MAX;
+        let read = async || -> Result<BTreeMap<String, Acked>, HarnessError> {
             let known = client::agents(&socket).await?;
             Ok(agents
                 .iter()
                 .map(|id| {
                     let a = known.iter().find(|a| &a.id == id);
-                    (id.clone(), a.map_or((0, 0), |a| (a.epoch, a.latest_seq)))
+                    let acked = a.map_or(Acked { epoch: 0, seq: 0 }, |a| Acked {
+                        epoch: a.epoch,
+                        seq: a.latest_seq,
+                    });
+                    (id.clone(), acked)
                 })
                 .collect())
         };
-        let frozen = tokio::time::Instant::now();
-        let mut seqs = read().await?;
-        let quiet = loop {
+        let mut acked = tokio::time::timeout_at(deadline, read())
+            .await
+            .map_err(|_| HarnessError::Timeout {
+                what: format!("{name}'s agents (frozen)"),
+                after: QUIESCE_MAX,
+            })??;
+        let mut quiet = false;
+        while tokio::time::Instant::now() + QUIESCE < deadline {
             tokio::time::sleep(QUIESCE).await;
-            let again = read().await?;
-            let same = again == seqs;
-            seqs = again;
-            if same || frozen.elapsed() >= QUIESCE_MAX {
-                break same;
-            }
-        };
-        let mut acked = BTreeMap::new();
-        for (id, (epoch, seq)) in seqs {
-            let body = match seq {
-                0 => None,
-                seq => Some(client::get_snapshot(&socket, &id, Some(seq)).await?.body),
+            let Ok(again) = tokio::time::timeout_at(deadline, read()).await else {
+                break;
             };
-            acked.insert(id, Acked { epoch, seq, body });
+            let again = again?;
+            quiet = again == acked;
+            acked = again;
+            if quiet {
+                break;
+            }
         }
+        // An agent the node restarted meanwhile (a missed heartbeat) runs unfrozen.
+        let mut doomed = children(pid);
+        quiet &= doomed.is_subset(&frozen);
+        doomed.extend(&frozen);
         let killed_at = self.kill(name).await?;
-        signal_all(Signal::SIGKILL);
+        signal_groups(&doomed, Signal::SIGKILL);
         Ok(KilledHost {
             name: name.into(),
             zone,
@@ -263,6 +272,21 @@ impl LocalCluster {
             quiet,
         })
     }
+}
+
+/// The running children of process `pid` (`/proc/PID/task/*/children`).
+fn children(pid: u32) -> BTreeSet<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeSet::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 /// A node and the Unix ms of its event.
@@ -433,24 +457,30 @@ pub fn agent_log(node: &LocalNode, agent: &str) -> PathBuf {
 pub struct Resumed {
     /// The count it started from (the first `started` line in its log there).
     pub count: u64,
-    /// The seq of the snapshot it restored: the one it fetched itself (the line's
+    /// The seq of the snapshot it restored: the one it fetched itself (that line's
     /// `restored_seq`), else the one the node handed it (the launcher's
-    /// `agents/ID/snapshot-SEQ` file, the highest there); `None`: neither.
+    /// `agents/ID/snapshot-SEQ` files: the lowest, the first start's); `None`: neither.
     pub seq: Option<u64>,
+    /// `started` lines in its log there: more than one, it was restarted there.
+    pub starts: usize,
 }
 
 /// What the example agent `agent` resumed on `node`; `None` if it has not printed a
 /// `started` line there.
 pub fn resumed(node: &LocalNode, agent: &str) -> Option<Resumed> {
     let text = std::fs::read_to_string(agent_log(node, agent)).ok()?;
-    let (count, fetched) = text.lines().find_map(|l| match serde_json::from_str(l) {
-        Ok(Line::Started {
-            count,
-            restored_seq,
-            ..
-        }) => Some((count, restored_seq)),
-        _ => None,
-    })?;
+    let starts: Vec<(u64, Option<u64>)> = text
+        .lines()
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(Line::Started {
+                count,
+                restored_seq,
+                ..
+            }) => Some((count, restored_seq)),
+            _ => None,
+        })
+        .collect();
+    let (count, fetched) = *starts.first()?;
     let handed = || {
         let dir = node.data_dir.join(crate::node::AGENTS_DIR).join(agent);
         std::fs::read_dir(dir)
@@ -462,10 +492,34 @@ pub fn resumed(node: &LocalNode, agent: &str) -> Option<Resumed> {
                     .parse::<u64>()
                     .ok()
             })
-            .max()
+            .min()
     };
     Some(Resumed {
         count,
         seq: fetched.or_else(handed),
+        starts: starts.len(),
     })
+}
+
+/// Version `seq` of each agent of `wanted`, read from the disk of `node`, which must
+/// not be running (its store is opened as the node opens it at start). An agent
+/// whose version is not there is left out.
+pub fn versions_on_disk(
+    node: &LocalNode,
+    wanted: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, Vec<u8>>, HarnessError> {
+    let root = node.data_dir.join(crate::node::SNAPSHOT_DIR);
+    let opened =
+        SnapshotStore::open(&root, 1, DEFAULT_MAX_BODY).map_err(|e| HarnessError::Node {
+            name: node.name.clone(),
+            message: e.to_string(),
+            log: node.log.display().to_string(),
+        })?;
+    Ok(wanted
+        .iter()
+        .filter_map(|(agent, seq)| {
+            let (_, body) = opened.store.read(agent, *seq).ok()?;
+            Some((agent.clone(), body))
+        })
+        .collect())
 }
