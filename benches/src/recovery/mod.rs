@@ -435,6 +435,11 @@ async fn measure(
         if agent.acked_seq == 0 {
             r.failures
                 .push(format!("{id}: no acknowledged snapshot before the kill"));
+        } else if agent.acked_count.is_none() {
+            r.failures.push(format!(
+                "{id}: seq {} was acknowledged, but the killed owner's disk has no readable counter snapshot of that seq",
+                agent.acked_seq
+            ));
         }
         match (agent.running_ms, agent.lost(), agent.resume_problem()) {
             (None, _, _) => r.failures.push(format!(
