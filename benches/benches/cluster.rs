@@ -13,36 +13,13 @@ use std::process::ExitCode;
 use vigil_benches::cluster::{Binaries, Params, USAGE, run_bench};
 
 fn main() -> ExitCode {
-    let params = match Params::parse(std::env::args().skip(1)) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let bins = Binaries {
-        vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
-        udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
-    };
-    let runtime = match vigil_benches::harness_runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let report = runtime.block_on(run_bench(&params, &bins));
-    let written = report.write_json(params.out.as_deref());
-    println!("{}", report.markdown());
-    match written {
-        Ok(path) => {
-            eprintln!("raw results: {}", path.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cannot write the raw results: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    vigil_benches::bench_main(Params::parse, USAGE, |params, runtime| {
+        let bins = Binaries {
+            vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
+            udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
+        };
+        let report = runtime.block_on(run_bench(&params, &bins));
+        let written = report.write_json(params.out.as_deref());
+        vigil_benches::bench_finish(&report.markdown(), written, false)
+    })
 }

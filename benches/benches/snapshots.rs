@@ -15,27 +15,14 @@ use std::process::ExitCode;
 use vigil_benches::snapshots::{Params, USAGE, report, run_bench};
 
 fn main() -> ExitCode {
-    let params = match Params::parse(std::env::args().skip(1)) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+    vigil_benches::bench_main(Params::parse, USAGE, |params, runtime| {
+        let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_vigil-bench-node"));
+        let report = runtime.block_on(run_bench(&params, &bin));
+        println!("{}", report::render(&report));
+        if report.failures.is_empty() && report.repair.iter().all(|r| r.failures.is_empty()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_vigil-bench-node"));
-    let runtime = match vigil_benches::harness_runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let report = runtime.block_on(run_bench(&params, &bin));
-    println!("{}", report::render(&report));
-    if report.failures.is_empty() && report.repair.iter().all(|r| r.failures.is_empty()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    })
 }

@@ -21,6 +21,8 @@ use crate::events::EventRecord;
 use crate::node::ReadyLine;
 use crate::tls;
 
+pub mod recovery;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error("{0}")]
@@ -58,6 +60,14 @@ pub struct LocalNode {
 impl LocalNode {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    fn closed_stream(&self) -> HarnessError {
+        HarnessError::Node {
+            name: self.name.clone(),
+            message: "closed its event stream".into(),
+            log: self.log.display().to_string(),
+        }
     }
 }
 
@@ -172,6 +182,23 @@ impl LocalCluster {
         let pki = self.pki.clone();
         self.spawn(name, zone, seeds, &pki, extra_args, &Placement::default())
             .await
+    }
+
+    /// Starts `nodes` (name, zone) one after the other, each once the previous one
+    /// is ready, the first seeding the rest, each with `extra_args`.
+    pub async fn start_seeded(
+        &mut self,
+        nodes: &[(&str, &str)],
+        extra_args: &[String],
+    ) -> Result<(), HarnessError> {
+        let mut seeds = Vec::new();
+        for (name, zone) in nodes {
+            let addr = self.start_with(name, zone, &seeds, extra_args).await?.addr;
+            if seeds.is_empty() {
+                seeds.push(addr);
+            }
+        }
+        Ok(())
     }
 
     /// Like [`LocalCluster::start_with`], run through `placement` (e.g. in a network
@@ -355,33 +382,44 @@ impl LocalCluster {
         timeout: Duration,
         check: impl Fn(&[MemberJson]) -> bool,
     ) -> Result<Vec<MemberJson>, HarnessError> {
+        self.wait_view(name, what, timeout, client::members, |m| check(m))
+            .await
+    }
+
+    /// Waits until `check` holds for what `fetch` reads from `name`'s socket, reading
+    /// it again after every event the node reports.
+    pub async fn wait_view<T>(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        fetch: impl AsyncFn(&Path) -> Result<T, ClientError>,
+        check: impl Fn(&T) -> bool,
+    ) -> Result<T, HarnessError> {
         let node = self.node(name)?;
-        let deadline = Instant::now() + timeout;
         let wait = async {
-            let mut stream = client::events(&node.socket, None).await?;
-            loop {
-                let members = client::members(&node.socket).await?;
-                if check(&members) {
-                    return Ok(members);
+            // Subscribe from the last event before the first read: a change after it
+            // is an event that wakes the next read.
+            let since = client::health(&node.socket).await?.last_event_index;
+            let view = fetch(&node.socket).await?;
+            if check(&view) {
+                return Ok(view);
+            }
+            let (fetch, check, socket) = (&fetch, &check, node.socket.as_path());
+            let found = follow_events(socket, Some(since), move |_| async move {
+                match fetch(socket).await {
+                    Ok(view) if check(&view) => Some(Ok(view)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
                 }
-                match stream.next().await? {
-                    Some(StreamItem::Event(_)) => {}
-                    Some(StreamItem::Error(e)) => {
-                        // Cut off as too slow: subscribe again.
-                        tracing::debug!("event stream: {}", e.error);
-                        stream = client::events(&node.socket, None).await?;
-                    }
-                    None => {
-                        return Err(HarnessError::Node {
-                            name: name.into(),
-                            message: "closed its event stream".into(),
-                            log: node.log.display().to_string(),
-                        });
-                    }
-                }
+            })
+            .await?;
+            match found {
+                Some(view) => Ok(view?),
+                None => Err(node.closed_stream()),
             }
         };
-        tokio::time::timeout_at(deadline.into(), wait)
+        tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| HarnessError::Timeout {
                 what: format!("{name}: {what}"),
@@ -418,28 +456,18 @@ impl LocalCluster {
         done: impl Fn(&EventRecord) -> bool,
     ) -> Result<EventRecord, HarnessError> {
         let node = self.node(name)?;
-        let wait = async {
-            let mut stream = ResumingStream::open(&node.socket, None).await?;
-            loop {
-                match stream.next().await? {
-                    Some(record) if done(&record) => return Ok(record),
-                    Some(_) => {}
-                    None => {
-                        return Err(HarnessError::Node {
-                            name: name.into(),
-                            message: "closed its event stream".into(),
-                            log: node.log.display().to_string(),
-                        });
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| HarnessError::Timeout {
+        let wait = follow_events(&node.socket, None, |record| {
+            std::future::ready(done(&record).then_some(record))
+        });
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(Some(record))) => Ok(record),
+            Ok(Ok(None)) => Err(node.closed_stream()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(HarnessError::Timeout {
                 what: format!("an event on {name}"),
                 after: timeout,
-            })?
+            }),
+        }
     }
 
     /// Follows the events of `names` from now on (each from its latest event), merged
@@ -505,6 +533,32 @@ impl LocalCluster {
         };
         let _ = tokio::time::timeout(timeout, read).await;
         Ok(pids)
+    }
+}
+
+/// Follows the events of the node at `socket` after index `since` (`None`: from the
+/// oldest it retains) and hands each to `each` until it returns `Some`. When the node
+/// cuts the stream off as too slow (its final error line), subscribes again after
+/// the last event seen, so no event is missed. `Ok(None)`: the node closed the
+/// stream (it stopped or died).
+pub async fn follow_events<T, F: Future<Output = Option<T>>>(
+    socket: &Path,
+    since: Option<u64>,
+    mut each: impl FnMut(EventRecord) -> F,
+) -> Result<Option<T>, ClientError> {
+    let mut last = since;
+    let mut stream = client::events(socket, last).await?;
+    loop {
+        match stream.next().await? {
+            Some(StreamItem::Event(record)) => {
+                last = Some(record.index);
+                if let Some(found) = each(record).await {
+                    return Ok(Some(found));
+                }
+            }
+            Some(StreamItem::Error(_)) => stream = client::events(socket, last).await?,
+            None => return Ok(None),
+        }
     }
 }
 
@@ -635,6 +689,12 @@ impl Drop for LocalCluster {
             }
         }
     }
+}
+
+/// Unix time of `t` in whole milliseconds, truncated like the nodes' event times.
+pub fn to_unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The `vigil` binary to run: `$VIGIL_BIN`, or a `vigil` next to (or one directory

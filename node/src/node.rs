@@ -52,9 +52,10 @@ const API_QUEUE: usize = 256;
 /// Disk operations finished on the blocking pool, reported back to the owner.
 const DISK_QUEUE: usize = 1024;
 /// The snapshot store's directory inside the data directory.
-const SNAPSHOT_DIR: &str = "snapshots";
-/// Restored snapshots handed to launched agents, and their logs.
-const AGENTS_DIR: &str = "agents";
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// Restored snapshots handed to launched agents (`ID/snapshot-SEQ`), and their logs
+/// (`ID.log`), under the data directory.
+pub const AGENTS_DIR: &str = "agents";
 /// Agent exits waiting for the owner task.
 const LAUNCH_QUEUE: usize = 256;
 /// How long a launched agent has between SIGTERM and SIGKILL.

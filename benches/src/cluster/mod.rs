@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use self::observe::{CHANNEL_CAPACITY, FalsePositive, Observer, Traffic};
 pub use self::report::Report;
 use self::systems::{BenchCluster, UdpCluster, VigilCluster, unix_ms};
-use crate::procstat;
+use crate::{args, procstat};
 
 /// How long join convergence and detection may take before the run records a failure.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -111,36 +111,18 @@ impl Params {
     /// `--bench`, and filters) are ignored. `Ok(None)` means help was asked for.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Params>, String> {
         let mut params = Params::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let known = [
-                "--sizes",
-                "--runs",
-                "--window-secs",
-                "--settle-secs",
-                "--out",
-            ];
-            if flag == "--help" || flag == "-h" {
-                return Ok(None);
-            }
-            if !known.contains(&flag.as_str()) {
-                continue;
-            }
-            let value = match inline {
-                Some(v) => v,
-                None => args
-                    .next()
-                    .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?,
-            };
-            let number = |v: &str| {
-                v.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("{flag}: {v:?} is not a whole number\n{USAGE}"))
-            };
+        let known = [
+            "--sizes",
+            "--runs",
+            "--window-secs",
+            "--settle-secs",
+            "--out",
+        ];
+        let Some(flags) = args::flags(args, &known, &[], USAGE)? else {
+            return Ok(None);
+        };
+        for (flag, value) in flags {
+            let number = |v: &str| args::whole(&flag, v, USAGE);
             match flag.as_str() {
                 "--sizes" => {
                     params.sizes = value.split(',').map(number).collect::<Result<_, _>>()?;
@@ -148,17 +130,9 @@ impl Params {
                         return Err(format!("--sizes: every size must be at least 2\n{USAGE}"));
                     }
                 }
-                "--runs" => {
-                    params.runs = number(&value)?;
-                    if params.runs == 0 {
-                        return Err(format!("--runs must be at least 1\n{USAGE}"));
-                    }
-                }
+                "--runs" => params.runs = args::positive(&flag, &value, USAGE)?,
                 "--window-secs" => {
-                    let secs = number(&value)?;
-                    if secs == 0 {
-                        return Err(format!("--window-secs must be at least 1\n{USAGE}"));
-                    }
+                    let secs = args::positive(&flag, &value, USAGE)?;
                     params.window = Duration::from_secs(secs as u64);
                 }
                 "--settle-secs" => {

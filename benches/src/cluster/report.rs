@@ -69,6 +69,52 @@ impl Machine {
     }
 }
 
+/// How a bench ran: its command line, when, on which machine and commit, and the
+/// machine's load before and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct Provenance {
+    pub command: String,
+    pub date: String,
+    pub unix_ms: u64,
+    pub machine: Machine,
+    pub git: Option<String>,
+    pub load_average_before: Option<String>,
+    pub load_average_after: Option<String>,
+}
+
+impl Provenance {
+    /// Now, before the bench runs `command`.
+    pub fn begin(command: String) -> Provenance {
+        let now = unix_ms();
+        Provenance {
+            command,
+            date: vigil::events::format_unix_ms(now),
+            unix_ms: now,
+            machine: Machine::probe(),
+            git: git_revision(),
+            load_average_before: load_average(),
+            load_average_after: None,
+        }
+    }
+
+    /// After the bench ran.
+    pub fn finish(&mut self) {
+        self.load_average_after = load_average();
+    }
+
+    /// The heading, command, date, machine, commit and load lines of a report.
+    pub fn write(&self, md: &mut String, title: &str) {
+        self.machine
+            .write_provenance(md, title, &self.command, &self.date, self.git.as_deref());
+        let _ = writeln!(
+            md,
+            "- Load average (1/5/15 min) before: {}; after: {}",
+            self.load_average_before.as_deref().unwrap_or("?"),
+            self.load_average_after.as_deref().unwrap_or("?")
+        );
+    }
+}
+
 /// `git rev-parse --short HEAD` of the workspace, marked when the tree has changes.
 pub fn git_revision() -> Option<String> {
     let dir = env!("CARGO_MANIFEST_DIR");
@@ -92,9 +138,35 @@ pub fn git_revision() -> Option<String> {
     })
 }
 
-fn load_average() -> Option<String> {
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`.
+pub fn load_average() -> Option<String> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
     Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
+/// Writes a bench's raw results as JSON to `path` (relative paths from the workspace
+/// root), by default `bench-results/NAME-UNIXSECS.json`, creating the directory.
+/// Returns the path written.
+pub fn write_results(
+    results: &impl Serialize,
+    name: &str,
+    unix_ms: u64,
+    path: Option<&Path>,
+) -> std::io::Result<PathBuf> {
+    let root = workspace_root();
+    let path = match path {
+        Some(p) if p.is_absolute() => p.to_path_buf(),
+        Some(p) => root.join(p),
+        None => root
+            .join("bench-results")
+            .join(format!("{name}-{}.json", unix_ms / 1000)),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = serde_json::to_vec_pretty(results).map_err(std::io::Error::other)?;
+    std::fs::write(&path, json)?;
+    Ok(path)
 }
 
 /// The workspace root (this package's parent directory).
@@ -242,13 +314,8 @@ pub struct SizeSummary {
 /// The whole benchmark: how it was run, every run's raw figures, the summaries.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub command: String,
-    pub date: String,
-    pub unix_ms: u64,
-    pub machine: Machine,
-    pub git: Option<String>,
-    pub load_average_before: Option<String>,
-    pub load_average_after: Option<String>,
+    #[serde(flatten)]
+    pub provenance: Provenance,
     pub params: Params,
     pub runs: Vec<RunResult>,
     pub summaries: Vec<SizeSummary>,
@@ -257,15 +324,8 @@ pub struct Report {
 
 impl Report {
     pub fn begin(params: &Params) -> Report {
-        let now = unix_ms();
         Report {
-            command: params.command_line(),
-            date: vigil::events::format_unix_ms(now),
-            unix_ms: now,
-            machine: Machine::probe(),
-            git: git_revision(),
-            load_average_before: load_average(),
-            load_average_after: None,
+            provenance: Provenance::begin(params.command_line()),
             params: params.clone(),
             runs: Vec::new(),
             summaries: Vec::new(),
@@ -275,7 +335,7 @@ impl Report {
 
     /// Computes the summaries and targets from the runs.
     pub fn finish(&mut self) {
-        self.load_average_after = load_average();
+        self.provenance.finish();
         let mut sizes: Vec<usize> = Vec::new();
         for r in &self.runs {
             if !sizes.contains(&r.n) {
@@ -318,20 +378,7 @@ impl Report {
     /// Writes the raw numbers as JSON to `path` (relative paths from the workspace
     /// root), creating its directory. Returns the path written.
     pub fn write_json(&self, path: Option<&Path>) -> std::io::Result<PathBuf> {
-        let root = workspace_root();
-        let path = match path {
-            Some(p) if p.is_absolute() => p.to_path_buf(),
-            Some(p) => root.join(p),
-            None => root
-                .join("bench-results")
-                .join(format!("cluster-{}.json", self.unix_ms / 1000)),
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&path, json)?;
-        Ok(path)
+        write_results(self, "cluster", self.provenance.unix_ms, path)
     }
 
     /// How long the runs settled after convergence.
@@ -359,18 +406,9 @@ impl Report {
     /// A section ready to paste into docs/BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        self.machine.write_provenance(
+        self.provenance.write(
             &mut md,
             "Whole cluster: vigil vs. the same core over plain UDP",
-            &self.command,
-            &self.date,
-            self.git.as_deref(),
-        );
-        let _ = writeln!(
-            md,
-            "- Load average (1/5/15 min) before: {}; after: {}",
-            self.load_average_before.as_deref().unwrap_or("?"),
-            self.load_average_after.as_deref().unwrap_or("?")
         );
         let _ = writeln!(
             md,

@@ -16,8 +16,9 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use vigil::client::{self, StreamItem};
-use vigil::harness::LocalCluster;
+use vigil::client;
+use vigil::events::EventRecord;
+use vigil::harness::{LocalCluster, follow_events};
 
 use super::observe::{Item, Observed, Observer, Traffic};
 
@@ -43,10 +44,7 @@ pub fn unix_ms() -> u64 {
     to_unix_ms(SystemTime::now())
 }
 
-pub fn to_unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use vigil::harness::to_unix_ms;
 
 /// A running cluster of one system.
 pub(crate) trait BenchCluster {
@@ -171,39 +169,23 @@ pub fn prom_sum(text: &str, name: &str) -> u64 {
 /// Forwards one vigil node's event stream (from its first event) to the observer,
 /// subscribing again where it left off if the node cuts it off as too slow.
 async fn follow_vigil(name: String, socket: PathBuf, tx: mpsc::Sender<Observed>) {
-    let mut since = None;
-    let why = loop {
-        let mut stream = match client::events(&socket, since).await {
-            Ok(s) => s,
-            Err(e) => break e.to_string(),
+    let forward = |record: EventRecord| {
+        let observed = Observed {
+            node: name.clone(),
+            item: Item::Event {
+                time_ms: record.time_ms,
+                kind: record.kind,
+                member: record.member,
+            },
         };
-        let why = loop {
-            match stream.next().await {
-                Ok(Some(StreamItem::Event(record))) => {
-                    since = Some(record.index);
-                    let item = Item::Event {
-                        time_ms: record.time_ms,
-                        kind: record.kind,
-                        member: record.member,
-                    };
-                    let observed = Observed {
-                        node: name.clone(),
-                        item,
-                    };
-                    if tx.send(observed).await.is_err() {
-                        return;
-                    }
-                }
-                // Cut off as a slow subscriber: resume after the last event seen.
-                Ok(Some(StreamItem::Error(e))) if e.code == "lagged" => break None,
-                Ok(Some(StreamItem::Error(e))) => break Some(e.error),
-                Ok(None) => break Some("event stream closed".to_string()),
-                Err(e) => break Some(e.to_string()),
-            }
-        };
-        if let Some(why) = why {
-            break why;
-        }
+        let tx = tx.clone();
+        // Stop once the observer is gone.
+        async move { tx.send(observed).await.err().map(drop) }
+    };
+    let why = match follow_events(&socket, None, forward).await {
+        Ok(Some(())) => return,
+        Ok(None) => "event stream closed".to_string(),
+        Err(e) => e.to_string(),
     };
     let _ = tx
         .send(Observed {

@@ -40,9 +40,9 @@ use vigil::harness::LocalCluster;
 
 use self::disk::Recipe;
 use self::stats::CpuTimes;
-use crate::cluster::report::{Machine, git_revision};
+use crate::cluster::report::{Machine, git_revision, load_average};
 use crate::cluster::systems::{to_unix_ms, unix_ms};
-use crate::procstat;
+use crate::{args, procstat};
 
 pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
@@ -222,42 +222,28 @@ impl Params {
     /// `--bench`) are ignored. `Ok(None)` means help was asked for.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Params>, String> {
         let mut p = Params::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
+        let with_value = [
+            "--only",
+            "--rounds",
+            "--counts",
+            "--warmup",
+            "--agents",
+            "--ramp-secs",
+            "--window-secs",
+            "--repair-rounds",
+            "--repair-agents",
+            "--repair-versions",
+            "--repair-layouts",
+            "--repair-rates",
+        ];
+        let Some(flags) = args::flags(args, &with_value, &["--keep"], USAGE)? else {
+            return Ok(None);
+        };
+        for (flag, value) in flags {
+            let number = |v: &str| args::whole(&flag, v, USAGE);
+            let positive = |v: &str| args::positive(&flag, v, USAGE);
             match flag.as_str() {
-                "--help" | "-h" => return Ok(None),
-                "--keep" => {
-                    p.keep = true;
-                    continue;
-                }
-                "--only" | "--rounds" | "--counts" | "--warmup" | "--agents" | "--ramp-secs"
-                | "--window-secs" | "--repair-rounds" | "--repair-agents" | "--repair-versions"
-                | "--repair-layouts" | "--repair-rates" => {}
-                _ => continue,
-            }
-            let value = match inline {
-                Some(v) => v,
-                None => args
-                    .next()
-                    .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?,
-            };
-            let number = |v: &str| {
-                v.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("{flag}: {v:?} is not a whole number\n{USAGE}"))
-            };
-            let positive = |v: &str| {
-                let n = number(v)?;
-                if n == 0 {
-                    return Err(format!("{flag} must be at least 1\n{USAGE}"));
-                }
-                Ok(n)
-            };
-            match flag.as_str() {
+                "--keep" => p.keep = true,
                 "--only" => {
                     p.parts = value
                         .split(',')
@@ -517,11 +503,6 @@ pub struct Report {
     /// Problems that cost a part or a run its figures.
     pub failures: Vec<String>,
     pub wall_secs: f64,
-}
-
-fn load_average() -> Option<String> {
-    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
-    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn mem_total() -> Option<String> {
