@@ -40,13 +40,15 @@ use serde::Serialize;
 use vigil::client;
 use vigil::example_agent::parse_snapshot;
 use vigil::harness::LocalCluster;
-use vigil::harness::recovery::{RecoveryWatch, example_agent_args, resumed, versions_on_disk};
+use vigil::harness::recovery::{
+    RecoveryWatch, children, example_agent_args, resumed, versions_on_disk,
+};
 
 pub use self::report::Report;
-use crate::args;
 use crate::cluster::node_names;
 use crate::cluster::systems::ZONES;
 use crate::snapshots::stats::CpuTimes;
+use crate::{args, procstat};
 
 /// Correctness bound for starting, converging and getting every agent to run (not a
 /// performance figure).
@@ -257,6 +259,8 @@ pub struct RunResult {
     /// every agent ran again (or the timeout).
     pub cpu_busy_before: Option<f64>,
     pub cpu_busy_settle: Option<f64>,
+    /// Cores the cluster's nodes and agents used while the agents settled.
+    pub cluster_cores_settle: Option<f64>,
     pub cpu_busy_recovery: Option<f64>,
     /// The acknowledged seqs stopped changing before the kill and no agent was
     /// restarted meanwhile (no put in flight at the kill).
@@ -292,7 +296,7 @@ async fn run_once(params: &Params, binary: &Path, run: usize) -> RunResult {
         "run {run}/{}: {} nodes, {} agents, killing {victim}",
         params.runs, params.nodes, params.agents
     );
-    result.cpu_busy_before = busy_during(Duration::from_secs(1)).await;
+    result.cpu_busy_before = cpu_during(None, Duration::from_secs(1)).await.0;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut cluster = match LocalCluster::new(binary.to_path_buf(), &refs, params.keep) {
         Ok(c) => c,
@@ -350,7 +354,8 @@ async fn measure(
         .wait_agents_running(&agents, SETUP_TIMEOUT)
         .await
         .map_err(step("agents running"))?;
-    r.cpu_busy_settle = busy_during(Duration::from_secs(params.settle_secs)).await;
+    let settle = Duration::from_secs(params.settle_secs);
+    (r.cpu_busy_settle, r.cluster_cores_settle) = cpu_during(Some(cluster), settle).await;
 
     // 3. The kill, watched by every survivor.
     let survivors: Vec<&str> = names
@@ -458,10 +463,32 @@ async fn measure(
     Ok(())
 }
 
-/// The share of the machine's CPU time that was busy while waiting `wait`.
-async fn busy_during(wait: Duration) -> Option<f64> {
-    let before = CpuTimes::read().ok();
+/// While waiting `wait`: the share of the machine's CPU time that was busy, and the
+/// cores that the processes of `cluster` (its nodes and the agents they launched)
+/// used.
+async fn cpu_during(cluster: Option<&LocalCluster>, wait: Duration) -> (Option<f64>, Option<f64>) {
+    let pids: Vec<u32> = cluster.map_or(Vec::new(), |c| {
+        c.nodes()
+            .filter(|n| n.is_running())
+            .flat_map(|n| {
+                let agents = children(n.pid)
+                    .into_iter()
+                    .filter_map(|p| u32::try_from(p).ok());
+                std::iter::once(n.pid).chain(agents)
+            })
+            .collect()
+    });
+    let sample_all = || -> Vec<Option<procstat::ProcSample>> {
+        pids.iter().map(|p| procstat::sample(*p).ok()).collect()
+    };
+    let (machine, processes) = (CpuTimes::read().ok(), sample_all());
     tokio::time::sleep(wait).await;
-    let after = CpuTimes::read().ok();
-    before.zip(after).map(|(a, b)| a.shares(&b).busy)
+    let (machine_after, processes_after) = (CpuTimes::read().ok(), sample_all());
+    let busy = machine.zip(machine_after).map(|(a, b)| a.shares(&b).busy);
+    let cores = processes
+        .iter()
+        .zip(&processes_after)
+        .filter_map(|(a, b)| Some(procstat::cpu_fraction(a.as_ref()?, b.as_ref()?)))
+        .sum::<f64>();
+    (busy, cluster.map(|_| cores))
 }

@@ -213,7 +213,7 @@ impl Report {
         let _ = writeln!(md, "\nPer run:\n");
         let _ = writeln!(
             md,
-            "| run | killed (zone) | agents | detection, first / last survivor (ms) | RTO min / median / max (ms) | new hosts | holders proposing per agent, max | agents elected more than once | acknowledged snapshots lost | CPU busy: before / settle / recovery | failures |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| run | killed (zone) | agents | detection, first / last survivor (ms) | RTO min / median / max (ms) | new hosts | holders proposing per agent, max | agents elected more than once | acknowledged snapshots lost | CPU busy: before / settle / recovery | cluster's cores, settle | failures |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &self.runs {
             let _ = writeln!(md, "{}", run_row(r));
@@ -288,7 +288,7 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "How to read: every time is an event time stamped by the node that reported it (`time_ms`, the host's wall clock) minus the harness's clock read just before the SIGKILL: one host, one clock. Detection is one sample per run (every agent of a run shares it). RPO: the agents' processes are frozen (SIGSTOP) and their owner's acknowledged seqs read until two reads 300 ms apart agree (at most 1.5 s, under the 2 s heartbeat timeout), then the node and every process it started are killed; the last acknowledged seq of each agent is compared with the seq of the snapshot its new process resumed from (the file the new host's launcher handed it, `agents/ID/snapshot-SEQ`), and the count the new process printed in its first `started` line with the count in that acknowledged snapshot as the killed owner wrote it to its disk (equal for the same snapshot, higher for a later one). CPU busy: share of the whole machine's CPU time (all cores) not idle, from /proc/stat: for one second before the run's cluster started (other processes on this shared machine), while the agents settled, and from the kill until every agent ran again."
+            "How to read: every time is an event time stamped by the node that reported it (`time_ms`, the host's wall clock) minus the harness's clock read just before the SIGKILL: one host, one clock. Detection is one sample per run (every agent of a run shares it). RPO: the agents' processes are frozen (SIGSTOP) and their owner's acknowledged seqs read until two reads 300 ms apart agree (at most 1.5 s, under the 2 s heartbeat timeout), then the node and every process it started are killed; the last acknowledged seq of each agent is compared with the seq of the snapshot its new process resumed from (the file the new host's launcher handed it, `agents/ID/snapshot-SEQ`), and the count the new process printed in its first `started` line with the count in that acknowledged snapshot as the killed owner wrote it to its disk (equal for the same snapshot, higher for a later one). CPU busy: share of the whole machine's CPU time (all cores) not idle, from /proc/stat: for one second before the run's cluster started (other processes on this shared machine), while the agents settled, and from the kill until every agent ran again; the cluster's cores: CPU time of its nodes and agent processes (from /proc/PID/stat) over the settle time, out of the machine's nproc."
         );
         let failures: Vec<String> = self
             .runs
@@ -342,7 +342,7 @@ fn run_row(r: &RunResult) -> String {
         r.failures.len().to_string()
     };
     format!(
-        "| {} | {} ({}) | {} | {} / {} ({} of {} survivors) | {rto} | {} | {} | {} | {lost} | {} / {} / {} | {failures} |",
+        "| {} | {} ({}) | {} | {} / {} ({} of {} survivors) | {rto} | {} | {} | {} | {lost} | {} / {} / {} | {} | {failures} |",
         r.run,
         r.victim,
         r.victim_zone,
@@ -357,6 +357,8 @@ fn run_row(r: &RunResult) -> String {
         percent(r.cpu_busy_before),
         percent(r.cpu_busy_settle),
         percent(r.cpu_busy_recovery),
+        r.cluster_cores_settle
+            .map_or("–".into(), |c| format!("{c:.2}")),
     )
 }
 

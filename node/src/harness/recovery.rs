@@ -274,8 +274,9 @@ impl LocalCluster {
     }
 }
 
-/// The running children of process `pid` (`/proc/PID/task/*/children`).
-fn children(pid: u32) -> BTreeSet<i32> {
+/// The running children of process `pid` (`/proc/PID/task/*/children`): for a
+/// node, the agents it launched.
+pub fn children(pid: u32) -> BTreeSet<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return BTreeSet::new();
     };
