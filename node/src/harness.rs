@@ -499,41 +499,6 @@ impl LocalCluster {
             ended: BTreeSet::new(),
         })
     }
-
-    /// The pids of the agent processes `name` launched for `agents`, from its
-    /// `agent_started` events; stops looking after `timeout` and returns those found.
-    pub async fn agent_pids(
-        &self,
-        name: &str,
-        agents: &[String],
-        timeout: Duration,
-    ) -> Result<BTreeMap<String, i32>, HarnessError> {
-        let mut stream = ResumingStream::open(&self.node(name)?.socket, None).await?;
-        let mut pids = BTreeMap::new();
-        let read = async {
-            while pids.len() < agents.len() {
-                let Ok(Some(e)) = stream.next().await else {
-                    break;
-                };
-                let Some(agent) = e.agent.clone().filter(|a| agents.contains(a)) else {
-                    continue;
-                };
-                // "agent ID: process PID started"
-                let pid = e
-                    .detail
-                    .as_deref()
-                    .filter(|_| e.kind == "agent_started")
-                    .and_then(|d| d.split("process ").nth(1))
-                    .and_then(|d| d.split(' ').next())
-                    .and_then(|p| p.parse::<i32>().ok());
-                if let Some(pid) = pid {
-                    pids.insert(agent, pid);
-                }
-            }
-        };
-        let _ = tokio::time::timeout(timeout, read).await;
-        Ok(pids)
-    }
 }
 
 /// Follows the events of the node at `socket` after index `since` (`None`: from the
@@ -546,20 +511,13 @@ pub async fn follow_events<T, F: Future<Output = Option<T>>>(
     since: Option<u64>,
     mut each: impl FnMut(EventRecord) -> F,
 ) -> Result<Option<T>, ClientError> {
-    let mut last = since;
-    let mut stream = client::events(socket, last).await?;
-    loop {
-        match stream.next().await? {
-            Some(StreamItem::Event(record)) => {
-                last = Some(record.index);
-                if let Some(found) = each(record).await {
-                    return Ok(Some(found));
-                }
-            }
-            Some(StreamItem::Error(_)) => stream = client::events(socket, last).await?,
-            None => return Ok(None),
+    let mut stream = ResumingStream::open(socket, since).await?;
+    while let Some(record) = stream.next().await? {
+        if let Some(found) = each(record).await {
+            return Ok(Some(found));
         }
     }
+    Ok(None)
 }
 
 /// A node's event stream that resubscribes after the last event seen when the node

@@ -302,7 +302,7 @@ async fn a_coordinator_killed_during_recovery_is_replaced_and_each_agent_is_adop
     let owner = socket(&c, owner_name);
     let acked = agents_with_snapshots(&owner, 9, 3).await;
     let ids: Vec<String> = acked.keys().cloned().collect();
-    let pids = c.agent_pids(owner_name, &ids, RECOVER).await.unwrap();
+    let pids = c.launched_pids(owner_name, &ids, RECOVER).await.unwrap();
     assert_eq!(pids.len(), ids.len(), "launched on {owner_name}: {pids:?}");
 
     let mut holders = BTreeMap::new();
