@@ -528,6 +528,7 @@ impl World {
     /// Starts every host at once with the full membership already known (a converged
     /// cluster), skipping the joins and their gossip.
     pub fn bootstrap_warm(&mut self) {
+        self.preregister_agents();
         let now = self.now;
         let mut ids = Vec::with_capacity(self.hosts.len());
         for host in &mut self.hosts {
@@ -549,6 +550,7 @@ impl World {
             }
             self.after_input(i as HostId);
         }
+        self.preregistered_started();
     }
 
     /// Schedules `fault` at `at`.

@@ -365,3 +365,34 @@ fn a_restarted_owner_never_reuses_a_seq() {
         .collect();
     assert!(reused.is_empty(), "{reused:?}");
 }
+
+/// A pre-registered start (large runs skip registering every agent at once): every
+/// agent starts registered at epoch 1 with its copies placed, its owner takes it back
+/// before the workload starts, crashed owners' agents are adopted, every invariant
+/// holds, and the same seed gives the same run.
+#[test]
+fn a_preregistered_cluster_adopts_crashed_owners_agents_and_keeps_every_invariant() {
+    let mut spec = small_replication_run(5, 0.0);
+    spec.warm_start = true;
+    spec.faults = 3;
+    if let Some(repl) = spec.replication.as_mut() {
+        repl.preregistered = true;
+    }
+    let report = scenario::run(&spec);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(
+        comparable(&report),
+        comparable(&scenario::run(&spec)),
+        "the same seed must reproduce the run"
+    );
+    let r = replication(&report);
+    assert_eq!(r.registered, 40, "{r:?}");
+    assert_eq!(event_count(r, "agent_owned"), 40, "{r:?}");
+    assert_eq!(
+        r.skipped_no_owner, 0,
+        "the workload starts once all are owned: {r:?}"
+    );
+    assert!(r.adoptions > 0 && r.rto_ms.n > 0, "{r:?}");
+    assert_eq!(r.owned_at_end, 40, "{r:?}");
+    assert!(r.puts_acked > 500, "{r:?}");
+}

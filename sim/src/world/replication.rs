@@ -35,8 +35,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use vigil_protocol::placement::{self, Candidate};
 use vigil_protocol::replication::{
-    AcceptorState, GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, SnapMeta,
-    StoredVersion, checksum,
+    AcceptorState, GetError, Holder, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent,
+    SnapMeta, StoredVersion, checksum,
 };
 use vigil_protocol::wire::{self, Body, MAX_STREAM_FRAME_LEN};
 use vigil_protocol::{
@@ -66,6 +66,14 @@ pub struct ReplSpec {
     /// Register an agent on another host once its owner has been down this long
     /// (a stand-in for recovery, which takes the agent over at a higher epoch).
     pub takeover_after: Option<Duration>,
+    /// Start as a cluster that has run for a while (with a warm bootstrap only): every
+    /// agent registered at epoch 1 on a host of its own, its first snapshot on its
+    /// owner and on the k holders placement gives, its record in every host's catalog.
+    /// The owners take their agents back as a restarted owner does (asking the
+    /// holders), and the workload starts once every agent has an owner. Skips the
+    /// registrations, each of which asks every live member and is published to every
+    /// live member twice: at 1 000 hosts and 10 000 agents, 50 million messages.
+    pub preregistered: bool,
 }
 
 impl ReplSpec {
@@ -78,6 +86,7 @@ impl ReplSpec {
             get_fraction: 0.2,
             settle_bound: Duration::from_secs(30),
             takeover_after: None,
+            preregistered: false,
         }
     }
 }
@@ -358,6 +367,9 @@ pub(crate) struct ReplState {
     next_catalog_scan: Duration,
     /// I2: what placement wants for each agent, kept while the live hosts stay.
     want_cache: WantCache,
+    /// Pre-registered agents: the catalog every host starts with at the warm
+    /// bootstrap (taken when it is over).
+    warm_catalog: Vec<AgentRecord>,
 }
 
 impl ReplState {
@@ -424,6 +436,7 @@ impl ReplState {
             scan_cursor: 0,
             next_catalog_scan: Duration::ZERO,
             want_cache: WantCache::default(),
+            warm_catalog: Vec::new(),
         }
     }
 
@@ -493,7 +506,9 @@ impl World {
                 })
             })
             .collect();
-        let records: Vec<AgentRecord> = disk.records.values().cloned().collect();
+        let mut records: Vec<AgentRecord> = disk.records.values().cloned().collect();
+        // A host of a pre-registered cluster knows every record, not only those it keeps.
+        records.extend(state.warm_catalog.iter().cloned());
         r.load(versions, records);
         r.load_acceptors(
             disk.acceptors
@@ -1039,6 +1054,105 @@ impl World {
 
     // ---- workload ------------------------------------------------------------------
 
+    /// Pre-registers every agent ([`ReplSpec::preregistered`]) before the hosts start:
+    /// owners spread over the hosts in a random order, holders where placement puts
+    /// them, the first snapshot on their disks.
+    pub(super) fn preregister_agents(&mut self) {
+        let hosts: Vec<HostId> = (0..self.config.nodes).collect();
+        let Some(state) = self.repl.as_deref_mut() else {
+            return;
+        };
+        if !state.spec.preregistered || hosts.is_empty() {
+            return;
+        }
+        let mut order = hosts.clone();
+        for i in (1..order.len()).rev() {
+            let j = state.rng.random_range(0..=i);
+            order.swap(i, j);
+        }
+        for i in 0..state.agents.len() {
+            let owner = order[i % order.len()];
+            let id = state.agents[i].id.clone();
+            let candidates: Vec<Candidate> = hosts
+                .iter()
+                .filter(|h| **h != owner)
+                .map(|h| Candidate {
+                    name: self.hosts[*h as usize].name.clone(),
+                    zone: self.hosts[*h as usize].zone.clone(),
+                })
+                .collect();
+            let holders: Vec<Holder> =
+                placement::place(&id, &candidates, &[], None, state.spec.copies)
+                    .holders
+                    .into_iter()
+                    .map(|c| Holder {
+                        name: c.name,
+                        zone: c.zone,
+                    })
+                    .collect();
+            let owner_host = &self.hosts[owner as usize];
+            let record = AgentRecord {
+                agent: id.clone(),
+                owner: owner_host.name.clone(),
+                owner_zone: owner_host.zone.clone(),
+                epoch: 1,
+                seq: 1,
+                holders,
+                version: 1,
+                meta: format!("{{\"agent\":{i}}}"),
+                priority: 0,
+                isolated: false,
+            };
+            let body = snapshot_body(i as u32, 1, &mut state.rng);
+            let sum = checksum(&body);
+            let snap = SnapMeta {
+                epoch: 1,
+                seq: 1,
+                len: body.len() as u64,
+                checksum: sum,
+            };
+            let on: Vec<HostId> = std::iter::once(owner)
+                .chain(
+                    record
+                        .holders
+                        .iter()
+                        .filter_map(|h| self.by_name.get(&h.name).copied()),
+                )
+                .collect();
+            for h in on {
+                let disk = &mut state.disks[h as usize];
+                disk.versions
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(1, (snap, body.clone()));
+                disk.records.insert(id.clone(), record.clone());
+            }
+            state.written.insert((i as u32, 1, 1), sum);
+            state.acked_sums.insert((i as u32, 1, 1), sum);
+            let agent = &mut state.agents[i];
+            agent.planned = Some(owner);
+            agent.home = Some(owner);
+            agent.counter = 1;
+            agent.acked = Some((1, 1));
+            state.report.registered += 1;
+            state.warm_catalog.push(record);
+        }
+    }
+
+    /// The warm bootstrap is over: hosts that start from now on (restarts) know only
+    /// what their disk holds.
+    pub(super) fn preregistered_started(&mut self) {
+        if let Some(state) = self.repl.as_deref_mut() {
+            state.warm_catalog = Vec::new();
+        }
+    }
+
+    /// Whether every registered agent has a live owner (not fenced).
+    pub fn every_agent_owned(&mut self) -> bool {
+        let n = self.repl.as_deref().map_or(0, |s| s.agents.len() as u32);
+        (0..n).all(|i| self.live_owner(i).is_some())
+    }
+
     /// Starts the workload (and the disk faults): agents are registered on the live
     /// hosts in turn, in a random order, each putting on its own random phase. The
     /// invariant checks run every simulated second from now on.
@@ -1062,7 +1176,10 @@ impl World {
         let interval = state.spec.put_interval.max(Duration::from_millis(1));
         let mut ticks = Vec::new();
         for (i, agent) in state.agents.iter_mut().enumerate() {
-            agent.planned = (!order.is_empty()).then(|| order[i % order.len()]);
+            // Pre-registered agents have their host already.
+            if agent.home.is_none() {
+                agent.planned = (!order.is_empty()).then(|| order[i % order.len()]);
+            }
             ticks.push((now + interval.mul_f64(state.rng.random::<f64>()), i as u32));
         }
         let check = !state.check_scheduled;
