@@ -2620,12 +2620,15 @@ impl Replicator {
                 None,
             );
         }
-        for chunk in all.chunks(RECORDS_PER_MESSAGE) {
+        let last = all.len().div_ceil(RECORDS_PER_MESSAGE).saturating_sub(1);
+        for (i, chunk) in all.chunks(RECORDS_PER_MESSAGE).enumerate() {
             self.send(
                 to,
                 ReplMsg::Records {
                     records: chunk.to_vec(),
-                    answer,
+                    // Asked once per catalog, not once per chunk (that sent the whole
+                    // catalog back once per chunk received: quadratic in the agents).
+                    answer: answer && i == last,
                 },
                 None,
             );
