@@ -2681,7 +2681,17 @@ impl Replicator {
         // this node has been back among live members long enough to have learnt the
         // current records.
         let settled = self.settled_at.is_some_and(|at| now >= at);
-        let agents: Vec<AgentId> = self.records.keys().cloned().collect();
+        // Only records this node owns, writes or reports degraded have anything to do.
+        let agents: Vec<AgentId> = self
+            .records
+            .values()
+            .filter(|r| {
+                r.owner == self.me.name
+                    || self.degraded.contains_key(&r.agent)
+                    || self.is_writer(r)
+            })
+            .map(|r| r.agent.clone())
+            .collect();
         // Once per scan, not once per agent: agents whose holders are being asked, and
         // agents with a version being fetched again.
         let asking: BTreeSet<AgentId> = self
