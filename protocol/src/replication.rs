@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{NodeId, NodeName, Zone};
 use crate::placement::{self, Candidate};
 
+mod inflight;
 mod recovery;
 pub use recovery::{
     AcceptorState, Ballot, ControlError, Decree, ElectionKind, NodeInfo, PaxosAnswer,
@@ -947,7 +948,7 @@ pub struct Replicator {
     puts: BTreeMap<u64, PendingPut>,
     gets: BTreeMap<u64, PendingGet>,
     disk_ops: BTreeMap<u64, DiskOp>,
-    requests: BTreeMap<u64, InFlight>,
+    requests: inflight::Requests,
     repairs: BTreeMap<AgentId, RepairJob>,
     repair_in_flight: usize,
     /// Repair byte budget (may go negative: one transfer larger than the burst runs,
@@ -996,7 +997,7 @@ impl Replicator {
             puts: BTreeMap::new(),
             gets: BTreeMap::new(),
             disk_ops: BTreeMap::new(),
-            requests: BTreeMap::new(),
+            requests: inflight::Requests::default(),
             repairs: BTreeMap::new(),
             repair_in_flight: 0,
             tokens_at: Duration::ZERO,
@@ -3062,8 +3063,8 @@ impl Replicator {
         for g in self.gets.values() {
             next = next.min(g.deadline);
         }
-        for r in self.requests.values() {
-            next = next.min(r.deadline);
+        if let Some(deadline) = self.requests.next_deadline() {
+            next = next.min(deadline);
         }
         if !self.repairs.is_empty() && self.repair_tokens <= 0 {
             let rate = u128::from(self.config.repair_bytes_per_sec.max(1));
