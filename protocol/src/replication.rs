@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{NodeId, NodeName, Zone};
 use crate::placement::{self, Candidate};
 
+mod catalog;
 mod inflight;
 mod recovery;
 pub use recovery::{
@@ -941,7 +942,7 @@ pub struct Replicator {
     me: NodeId,
     config: ReplicationConfig,
     live: BTreeMap<NodeName, NodeId>,
-    records: BTreeMap<AgentId, AgentRecord>,
+    records: catalog::Catalog,
     owned: BTreeMap<AgentId, Owned>,
     local: BTreeMap<AgentId, LocalAgent>,
     registers: BTreeMap<u64, PendingRegister>,
@@ -990,7 +991,7 @@ impl Replicator {
             repair_tokens: i64::try_from(config.repair_bytes_per_sec).unwrap_or(i64::MAX),
             config,
             live: BTreeMap::new(),
-            records: BTreeMap::new(),
+            records: catalog::Catalog::default(),
             owned: BTreeMap::new(),
             local: BTreeMap::new(),
             registers: BTreeMap::new(),
@@ -1101,7 +1102,7 @@ impl Replicator {
         if is_new {
             self.next_repair_scan = self.next_repair_scan.min(now);
             // A newcomer learns the catalog at once instead of at the next round.
-            let digest = self.catalog_digest();
+            let digest = self.records.digest();
             self.send(&id, ReplMsg::CatalogDigest { digest }, None);
             self.info_to(&id);
         }
@@ -1928,7 +1929,7 @@ impl Replicator {
                 }
             }
             ReplMsg::CatalogDigest { digest } => {
-                if digest != self.catalog_digest()
+                if digest != self.records.digest()
                     && let Some(to) = self.live.get(from).cloned()
                 {
                     self.send_catalog(&to, true);
@@ -2638,11 +2639,7 @@ impl Replicator {
 
     /// A digest of every record (without seqs), order-independent of insertion.
     pub fn catalog_digest(&self) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for r in self.records.values() {
-            r.digest_into(&mut h);
-        }
-        h.digest()
+        self.records.peek_digest()
     }
 
     // ---- repair --------------------------------------------------------------------
@@ -2687,9 +2684,7 @@ impl Replicator {
             .records
             .values()
             .filter(|r| {
-                r.owner == self.me.name
-                    || self.degraded.contains_key(&r.agent)
-                    || self.is_writer(r)
+                r.owner == self.me.name || self.degraded.contains_key(&r.agent) || self.is_writer(r)
             })
             .map(|r| r.agent.clone())
             .collect();
@@ -3131,7 +3126,7 @@ impl Replicator {
             if !self.live.is_empty() {
                 let i = self.rng.random_range(0..self.live.len());
                 if let Some(to) = self.live.values().nth(i).cloned() {
-                    let digest = self.catalog_digest();
+                    let digest = self.records.digest();
                     self.send(&to, ReplMsg::CatalogDigest { digest }, None);
                 }
             }
