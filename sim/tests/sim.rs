@@ -235,7 +235,7 @@ fn a_short_swarm_with_replication_keeps_every_invariant() {
 
 /// Owners crash: another host adopts each of their agents at a higher epoch, and the
 /// workload goes on putting to the new owner. Never two unfenced owners of an agent in
-/// one epoch (R1, checked at every ownership change and every simulated second), no
+/// one epoch (R1, checked at every change of ownership, fencing or an owner's record), no
 /// host ever sees an agent's epoch go back (R2), every agent has a live unfenced owner
 /// once the faults are over (R3), and every acknowledged snapshot survives (I1).
 #[test]

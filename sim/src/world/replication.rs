@@ -171,8 +171,8 @@ pub struct ReplReport {
     pub last_repair_after_faults_secs: Option<f64>,
     /// From the faults stopping until I2 held (checked every 250 ms).
     pub copies_restored_after_faults_secs: Option<f64>,
-    /// From the faults stopping until every live host's catalog agreed (agents,
-    /// owners, epochs, holders).
+    /// From the faults stopping until every live host's catalog was the same (equal
+    /// catalog digests: agents, owners, epochs, versions, holders, priority, isolation).
     pub catalog_agreed_after_faults_secs: Option<f64>,
     /// At the end: agents whose catalog entries differ between live hosts.
     pub catalog_disagreements: usize,
@@ -188,7 +188,8 @@ pub struct ReplReport {
     /// Agents whose owner crashed and that no other host adopted (the owner came back
     /// first, or the run ended).
     pub rto_not_adopted: u64,
-    /// R1 checks (one agent's owners compared) and full scans of a host's catalog (R2).
+    /// R1 checks (one agent's owners compared, at every change that can add an owner)
+    /// and full scans of a host's catalog (R2).
     pub r1_checks: u64,
     pub r2_scans: u64,
     /// Not a violation of R1 (which is per epoch), but suspicious: times an owner of
