@@ -36,6 +36,8 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{NodeId, NodeName, Zone};
 use crate::placement::{self, Candidate};
 
+mod catalog;
+mod inflight;
 mod recovery;
 pub use recovery::{
     AcceptorState, Ballot, ControlError, Decree, ElectionKind, NodeInfo, PaxosAnswer,
@@ -943,14 +945,14 @@ pub struct Replicator {
     me: NodeId,
     config: ReplicationConfig,
     live: BTreeMap<NodeName, NodeId>,
-    records: BTreeMap<AgentId, AgentRecord>,
+    records: catalog::Catalog,
     owned: BTreeMap<AgentId, Owned>,
     local: BTreeMap<AgentId, LocalAgent>,
     registers: BTreeMap<u64, PendingRegister>,
     puts: BTreeMap<u64, PendingPut>,
     gets: BTreeMap<u64, PendingGet>,
     disk_ops: BTreeMap<u64, DiskOp>,
-    requests: BTreeMap<u64, InFlight>,
+    requests: inflight::Requests,
     repairs: BTreeMap<AgentId, RepairJob>,
     repair_in_flight: usize,
     /// Repair byte budget (may go negative: one transfer larger than the burst runs,
@@ -995,14 +997,14 @@ impl Replicator {
             repair_tokens: i64::try_from(config.repair_bytes_per_sec).unwrap_or(i64::MAX),
             config,
             live: BTreeMap::new(),
-            records: BTreeMap::new(),
+            records: catalog::Catalog::default(),
             owned: BTreeMap::new(),
             local: BTreeMap::new(),
             registers: BTreeMap::new(),
             puts: BTreeMap::new(),
             gets: BTreeMap::new(),
             disk_ops: BTreeMap::new(),
-            requests: BTreeMap::new(),
+            requests: inflight::Requests::default(),
             repairs: BTreeMap::new(),
             repair_in_flight: 0,
             tokens_at: Duration::ZERO,
@@ -1107,7 +1109,7 @@ impl Replicator {
         if is_new {
             self.next_repair_scan = self.next_repair_scan.min(now);
             // A newcomer learns the catalog at once instead of at the next round.
-            let digest = self.catalog_digest();
+            let digest = self.records.digest();
             self.send(&id, ReplMsg::CatalogDigest { digest }, None);
             self.info_to(&id);
         }
@@ -1934,7 +1936,7 @@ impl Replicator {
                 }
             }
             ReplMsg::CatalogDigest { digest } => {
-                if digest != self.catalog_digest()
+                if digest != self.records.digest()
                     && let Some(to) = self.live.get(from).cloned()
                 {
                     self.send_catalog(&to, true);
@@ -2648,12 +2650,15 @@ impl Replicator {
                 None,
             );
         }
-        for chunk in all.chunks(RECORDS_PER_MESSAGE) {
+        let last = all.len().div_ceil(RECORDS_PER_MESSAGE).saturating_sub(1);
+        for (i, chunk) in all.chunks(RECORDS_PER_MESSAGE).enumerate() {
             self.send(
                 to,
                 ReplMsg::Records {
                     records: chunk.to_vec(),
-                    answer,
+                    // Asked once per catalog, not once per chunk (that sent the whole
+                    // catalog back once per chunk received: quadratic in the agents).
+                    answer: answer && i == last,
                 },
                 None,
             );
@@ -2662,11 +2667,7 @@ impl Replicator {
 
     /// A digest of every record (without seqs), order-independent of insertion.
     pub fn catalog_digest(&self) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for r in self.records.values() {
-            r.digest_into(&mut h);
-        }
-        h.digest()
+        self.records.peek_digest()
     }
 
     // ---- repair --------------------------------------------------------------------
@@ -2706,7 +2707,15 @@ impl Replicator {
         // this node has been back among live members long enough to have learnt the
         // current records.
         let settled = self.settled_at.is_some_and(|at| now >= at);
-        let agents: Vec<AgentId> = self.records.keys().cloned().collect();
+        // Only records this node owns, writes or reports degraded have anything to do.
+        let agents: Vec<AgentId> = self
+            .records
+            .values()
+            .filter(|r| {
+                r.owner == self.me.name || self.degraded.contains_key(&r.agent) || self.is_writer(r)
+            })
+            .map(|r| r.agent.clone())
+            .collect();
         // Once per scan, not once per agent: agents whose holders are being asked, and
         // agents with a version being fetched again.
         let asking: BTreeSet<AgentId> = self
@@ -3107,8 +3116,8 @@ impl Replicator {
         for g in self.gets.values() {
             next = next.min(g.deadline);
         }
-        for r in self.requests.values() {
-            next = next.min(r.deadline);
+        if let Some(deadline) = self.requests.next_deadline() {
+            next = next.min(deadline);
         }
         if !self.repairs.is_empty() && self.repair_tokens <= 0 {
             let rate = u128::from(self.config.repair_bytes_per_sec.max(1));
@@ -3175,7 +3184,7 @@ impl Replicator {
             if !self.live.is_empty() {
                 let i = self.rng.random_range(0..self.live.len());
                 if let Some(to) = self.live.values().nth(i).cloned() {
-                    let digest = self.catalog_digest();
+                    let digest = self.records.digest();
                     self.send(&to, ReplMsg::CatalogDigest { digest }, None);
                 }
             }

@@ -1190,3 +1190,68 @@ fn an_owner_hands_a_failing_agent_to_another_host() {
     assert_eq!(owners[0].1, 2);
     assert!(c.events_of("agent_lost").iter().any(|(n, _)| n == "a1"));
 }
+
+/// Anti-entropy: a catalog too large for one message goes out in several, and the
+/// receiver answers with its own catalog once, not once per message received (which
+/// made a mismatch cost the square of the catalog's size).
+#[test]
+fn a_catalog_sent_in_several_messages_is_answered_once() {
+    let (a, b) = (node_id("a", "az1", 1), node_id("b", "az2", 2));
+    let config = ReplicationConfig::default();
+    let mut ra = Replicator::new(a.clone(), config.clone(), 1);
+    let mut rb = Replicator::new(b.clone(), config, 2);
+    let records: Vec<vigil_protocol::AgentRecord> = (0..30)
+        .map(|i| vigil_protocol::AgentRecord {
+            agent: agent(&format!("agent-{i}")),
+            owner: a.name.clone(),
+            owner_zone: a.zone.clone(),
+            epoch: 1,
+            seq: 1,
+            holders: Vec::new(),
+            version: 1,
+            meta: String::new(),
+            priority: 0,
+            isolated: false,
+        })
+        .collect();
+    ra.load(Vec::new(), records);
+    let now = Duration::ZERO;
+    ra.member_up(now, b.clone());
+    rb.member_up(now, a.clone());
+    let sent = |r: &mut Replicator| {
+        let mut out = Vec::new();
+        while let Some(e) = r.poll_effect() {
+            if let ReplEffect::Send { msg, .. } = e {
+                out.push(msg);
+            }
+        }
+        out
+    };
+    sent(&mut ra);
+    // b's digest (of nothing) reaches a, which sends its 30 records and asks back.
+    let digest = sent(&mut rb)
+        .into_iter()
+        .find(|m| matches!(m, ReplMsg::CatalogDigest { .. }))
+        .unwrap();
+    ra.handle_message(now, &b.name, digest, None);
+    let chunks: Vec<ReplMsg> = sent(&mut ra)
+        .into_iter()
+        .filter(|m| matches!(m, ReplMsg::Records { .. }))
+        .collect();
+    assert!(chunks.len() > 1, "{} messages", chunks.len());
+    let asking = chunks
+        .iter()
+        .filter(|m| matches!(m, ReplMsg::Records { answer: true, .. }))
+        .count();
+    assert_eq!(asking, 1);
+    let n = chunks.len();
+    for m in chunks {
+        rb.handle_message(now, &a.name, m, None);
+    }
+    // b answers once: its catalog (now the same 30 records), not once per chunk.
+    let back = sent(&mut rb)
+        .into_iter()
+        .filter(|m| matches!(m, ReplMsg::Records { .. }))
+        .count();
+    assert_eq!(back, n);
+}

@@ -150,6 +150,11 @@ struct RunArgs {
     /// (a stand-in for recovery; default: never).
     #[arg(long, value_parser = parse_duration)]
     takeover_after: Option<Duration>,
+    /// With --bootstrap warm: start with every agent already registered (its first
+    /// snapshot on its owner and k holders, its record in every catalog) instead of
+    /// registering them all at once; large runs need it.
+    #[arg(long)]
+    preregistered: bool,
 }
 
 #[derive(Args)]
@@ -398,7 +403,12 @@ fn spec_from(a: &RunArgs, seed: u64) -> Result<RunSpec, ExitCode> {
         repl.get_fraction = a.get_fraction.clamp(0.0, 1.0);
         repl.settle_bound = a.repl_settle;
         repl.takeover_after = a.takeover_after;
+        repl.preregistered = a.preregistered;
         spec.replication = Some(repl);
+    }
+    if a.preregistered && a.bootstrap != "warm" {
+        eprintln!("vigil-sim: --preregistered needs --bootstrap warm");
+        return Err(ExitCode::from(2));
     }
     spec.warm_start = match a.bootstrap.as_str() {
         "join" => false,

@@ -227,6 +227,17 @@ pub fn run(spec: &RunSpec) -> Report {
     // Steady state: traffic per host over the window, no faults, once the gossip
     // about the joins has died down.
     let settle = world.run_until_quiet(Duration::from_secs(300), Duration::from_millis(500));
+    if spec
+        .replication
+        .as_ref()
+        .is_some_and(|r| r.preregistered && spec.warm_start)
+    {
+        // Pre-registered agents: their owners take them back once settled.
+        let bound = world.now() + Duration::from_secs(60);
+        while !world.every_agent_owned() && world.now() < bound {
+            world.run_for(Duration::from_millis(250));
+        }
+    }
     let before = world.host_stats();
     let kinds_before = world.sent_by_kind.clone();
     // The replication workload runs from here until the faults stop (it does not

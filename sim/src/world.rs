@@ -10,12 +10,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use vigil_protocol::wire::{self, Body, MAX_STREAM_FRAME_LEN};
 use vigil_protocol::{
     Core, Detector, Effect, Event, LocalState, MemberState, NodeId, NodeName, Profile, Replicator,
     Zone,
@@ -260,26 +261,43 @@ enum Action {
     Repl(ReplAction),
 }
 
-struct Scheduled {
-    at: Duration,
-    seq: u64,
-    action: Action,
+/// The event queue: a heap of small (time, sequence, slot) keys, the actions in a
+/// slab beside it. Ordered by (time, sequence) like a heap of the actions themselves,
+/// but a pop moves 24 bytes per level instead of a whole action (message bytes, disk
+/// work): with millions of messages in flight (every host asking every other at once)
+/// the heap's moves were most of the simulator's time.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(Duration, u64, u32)>>,
+    slots: Vec<Option<Action>>,
+    free: Vec<u32>,
 }
 
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+impl Queue {
+    fn push(&mut self, at: Duration, seq: u64, action: Action) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(action);
+                slot
+            }
+            None => {
+                self.slots.push(Some(action));
+                u32::try_from(self.slots.len() - 1)
+                    .unwrap_or_else(|_| unreachable!("fewer than 2^32 events in flight"))
+            }
+        };
+        self.heap.push(Reverse((at, seq, slot)));
     }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+
+    fn peek_at(&self) -> Option<Duration> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+
+    fn pop(&mut self) -> Option<(Duration, Action)> {
+        let Reverse((at, _, slot)) = self.heap.pop()?;
+        self.free.push(slot);
+        let action = self.slots[slot as usize].take()?;
+        Some((at, action))
     }
 }
 
@@ -333,7 +351,7 @@ pub struct World {
     pub config: WorldConfig,
     now: Duration,
     seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: Queue,
     rng: ChaCha8Rng,
     hosts: Vec<Host>,
     by_name: BTreeMap<NodeName, HostId>,
@@ -357,6 +375,55 @@ pub struct World {
     pub sent_by_kind: BTreeMap<&'static str, (u64, u64)>,
     /// Replication: disks, workload, figures (None: off).
     repl: Option<Box<ReplState>>,
+    /// `VIGIL_SIM_PROGRESS=SECS`: where the wall time goes (None: off).
+    progress: Option<Progress>,
+}
+
+/// `VIGIL_SIM_PROGRESS=SECS` prints to stderr, every SECS simulated seconds, the
+/// simulated and wall time so far and the wall time spent per kind of event
+/// (replication messages by kind), for finding what makes a large run slow. It reads
+/// the clock around every event, so it is off by default; it changes nothing in the run.
+struct Progress {
+    started: Instant,
+    every: Duration,
+    next: Duration,
+    by_kind: BTreeMap<&'static str, (u64, Duration)>,
+}
+
+impl Progress {
+    fn from_env() -> Option<Progress> {
+        let secs: f64 = std::env::var("VIGIL_SIM_PROGRESS").ok()?.parse().ok()?;
+        (secs.is_finite() && secs > 0.0).then(|| Progress {
+            started: Instant::now(),
+            every: Duration::from_secs_f64(secs),
+            next: Duration::ZERO,
+            by_kind: BTreeMap::new(),
+        })
+    }
+}
+
+/// The kind of an event, for [`Progress`].
+fn action_kind(a: &Action) -> &'static str {
+    match a {
+        Action::Deliver { .. } => "swim_deliver",
+        Action::Timer { .. } => "swim_timer",
+        Action::StallEnd { .. } | Action::SlowEnd { .. } => "stall",
+        Action::Join { .. } => "join",
+        Action::Fault(_) => "fault",
+        Action::Repl(r) => match r {
+            ReplAction::Deliver { envelope, .. } => {
+                match wire::decode(envelope, MAX_STREAM_FRAME_LEN) {
+                    Ok(Body::Repl(m)) => m.kind(),
+                    _ => "repl_undecodable",
+                }
+            }
+            ReplAction::Timer { .. } => "repl_timer",
+            ReplAction::Disk { .. } => "repl_disk",
+            ReplAction::Tick { .. } => "repl_tick",
+            ReplAction::Check => "repl_check",
+            ReplAction::FaultsOver => "faults_over",
+        },
+    }
 }
 
 fn host_name(i: HostId) -> NodeName {
@@ -410,7 +477,7 @@ impl World {
             config,
             now: Duration::ZERO,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: Queue::default(),
             rng,
             hosts,
             by_name,
@@ -429,6 +496,7 @@ impl World {
             input_errors: 0,
             sent_by_kind: BTreeMap::new(),
             repl,
+            progress: Progress::from_env(),
         }
     }
 
@@ -446,11 +514,7 @@ impl World {
 
     fn schedule(&mut self, at: Duration, action: Action) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            action,
-        }));
+        self.queue.push(at, self.seq, action);
     }
 
     /// Starts every host, staggered, each joining through the seeds.
@@ -464,6 +528,7 @@ impl World {
     /// Starts every host at once with the full membership already known (a converged
     /// cluster), skipping the joins and their gossip.
     pub fn bootstrap_warm(&mut self) {
+        self.preregister_agents();
         let now = self.now;
         let mut ids = Vec::with_capacity(self.hosts.len());
         for host in &mut self.hosts {
@@ -485,6 +550,7 @@ impl World {
             }
             self.after_input(i as HostId);
         }
+        self.preregistered_started();
     }
 
     /// Schedules `fault` at `at`.
@@ -494,16 +560,23 @@ impl World {
 
     /// Runs until the queue is empty or simulated time reaches `until`.
     pub fn run_until(&mut self, until: Duration) {
-        while let Some(Reverse(next)) = self.queue.peek() {
-            if next.at > until {
+        while let Some(next) = self.queue.peek_at() {
+            if next > until {
                 break;
             }
-            let Some(Reverse(Scheduled { at, action, .. })) = self.queue.pop() else {
+            let Some((at, action)) = self.queue.pop() else {
                 break;
             };
             self.now = self.now.max(at);
             self.events_handled += 1;
-            self.handle(action);
+            if self.progress.is_some() {
+                let kind = action_kind(&action);
+                let started = Instant::now();
+                self.handle(action);
+                self.note_progress(kind, started.elapsed());
+            } else {
+                self.handle(action);
+            }
             let every = self.config.check_views_every;
             if every > 0 && self.events_handled.is_multiple_of(every) {
                 self.check_views();
@@ -515,6 +588,30 @@ impl World {
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now + d;
         self.run_until(until);
+    }
+
+    fn note_progress(&mut self, kind: &'static str, took: Duration) {
+        let now = self.now;
+        let events = self.events_handled;
+        let Some(p) = self.progress.as_mut() else {
+            return;
+        };
+        let entry = p.by_kind.entry(kind).or_default();
+        entry.0 += 1;
+        entry.1 += took;
+        if now >= p.next {
+            p.next = now + p.every;
+            eprintln!(
+                "[progress] simulated {:.1} s, wall {:.1} s, {events} events",
+                now.as_secs_f64(),
+                p.started.elapsed().as_secs_f64(),
+            );
+            let mut kinds: Vec<_> = p.by_kind.iter().collect();
+            kinds.sort_by_key(|(_, (_, spent))| Reverse(*spent));
+            for (kind, (n, spent)) in kinds.into_iter().take(12) {
+                eprintln!("    {kind:<16} {n:>12} {:>9.2} s", spent.as_secs_f64());
+            }
+        }
     }
 
     fn handle(&mut self, action: Action) {
@@ -702,8 +799,7 @@ impl World {
         stats.tx_bytes += envelope.len() as u64;
         stats.tx_messages += 1;
         let kind =
-            vigil_protocol::wire::decode(&envelope, vigil_protocol::wire::MAX_STREAM_FRAME_LEN)
-                .map_or("undecodable", |b| b.kind());
+            wire::decode(&envelope, MAX_STREAM_FRAME_LEN).map_or("undecodable", |b| b.kind());
         let entry = self.sent_by_kind.entry(kind).or_default();
         entry.0 += 1;
         entry.1 += envelope.len() as u64;

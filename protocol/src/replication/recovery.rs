@@ -581,10 +581,10 @@ impl Replicator {
     }
 
     fn needs_recovery(&self, r: &AgentRecord) -> bool {
-        r.owner != self.me.name
-            && !self.live.contains_key(&r.owner)
+        r.is_holder(&self.me.name)
+            && r.owner != self.me.name
             && !r.isolated
-            && r.is_holder(&self.me.name)
+            && !self.live.contains_key(&r.owner)
     }
 
     fn advance_election(&mut self, now: Duration, agent: &AgentId) {
