@@ -11,7 +11,9 @@ use vigil_protocol::replication::{
     AcceptorState, GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, ReplMsg,
     SnapMeta, StoredVersion,
 };
-use vigil_protocol::{AckMode, AgentId, NodeId, NodeName, ReplicationConfig, Replicator, Zone};
+use vigil_protocol::{
+    AckMode, AgentId, NodeId, NodeName, ReplicationConfig, Replicator, Zone, placement,
+};
 
 const LATENCY: Duration = Duration::from_millis(1);
 const DISK: Duration = Duration::from_millis(2);
@@ -1041,6 +1043,64 @@ fn the_coordinator_dying_mid_way_does_not_stop_the_recovery() {
     assert_eq!(c.local_owners("agent-1").len(), 1);
     let (_, bytes) = c.get(&owner, "agent-1", None).unwrap();
     assert_eq!(&bytes[..], &[7u8; 100][..]);
+}
+
+#[test]
+fn a_holder_that_learns_of_the_death_late_does_not_compete_with_the_running_election() {
+    let mut c = recovery_setup();
+    let mut holders: Vec<NodeName> = c.nodes[&name("a2")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record
+        .holders
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    assert_eq!(holders.len(), 3);
+    // Best-placed proposer first.
+    holders.sort_by_key(|h| std::cmp::Reverse(placement::score(&agent("agent-1"), h)));
+    let (late, worst) = (holders[..2].to_vec(), holders[2].clone());
+    // a1 crashes; every node but the two better-placed holders sees it at once. The
+    // worst-placed holder's back-off (two ranks) runs out and it starts the election;
+    // the others learn of the death while that round is in flight.
+    // As with SWIM's detection times, the leases a1 was granted run out before anyone
+    // declares it down.
+    c.down.insert(name("a1"));
+    c.run(ReplicationConfig::default().lease);
+    let now = c.now;
+    for (n, r) in c.nodes.iter_mut() {
+        if !late.contains(n) && n.as_str() != "a1" {
+            r.member_down(now, &name("a1"));
+        }
+    }
+    c.drain_all();
+    for _ in 0..10_000 {
+        if c.events_of("election_started").len() == 1 {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    let started = c.events_of("election_started");
+    assert_eq!(started[0].0, worst.as_str(), "{started:?}");
+    c.run(Duration::from_millis(1));
+    let now = c.now;
+    for n in &late {
+        c.node(n.as_str()).member_down(now, &name("a1"));
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(5));
+    // One proposer ran, in one round; the late holders held back instead of
+    // pre-empting it with better-placed ballots.
+    let proposers: BTreeSet<String> = c
+        .events_of("election_started")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(proposers, BTreeSet::from([worst.to_string()]));
+    let elected = c.events_of("coordinator_elected");
+    assert_eq!(elected.len(), 1, "{elected:?}");
+    assert_eq!(c.events_of("agent_adopted").len(), 1);
+    assert_eq!(c.owners("agent-1").len(), 1);
 }
 
 #[test]

@@ -13,8 +13,11 @@
 //!   node takes it over), a single-decree Paxos among the agent's holders (the
 //!   acceptors) picks one decree per (agent, new epoch): the target host and the seq to
 //!   restore. Any node may propose; holders propose for a dead owner, the best-scoring
-//!   first and the others after `rank * election_backoff`. The proposer whose decree is
-//!   chosen is the coordinator. Without a majority of holders answering, nothing
+//!   first and the others after `rank * election_backoff`. A holder whose acceptor has
+//!   just answered another live proposer's ballot for the same epoch holds its own
+//!   rounds back while that proposer is at work (see [`Rival`]): proposers that
+//!   pre-empt each other's ballots can take seconds to agree. The proposer whose decree
+//!   is chosen is the coordinator. Without a majority of holders answering, nothing
 //!   happens. Acceptor state is persisted before it is answered, so a restarted holder
 //!   keeps its promises.
 //! - **Adoption.** The coordinator asks the target to adopt; the target owns the agent
@@ -196,6 +199,24 @@ pub(super) struct Recovery {
     pub(super) planned: BTreeMap<NodeName, u32>,
     pub(super) next_scan: Duration,
     pub(super) highest_round: BTreeMap<AgentId, u64>,
+    /// The latest other proposer this node's acceptor answered, per agent.
+    pub(super) rivals: BTreeMap<AgentId, Rival>,
+}
+
+/// Another proposer at work on an agent's election, as this node's acceptor saw it.
+///
+/// Not persisted and not needed for safety (the ballots are): it only keeps two
+/// proposers from pre-empting each other round after round. A holder that learns of a
+/// death late, or whose back-off ran out while the first proposer waited for fsyncs,
+/// would otherwise start a higher ballot and fail the first one's accept phase, which
+/// then retries higher still; with three holders this took a median of 651 ms and up
+/// to 4.2 s against 77 ms with one proposer (docs/BENCHMARKS.md, "Recovery time").
+#[derive(Debug, Clone)]
+pub(super) struct Rival {
+    epoch: u64,
+    node: NodeName,
+    /// This node starts no round before then, while `node` is live.
+    until: Duration,
 }
 
 /// Why a handoff or an isolation cannot be done.
@@ -496,6 +517,7 @@ impl Replicator {
             }
         }
         orphans.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        self.recovery.rivals.retain(|_, r| r.until > now);
         self.finish_successions(now);
         {
             for (_, agent) in orphans {
@@ -587,12 +609,55 @@ impl Replicator {
             && !self.live.contains_key(&r.owner)
     }
 
+    /// Remembers that this node's acceptor answered `from`'s ballot for (agent, epoch).
+    fn note_rival(
+        &mut self,
+        now: Duration,
+        from: &NodeName,
+        agent: &AgentId,
+        epoch: u64,
+        hold: Duration,
+    ) {
+        if from == &self.me.name {
+            return;
+        }
+        self.recovery.rivals.insert(
+            agent.clone(),
+            Rival {
+                epoch,
+                node: from.clone(),
+                until: now + hold,
+            },
+        );
+    }
+
+    /// Until when this node's next round for `agent` waits for another proposer: one
+    /// this node's acceptor answered for the same epoch, recently, that is still live.
+    /// A proposer that dies is declared down and stops counting, so the hold never
+    /// outlasts detection by more than a round.
+    fn rival_hold(&self, now: Duration, agent: &AgentId, epoch: u64) -> Option<Duration> {
+        self.recovery
+            .rivals
+            .get(agent)
+            .filter(|r| r.epoch == epoch && r.until > now && self.live.contains_key(&r.node))
+            .map(|r| r.until)
+    }
+
     fn advance_election(&mut self, now: Duration, agent: &AgentId) {
         let Some(e) = self.recovery.elections.get(agent) else {
             return;
         };
         match e.phase {
-            Phase::Waiting { .. } => self.start_round(now, agent),
+            Phase::Waiting { .. } => match self.rival_hold(now, agent, e.epoch) {
+                Some(until) => {
+                    let jitter = self.rng.random_range(0.0..0.5);
+                    let wait = self.config.election_backoff.mul_f64(jitter);
+                    if let Some(e) = self.recovery.elections.get_mut(agent) {
+                        e.phase = Phase::Waiting { at: until + wait };
+                    }
+                }
+                None => self.start_round(now, agent),
+            },
             Phase::Preparing { .. } | Phase::Accepting { .. } => {
                 // No majority in time: try again later with a higher ballot.
                 self.retry_later(now, agent, None);
@@ -775,6 +840,8 @@ impl Replicator {
                 state.promised = Some(ballot.clone());
                 let accepted = state.accepted.clone();
                 let state = state.clone();
+                // Its accept phase follows within a round.
+                self.note_rival(now, from, &agent, epoch, ROUND_TIMEOUT);
                 let reply = ReplMsg::Promise {
                     agent: agent.clone(),
                     epoch,
@@ -815,6 +882,9 @@ impl Replicator {
                 state.promised = Some(ballot.clone());
                 state.accepted = Some((ballot.clone(), decree));
                 let state = state.clone();
+                // Chosen, most likely: the adoption follows (or times out and is
+                // written down) within ADOPT_TIMEOUT.
+                self.note_rival(now, from, &agent, epoch, ROUND_TIMEOUT + ADOPT_TIMEOUT);
                 // From now on this holder refuses the old owner's puts: the epoch it
                 // wrote under is being replaced.
                 let local = self.local.entry(agent.clone()).or_default();
@@ -1007,7 +1077,13 @@ impl Replicator {
                 self.retry_later(now, agent, None);
             }
             PaxosAnswer::Leased { remaining_ms } => {
-                let wait = Duration::from_millis(remaining_ms) + Duration::from_millis(10);
+                // Every holder refused until the same expiry: keep the proposers'
+                // rank order past it, or they all start at once and pre-empt each
+                // other.
+                let rank = self.recovery.elections.get(agent).map_or(0, |e| e.rank);
+                let wait = Duration::from_millis(remaining_ms)
+                    + Duration::from_millis(10)
+                    + self.config.election_backoff * rank;
                 self.retry_later(now, agent, Some(wait));
             }
             PaxosAnswer::Stale { .. } => {
