@@ -940,6 +940,18 @@ struct RepairJob {
     failed: bool,
 }
 
+/// One writer sync (see [`Replicator::sync_writer`]): the holders' answers are kept
+/// until all are in, because a holder is behind when any other holder has a newer
+/// version, not only when this node has: a new owner usually hears its holders'
+/// answers before its heal has fetched the newest version from one of them.
+#[derive(Debug, Default)]
+struct WriterRound {
+    /// Each answering holder's latest (epoch, seq); None: it has no version.
+    heads: BTreeMap<NodeName, Option<(u64, u64)>>,
+    /// Holders asked that have neither answered nor failed.
+    waiting: BTreeSet<NodeName>,
+}
+
 /// The snapshot replication state machine of one node.
 pub struct Replicator {
     me: NodeId,
@@ -979,6 +991,8 @@ pub struct Replicator {
     writer_synced: BTreeMap<AgentId, Vec<NodeName>>,
     /// Holders found without the writer's latest version; repair sends it.
     stale_holders: BTreeMap<AgentId, BTreeSet<NodeName>>,
+    /// The writer syncs under way: what each holder answered so far, and who has not.
+    writer_rounds: BTreeMap<AgentId, WriterRound>,
     serving: usize,
     next_op: u64,
     next_repair_scan: Duration,
@@ -1016,6 +1030,7 @@ impl Replicator {
             settled_at: None,
             writer_synced: BTreeMap::new(),
             stale_holders: BTreeMap::new(),
+            writer_rounds: BTreeMap::new(),
             serving: 0,
             next_op: 1,
             next_repair_scan: Duration::ZERO,
@@ -2891,6 +2906,13 @@ impl Replicator {
         if holders.is_empty() {
             return false;
         }
+        self.writer_rounds.insert(
+            record.agent.clone(),
+            WriterRound {
+                heads: BTreeMap::new(),
+                waiting: holders.iter().map(|h| h.name.clone()).collect(),
+            },
+        );
         for to in holders {
             let op = self.op();
             self.requests.insert(
@@ -2939,6 +2961,38 @@ impl Replicator {
                     .insert(from.clone());
             }
             _ => {}
+        }
+        let Some(round) = self.writer_rounds.get_mut(agent) else {
+            return;
+        };
+        round.waiting.remove(from);
+        if let Some(t) = theirs {
+            round.heads.insert(from.clone(), t);
+        }
+        if !round.waiting.is_empty() {
+            return;
+        }
+        let Some(round) = self.writer_rounds.remove(agent) else {
+            return;
+        };
+        // Each answer was compared with our latest version when it came. Now that all
+        // are in, each is also compared with the newest any holder has: this node
+        // fetches that one (above), but usually after the answers, so a new owner (no
+        // copy yet, or the same old one as the holder) would otherwise take a holder
+        // one version behind at the old owner's crash for current, and with no later
+        // put nothing would bring it up to date.
+        let newest = round.heads.values().copied().max().flatten();
+        let behind: Vec<NodeName> = round
+            .heads
+            .into_iter()
+            .filter(|(_, head)| *head < newest)
+            .map(|(n, _)| n)
+            .collect();
+        if !behind.is_empty() {
+            self.stale_holders
+                .entry(agent.clone())
+                .or_default()
+                .extend(behind);
         }
     }
 

@@ -961,6 +961,62 @@ fn a_dead_owners_agent_is_adopted_once_with_its_latest_acknowledged_seq() {
     assert_eq!((out.epoch, out.seq), (2, 8));
 }
 
+/// A holder one version behind when the owner dies is brought up to date by the new
+/// owner, with no later put. The new owner asks the holders for their latest versions
+/// before its own heal has fetched the newest one: the behind holder has to be judged
+/// against the newest answer, not against the new owner's copy (none yet).
+#[test]
+fn a_holder_behind_at_the_owners_crash_is_brought_up_to_date_by_the_new_owner() {
+    let mut c = recovery_setup();
+    let holders: Vec<String> = c.nodes[&name("a1")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record
+        .holders
+        .iter()
+        .map(|h| h.name.to_string())
+        .collect();
+    // The holder in the owner's zone: the new owner comes from another zone, so it
+    // is not the holder that is behind.
+    assert!(holders.contains(&"a2".to_string()), "{holders:?}");
+    // The new owner holds no copy (a standby host that is not a holder), so it has
+    // nothing of its own to compare the holders' answers with.
+    let standby = ["b1", "b2", "c1", "c2"]
+        .into_iter()
+        .find(|n| !holders.contains(&n.to_string()))
+        .unwrap();
+    c.node(standby).set_node_settings(true, 100);
+    c.drain_all();
+    c.run(Duration::from_millis(100));
+    // a2 misses seq 8 (the put is acknowledged by the other two) and the repair
+    // that would re-send it; the owner dies before a2 hears again.
+    c.deaf_to_records.insert(name("a2"));
+    let out = c.put("a1", "agent-1", &[8u8; 100], None).unwrap();
+    assert_eq!(out.seq, 8);
+    assert!(!c.live_copies("agent-1", 8).contains(&"a2".to_string()));
+    c.kill("a1");
+    c.deaf_to_records.clear();
+    c.run(Duration::from_secs(10));
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    let (owner, _) = &adopted[0];
+    assert_eq!(owner, standby);
+    let record = c.nodes[&name(owner)]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record;
+    assert_eq!(record.holders.len(), 3, "{record:?}");
+    let with_8 = c.live_copies("agent-1", 8);
+    for h in &record.holders {
+        assert!(
+            with_8.contains(&h.name.to_string()),
+            "holder {} lacks seq 8 (copies on {with_8:?}, holders {:?})",
+            h.name,
+            record.holders
+        );
+    }
+}
+
 #[test]
 fn a_standby_node_outside_the_failed_zone_is_preferred() {
     let mut c = Cluster::new(&six(), ReplicationConfig::default());

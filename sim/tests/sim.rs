@@ -306,6 +306,37 @@ fn every_copy_is_restored_after_corrupt_sources_and_racing_puts() {
     }
 }
 
+/// Regression (found by this simulator, I2): a holder one version behind when its owner
+/// crashed stayed behind. The new owner asked the holders for their latest versions
+/// and compared each with its own copy, which its heal had not fetched yet (none, or the
+/// same old one), and with no later put (the workload stops with the faults) nothing
+/// brought the holder up to date. A writer now judges each holder against the newest
+/// version any holder answered.
+#[test]
+fn a_holder_behind_at_its_owners_crash_is_brought_up_to_date() {
+    // = cargo run -p vigil-sim --release -- run --nodes 20 --agents 100 --window 2s
+    //   --faults 3 --fault-spacing 5s --seed 5 --bootstrap warm --preregistered
+    //   (and --seed 97 without --bootstrap warm --preregistered)
+    for (seed, preregistered) in [(5, true), (97, false)] {
+        let mut spec = RunSpec::new(20, seed, Scenario::Crash);
+        spec.net.loss = 0.01;
+        spec.window = Duration::from_secs(2);
+        spec.faults = 3;
+        spec.fault_spacing = Duration::from_secs(5);
+        spec.warm_start = preregistered;
+        let mut repl = ReplSpec::new(100);
+        repl.preregistered = preregistered;
+        spec.replication = Some(repl);
+        let report = scenario::run(&spec);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            report.violations
+        );
+        assert!(replication(&report).adoptions > 0, "seed {seed}");
+    }
+}
+
 /// Regression (found by this simulator): an owner that saw no live peer acknowledged
 /// quorum puts with no copy but its own, the quorum being taken over the holders it
 /// could place rather than over k; when it crashed the snapshots were gone (I1).
