@@ -753,7 +753,13 @@ mod tests {
         let big = vec![7u8; 10_000];
         store.write(&meta("a", 1, 1, &big), &big).unwrap();
         let first_inode = fs::metadata(store.path_of("a", 1)).unwrap().ino();
-        assert_eq!(store.write(&meta("a", 1, 2, b"two"), b"two").unwrap().pruned, [1]);
+        assert_eq!(
+            store
+                .write(&meta("a", 1, 2, b"two"), b"two")
+                .unwrap()
+                .pruned,
+            [1]
+        );
         assert!(!store.path_of("a", 1).exists());
         store.write(&meta("a", 1, 3, b"three"), b"three").unwrap();
         // Seq 3 went into seq 1's old file, which holds seq 3 alone.
