@@ -80,6 +80,8 @@ struct Cluster {
     registered: BTreeSet<(NodeName, u64)>,
     /// Nodes that messages carrying records do not reach (a partial partition).
     deaf_to_records: BTreeSet<NodeName>,
+    /// This many of the next `Adopt` messages are lost.
+    adopts_to_lose: u32,
     /// Nodes cut off from all others (alive, timers running, no messages either way).
     cut_off: BTreeSet<NodeName>,
     config: ReplicationConfig,
@@ -101,6 +103,7 @@ impl Cluster {
             events: Vec::new(),
             registered: BTreeSet::new(),
             deaf_to_records: BTreeSet::new(),
+            adopts_to_lose: 0,
             cut_off: BTreeSet::new(),
             config,
         };
@@ -254,6 +257,10 @@ impl Cluster {
                             | ReplMsg::Store { .. }
                     );
                     if catalog && self.deaf_to_records.contains(&to) {
+                        continue;
+                    }
+                    if matches!(msg, ReplMsg::Adopt { .. }) && self.adopts_to_lose > 0 {
+                        self.adopts_to_lose -= 1;
                         continue;
                     }
                     self.nodes
@@ -1157,6 +1164,55 @@ fn a_holder_that_learns_of_the_death_late_does_not_compete_with_the_running_elec
     assert_eq!(elected.len(), 1, "{elected:?}");
     assert_eq!(c.events_of("agent_adopted").len(), 1);
     assert_eq!(c.owners("agent-1").len(), 1);
+}
+
+#[test]
+fn a_lost_adopt_message_is_sent_again() {
+    let mut c = recovery_setup();
+    // The target must be another host than the coordinator (a holder): the one
+    // standby host that holds no copy.
+    let holders: BTreeSet<String> = c.nodes[&name("a2")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record
+        .holders
+        .iter()
+        .map(|h| h.name.to_string())
+        .collect();
+    let standby = ["a2", "b1", "b2", "c1", "c2"]
+        .into_iter()
+        .find(|n| !holders.contains(*n))
+        .unwrap();
+    for n in ["a2", "b1", "b2", "c1", "c2"] {
+        c.node(n).set_node_settings(n == standby, 100);
+    }
+    c.drain_all();
+    c.run(Duration::from_millis(100));
+    c.adopts_to_lose = 1;
+    c.kill("a1");
+    for _ in 0..5000 {
+        if !c.events_of("coordinator_elected").is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    let elected_at = c.now;
+    for _ in 0..5000 {
+        if !c.events_of("agent_adopted").is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    // Adopted on the resend, well before the coordinator would give up on the target
+    // (3 s) and write it into the record unconfirmed.
+    assert_eq!(c.adopts_to_lose, 0, "the first Adopt was not lost");
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert_eq!(adopted[0].0, standby);
+    assert!(c.now - elected_at < Duration::from_secs(1), "{:?}", c.now - elected_at);
+    c.run(Duration::from_secs(5));
+    assert_eq!(c.events_of("agent_adopted").len(), 1);
+    assert_eq!(c.local_owners("agent-1").len(), 1);
 }
 
 #[test]

@@ -35,6 +35,9 @@ use super::*;
 const LEASE_AGENTS_PER_MESSAGE: usize = 256;
 /// How long an adoption may take before the coordinator gives up on the target.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the coordinator sends `Adopt` again until the target answers (adopting
+/// is idempotent; a lost message would otherwise cost the whole ADOPT_TIMEOUT).
+const ADOPT_RESEND: Duration = Duration::from_millis(250);
 /// How long one election round waits for answers.
 const ROUND_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How often pending agents (no target had room) are tried again.
@@ -142,6 +145,8 @@ enum Phase {
     },
     Adopting {
         deadline: Duration,
+        /// When `Adopt` is sent again.
+        resend: Duration,
     },
 }
 
@@ -465,9 +470,8 @@ impl Replicator {
         for e in self.recovery.elections.values() {
             next = next.min(match e.phase {
                 Phase::Waiting { at } => at,
-                Phase::Preparing { deadline }
-                | Phase::Accepting { deadline }
-                | Phase::Adopting { deadline } => deadline,
+                Phase::Preparing { deadline } | Phase::Accepting { deadline } => deadline,
+                Phase::Adopting { deadline, resend } => deadline.min(resend),
             });
         }
         next
@@ -491,9 +495,8 @@ impl Replicator {
             .iter()
             .filter(|(_, e)| match e.phase {
                 Phase::Waiting { at } => at <= now,
-                Phase::Preparing { deadline }
-                | Phase::Accepting { deadline }
-                | Phase::Adopting { deadline } => deadline <= now,
+                Phase::Preparing { deadline } | Phase::Accepting { deadline } => deadline <= now,
+                Phase::Adopting { deadline, resend } => deadline.min(resend) <= now,
             })
             .map(|(a, _)| a.clone())
             .collect();
@@ -662,6 +665,7 @@ impl Replicator {
                 // No majority in time: try again later with a higher ballot.
                 self.retry_later(now, agent, None);
             }
+            Phase::Adopting { deadline, .. } if now < deadline => self.send_adopt(now, agent),
             Phase::Adopting { .. } => {
                 // The target did not confirm: write it down as the owner; if it is
                 // down, the next election (for the next epoch) moves the agent on.
@@ -1133,8 +1137,9 @@ impl Replicator {
         // Chosen: this node is the coordinator.
         e.phase = Phase::Adopting {
             deadline: now + ADOPT_TIMEOUT,
+            resend: now,
         };
-        let (base, elapsed) = (e.base.clone(), now.saturating_sub(e.started));
+        let elapsed = now.saturating_sub(e.started);
         *self
             .recovery
             .planned
@@ -1149,11 +1154,27 @@ impl Replicator {
         if decree.target != self.me.name && !self.live.contains_key(&decree.target) {
             return self.install_decree(&agent);
         }
+        self.send_adopt(now, &agent);
+    }
+
+    /// Asks the chosen target to adopt (again, until it answers or ADOPT_TIMEOUT).
+    fn send_adopt(&mut self, now: Duration, agent: &AgentId) {
+        let Some(e) = self.recovery.elections.get_mut(agent) else {
+            return;
+        };
+        let (Some(decree), Phase::Adopting { deadline, .. }) = (e.decree.clone(), e.phase.clone())
+        else {
+            return;
+        };
+        e.phase = Phase::Adopting {
+            deadline,
+            resend: now + ADOPT_RESEND,
+        };
         let msg = ReplMsg::Adopt {
-            agent,
-            epoch,
+            agent: agent.clone(),
+            epoch: e.epoch,
             decree: Box::new(decree.clone()),
-            record: Box::new(base),
+            record: Box::new(e.base.clone()),
         };
         self.send_or_local(now, &decree.target, msg);
     }
