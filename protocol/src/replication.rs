@@ -2960,6 +2960,18 @@ impl Replicator {
                     .or_default()
                     .insert(from.clone());
             }
+            // No answer (timed out, or declared down): what it holds is unknown, and
+            // it is not asked again while the live holders stay the same, so it is
+            // sent the latest version. A holder just back from a restart or a
+            // partition often drops the question (it does not know this node as live
+            // yet), and it is exactly the one that missed puts; taking silence for
+            // "up to date" left it behind for good once the puts stopped (I2).
+            (_, None, _) => {
+                self.stale_holders
+                    .entry(agent.clone())
+                    .or_default()
+                    .insert(from.clone());
+            }
             _ => {}
         }
         let Some(round) = self.writer_rounds.get_mut(agent) else {

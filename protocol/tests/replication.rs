@@ -925,6 +925,66 @@ fn repair_resumes_after_the_owner_restarts_mid_way() {
     }
 }
 
+/// Regression (swarm seeds 97, 190, 311, 321, 388, 418 and 463 at `--max-nodes 20
+/// --replication on`, I2): a
+/// holder back from a partition often drops the owner's first question about what it
+/// holds, because it does not know the owner as live yet. The owner took that silence
+/// for "up to date", did not ask again while the live holders stayed the same, and the
+/// holder kept a stale copy for good once the puts stopped. A holder that does not
+/// answer is now sent the latest version.
+#[test]
+fn a_holder_that_does_not_answer_the_owners_question_is_sent_the_latest_version() {
+    // Four nodes: the owner and exactly three possible holders, so nothing replaces
+    // the one cut off and it stays listed.
+    let four = [("a1", "za"), ("a2", "za"), ("b1", "zb"), ("c1", "zc")];
+    let mut c = Cluster::new(&four, ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", &[1; 100], None).unwrap();
+    c.run(Duration::from_millis(500));
+    assert!(c.live_copies("agent-1", 1).contains(&"c1".to_string()));
+    // c1 is cut off and misses seqs 2 and 3 (acknowledged by a2 and b1).
+    c.cut("c1", Duration::from_secs(2));
+    for i in 2..=3u8 {
+        let out = c.put("a1", "agent-1", &[i; 100], None).unwrap();
+        assert_eq!(out.seq, u64::from(i));
+    }
+    // The owner restarts (so it no longer remembers c1 as behind) and reclaims.
+    c.restart_from_disk("a1", 7);
+    let now = c.now;
+    c.node("a1").member_down(now, &name("c1"));
+    c.drain_all();
+    c.run(Duration::from_secs(8));
+    // The partition heals, and the owner sees c1 before c1 sees the owner: c1 drops
+    // the owner's question (it answers only members it knows).
+    c.cut_off.clear();
+    let now = c.now;
+    let c1 = c.ids[&name("c1")].clone();
+    c.node("a1").member_up(now, c1.clone());
+    c.node("a2").member_up(now, c1.clone());
+    c.node("b1").member_up(now, c1);
+    c.drain_all();
+    // Long enough for every question the owner asks meanwhile to go unanswered.
+    c.run(Duration::from_secs(5));
+    let now = c.now;
+    for other in ["a1", "a2", "b1"] {
+        let id = c.ids[&name(other)].clone();
+        c.node("c1").member_up(now, id);
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(10));
+    let record = c.nodes[&name("a1")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record;
+    assert!(record.is_holder(&name("c1")), "{record:?}");
+    let with_3 = c.live_copies("agent-1", 3);
+    assert!(
+        with_3.contains(&"c1".to_string()),
+        "c1 never got seq 3 (copies on {with_3:?})"
+    );
+}
+
 // ---- recovery -----------------------------------------------------------------------
 
 /// A cluster where `agent-1` is owned by a1 with seven acknowledged puts.

@@ -337,6 +337,19 @@ fn a_holder_behind_at_its_owners_crash_is_brought_up_to_date() {
     }
 }
 
+/// Regressions (found by this simulator, I2): a holder back from a restart or a
+/// partition dropped its owner's question about what it held (it did not know the owner
+/// as live yet); the owner took the silence for "up to date", did not ask again while
+/// the live holders stayed the same, and the holder kept a stale copy once the puts
+/// stopped. A holder that does not answer is now sent the latest version.
+#[test]
+fn a_holder_silent_when_asked_what_it_holds_is_brought_up_to_date() {
+    for seed in [97, 190, 311, 321, 388, 418, 463] {
+        let outcome = scenario::swarm_one_with(seed, 20, SwarmReplication::On);
+        assert!(!outcome.failed(), "seed {seed}: {:?}", outcome.violations);
+    }
+}
+
 /// Regression (found by this simulator): an owner that saw no live peer acknowledged
 /// quorum puts with no copy but its own, the quorum being taken over the holders it
 /// could place rather than over k; when it crashed the snapshots were gone (I1).
