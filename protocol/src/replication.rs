@@ -2960,13 +2960,15 @@ impl Replicator {
                     .or_default()
                     .insert(from.clone());
             }
-            // No answer (timed out, or declared down): what it holds is unknown, and
-            // it is not asked again while the live holders stay the same, so it is
-            // sent the latest version. A holder just back from a restart or a
+            // No answer in time from a holder still live: what it holds is unknown,
+            // and it is not asked again while the live holders stay the same, so it
+            // is sent the latest version. A holder just back from a restart or a
             // partition often drops the question (it does not know this node as live
             // yet), and it is exactly the one that missed puts; taking silence for
-            // "up to date" left it behind for good once the puts stopped (I2).
-            (_, None, _) => {
+            // "up to date" left it behind for good once the puts stopped (I2). A
+            // holder declared down is not marked (a transfer to it would fail the
+            // whole repair job); it is asked again when it comes back.
+            (_, None, _) if self.live.contains_key(from) => {
                 self.stale_holders
                     .entry(agent.clone())
                     .or_default()
