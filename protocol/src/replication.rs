@@ -2819,6 +2819,20 @@ impl Replicator {
                 continue;
             }
             let target = self.plan(&record);
+            // A writer without the latest acknowledged version (its own copy was found
+            // corrupt and not fetched back yet, or a new owner has not fetched it)
+            // leaves the holder set alone: the holders it would replace may have the
+            // only copies of that version, and a holder dropped from the record
+            // deletes its copies. Its heal, or its sync with the holders once they are
+            // back, fetches the version, and the next scan re-places.
+            let latest_here = self
+                .local
+                .get(&agent)
+                .and_then(|l| l.versions.last_key_value().map(|(seq, _)| *seq))
+                .unwrap_or(0);
+            if latest_here < record.seq && record.holders.iter().any(|h| !target.contains(h)) {
+                continue;
+            }
             let Some(local) = self.local.get(&agent) else {
                 // The writer has nothing to copy yet (no put so far): just publish
                 // the placement so puts go there.

@@ -82,6 +82,8 @@ struct Cluster {
     deaf_to_records: BTreeSet<NodeName>,
     /// Nodes cut off from all others (alive, timers running, no messages either way).
     cut_off: BTreeSet<NodeName>,
+    /// Nodes whose snapshot writes fail (a disk that refuses writes).
+    failing_writes: BTreeSet<NodeName>,
     config: ReplicationConfig,
 }
 
@@ -102,6 +104,7 @@ impl Cluster {
             registered: BTreeSet::new(),
             deaf_to_records: BTreeSet::new(),
             cut_off: BTreeSet::new(),
+            failing_writes: BTreeSet::new(),
             config,
         };
         for (i, (n, z)) in nodes.iter().enumerate() {
@@ -267,6 +270,15 @@ impl Cluster {
                     snap,
                     body,
                 } => {
+                    if self.failing_writes.contains(&to) {
+                        self.nodes.get_mut(&to).unwrap().on_persisted(
+                            now,
+                            op,
+                            Err("injected write failure".into()),
+                        );
+                        self.drain(&to);
+                        continue;
+                    }
                     let disk = self.disks.get_mut(&to).unwrap();
                     disk.versions
                         .insert((agent.clone(), snap.seq), (snap, body));
@@ -982,6 +994,59 @@ fn a_holder_that_does_not_answer_the_owners_question_is_sent_the_latest_version(
     assert!(
         with_3.contains(&"c1".to_string()),
         "c1 never got seq 3 (copies on {with_3:?})"
+    );
+}
+
+/// Regression (swarm seed 134 at `--max-nodes 20 --replication on`, I1): an owner
+/// whose own copy of the latest acknowledged version was gone (found corrupt, and its
+/// heal failed) saw two holders that had it declared down and re-placed the copies from
+/// what it had, one version older. It published the new holders, the replaced ones
+/// (alive) deleted their copies on the new record, and the acknowledged version was on
+/// no live disk. Without the latest version the writer now leaves the holders alone.
+#[test]
+fn an_owner_without_the_latest_version_does_not_replace_the_holders_that_have_it() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    for i in 1..=3u8 {
+        c.put("a1", "agent-1", &[i; 100], None).unwrap();
+    }
+    c.run(Duration::from_millis(500));
+    let holders: Vec<String> = c.nodes[&name("a1")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record
+        .holders
+        .iter()
+        .map(|h| h.name.to_string())
+        .collect();
+    assert_eq!(holders.len(), 3, "{holders:?}");
+    // The owner loses its copy of seq 3 (a corrupt file moved aside) and restarts
+    // on what is left; it learns of seq 3 from its holders when it reclaims.
+    c.disks
+        .get_mut(&name("a1"))
+        .unwrap()
+        .versions
+        .remove(&(agent("agent-1"), 3));
+    c.restart_from_disk("a1", 9);
+    // Its disk refuses the fetched copy, so it stays without seq 3.
+    c.failing_writes.insert(name("a1"));
+    c.run(Duration::from_secs(8));
+    c.failing_writes.clear();
+    assert!(!c.live_copies("agent-1", 3).contains(&"a1".to_string()));
+    // Its holders are declared down by the owner alone (they are alive and still
+    // hear it) while its lease still stands: there is nobody to fetch seq 3 from.
+    let now = c.now;
+    for h in &holders {
+        c.node("a1").member_down(now, &name(h));
+    }
+    c.drain_all();
+    // Long enough for a new record to reach them through the other nodes.
+    c.run(Duration::from_secs(15));
+    let with_3 = c.live_copies("agent-1", 3);
+    assert!(
+        with_3.len() >= 2,
+        "seq 3 (acknowledged) left on {with_3:?} only (holders were {holders:?})"
     );
 }
 

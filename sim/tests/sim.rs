@@ -350,6 +350,18 @@ fn a_holder_silent_when_asked_what_it_holds_is_brought_up_to_date() {
     }
 }
 
+/// Regression (found by this simulator, I1): an owner whose own copy of the latest
+/// acknowledged version was gone (corrupt, its heal's write failed) declared the holders
+/// that had it down and re-placed its copies from the older versions it had; the
+/// replaced holders, alive, deleted theirs on the new record. Seed 134 at `--max-nodes
+/// 20 --replication on` (it surfaced once silent holders were sent the latest version,
+/// which changed the run's draws; the same re-placement happens without that change).
+#[test]
+fn an_owner_without_the_latest_version_keeps_the_holders_that_have_it() {
+    let outcome = scenario::swarm_one_with(134, 20, SwarmReplication::On);
+    assert!(!outcome.failed(), "{:?}", outcome.violations);
+}
+
 /// Regression (found by this simulator): an owner that saw no live peer acknowledged
 /// quorum puts with no copy but its own, the quorum being taken over the holders it
 /// could place rather than over k; when it crashed the snapshots were gone (I1).
