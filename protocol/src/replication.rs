@@ -2823,14 +2823,16 @@ impl Replicator {
             // corrupt and not fetched back yet, or a new owner has not fetched it)
             // leaves the holder set alone: the holders it would replace may have the
             // only copies of that version, and a holder dropped from the record
-            // deletes its copies. Its heal, or its sync with the holders once they are
-            // back, fetches the version, and the next scan re-places.
+            // deletes its copies. It fetches the version (again: a heal that found no
+            // good copy, or whose write failed, is not retried by itself), and a later
+            // scan re-places.
             let latest_here = self
                 .local
                 .get(&agent)
                 .and_then(|l| l.versions.last_key_value().map(|(seq, _)| *seq))
                 .unwrap_or(0);
             if latest_here < record.seq && record.holders.iter().any(|h| !target.contains(h)) {
+                self.heal(now, &agent, record.seq);
                 continue;
             }
             let Some(local) = self.local.get(&agent) else {
