@@ -2819,6 +2819,22 @@ impl Replicator {
                 continue;
             }
             let target = self.plan(&record);
+            // A writer without the latest acknowledged version (its own copy was found
+            // corrupt and not fetched back yet, or a new owner has not fetched it)
+            // leaves the holder set alone: the holders it would replace may have the
+            // only copies of that version, and a holder dropped from the record
+            // deletes its copies. It fetches the version (again: a heal that found no
+            // good copy, or whose write failed, is not retried by itself), and a later
+            // scan re-places.
+            let latest_here = self
+                .local
+                .get(&agent)
+                .and_then(|l| l.versions.last_key_value().map(|(seq, _)| *seq))
+                .unwrap_or(0);
+            if latest_here < record.seq && record.holders.iter().any(|h| !target.contains(h)) {
+                self.heal(now, &agent, record.seq);
+                continue;
+            }
             let Some(local) = self.local.get(&agent) else {
                 // The writer has nothing to copy yet (no put so far): just publish
                 // the placement so puts go there.
@@ -2955,6 +2971,20 @@ impl Replicator {
                 self.heal(now, agent, m.seq);
             }
             (Some(o), Some(t), _) if t.is_none_or(|t| t < o) => {
+                self.stale_holders
+                    .entry(agent.clone())
+                    .or_default()
+                    .insert(from.clone());
+            }
+            // No answer in time from a holder still live: what it holds is unknown,
+            // and it is not asked again while the live holders stay the same, so it
+            // is sent the latest version. A holder just back from a restart or a
+            // partition often drops the question (it does not know this node as live
+            // yet), and it is exactly the one that missed puts; taking silence for
+            // "up to date" left it behind for good once the puts stopped (I2). A
+            // holder declared down is not marked (a transfer to it would fail the
+            // whole repair job); it is asked again when it comes back.
+            (_, None, _) if self.live.contains_key(from) => {
                 self.stale_holders
                     .entry(agent.clone())
                     .or_default()

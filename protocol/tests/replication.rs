@@ -84,6 +84,8 @@ struct Cluster {
     adopts_to_lose: u32,
     /// Nodes cut off from all others (alive, timers running, no messages either way).
     cut_off: BTreeSet<NodeName>,
+    /// Nodes whose snapshot writes fail (a disk that refuses writes).
+    failing_writes: BTreeSet<NodeName>,
     config: ReplicationConfig,
 }
 
@@ -105,6 +107,7 @@ impl Cluster {
             deaf_to_records: BTreeSet::new(),
             adopts_to_lose: 0,
             cut_off: BTreeSet::new(),
+            failing_writes: BTreeSet::new(),
             config,
         };
         for (i, (n, z)) in nodes.iter().enumerate() {
@@ -274,6 +277,15 @@ impl Cluster {
                     snap,
                     body,
                 } => {
+                    if self.failing_writes.contains(&to) {
+                        self.nodes.get_mut(&to).unwrap().on_persisted(
+                            now,
+                            op,
+                            Err("injected write failure".into()),
+                        );
+                        self.drain(&to);
+                        continue;
+                    }
                     let disk = self.disks.get_mut(&to).unwrap();
                     disk.versions
                         .insert((agent.clone(), snap.seq), (snap, body));
@@ -930,6 +942,119 @@ fn repair_resumes_after_the_owner_restarts_mid_way() {
         );
         c.run(Duration::from_millis(100));
     }
+}
+
+/// Regression (swarm seeds 97, 190, 311, 321, 388, 418 and 463 at `--max-nodes 20
+/// --replication on`, I2): a
+/// holder back from a partition often drops the owner's first question about what it
+/// holds, because it does not know the owner as live yet. The owner took that silence
+/// for "up to date", did not ask again while the live holders stayed the same, and the
+/// holder kept a stale copy for good once the puts stopped. A holder that does not
+/// answer is now sent the latest version.
+#[test]
+fn a_holder_that_does_not_answer_the_owners_question_is_sent_the_latest_version() {
+    // Four nodes: the owner and exactly three possible holders, so nothing replaces
+    // the one cut off and it stays listed.
+    let four = [("a1", "za"), ("a2", "za"), ("b1", "zb"), ("c1", "zc")];
+    let mut c = Cluster::new(&four, ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", &[1; 100], None).unwrap();
+    c.run(Duration::from_millis(500));
+    assert!(c.live_copies("agent-1", 1).contains(&"c1".to_string()));
+    // c1 is cut off and misses seqs 2 and 3 (acknowledged by a2 and b1).
+    c.cut("c1", Duration::from_secs(2));
+    for i in 2..=3u8 {
+        let out = c.put("a1", "agent-1", &[i; 100], None).unwrap();
+        assert_eq!(out.seq, u64::from(i));
+    }
+    // The owner restarts (so it no longer remembers c1 as behind) and reclaims.
+    c.restart_from_disk("a1", 7);
+    let now = c.now;
+    c.node("a1").member_down(now, &name("c1"));
+    c.drain_all();
+    c.run(Duration::from_secs(8));
+    // The partition heals, and the owner sees c1 before c1 sees the owner: c1 drops
+    // the owner's question (it answers only members it knows).
+    c.cut_off.clear();
+    let now = c.now;
+    let c1 = c.ids[&name("c1")].clone();
+    c.node("a1").member_up(now, c1.clone());
+    c.node("a2").member_up(now, c1.clone());
+    c.node("b1").member_up(now, c1);
+    c.drain_all();
+    // Long enough for every question the owner asks meanwhile to go unanswered.
+    c.run(Duration::from_secs(5));
+    let now = c.now;
+    for other in ["a1", "a2", "b1"] {
+        let id = c.ids[&name(other)].clone();
+        c.node("c1").member_up(now, id);
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(10));
+    let record = c.nodes[&name("a1")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record;
+    assert!(record.is_holder(&name("c1")), "{record:?}");
+    let with_3 = c.live_copies("agent-1", 3);
+    assert!(
+        with_3.contains(&"c1".to_string()),
+        "c1 never got seq 3 (copies on {with_3:?})"
+    );
+}
+
+/// Regression (swarm seed 134 at `--max-nodes 20 --replication on`, I1): an owner
+/// whose own copy of the latest acknowledged version was gone (found corrupt, and its
+/// heal failed) saw two holders that had it declared down and re-placed the copies from
+/// what it had, one version older. It published the new holders, the replaced ones
+/// (alive) deleted their copies on the new record, and the acknowledged version was on
+/// no live disk. Without the latest version the writer now leaves the holders alone.
+#[test]
+fn an_owner_without_the_latest_version_does_not_replace_the_holders_that_have_it() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    for i in 1..=3u8 {
+        c.put("a1", "agent-1", &[i; 100], None).unwrap();
+    }
+    c.run(Duration::from_millis(500));
+    let holders: Vec<String> = c.nodes[&name("a1")]
+        .agent(&agent("agent-1"))
+        .unwrap()
+        .record
+        .holders
+        .iter()
+        .map(|h| h.name.to_string())
+        .collect();
+    assert_eq!(holders.len(), 3, "{holders:?}");
+    // The owner loses its copy of seq 3 (a corrupt file moved aside) and restarts
+    // on what is left; it learns of seq 3 from its holders when it reclaims.
+    c.disks
+        .get_mut(&name("a1"))
+        .unwrap()
+        .versions
+        .remove(&(agent("agent-1"), 3));
+    c.restart_from_disk("a1", 9);
+    // Its disk refuses the fetched copy, so it stays without seq 3.
+    c.failing_writes.insert(name("a1"));
+    c.run(Duration::from_secs(8));
+    c.failing_writes.clear();
+    assert!(!c.live_copies("agent-1", 3).contains(&"a1".to_string()));
+    // Its holders are declared down by the owner alone (they are alive and still
+    // hear it) while its lease still stands: there is nobody to fetch seq 3 from.
+    let now = c.now;
+    for h in &holders {
+        c.node("a1").member_down(now, &name(h));
+    }
+    c.drain_all();
+    // Long enough for a new record to reach them through the other nodes.
+    c.run(Duration::from_secs(15));
+    let with_3 = c.live_copies("agent-1", 3);
+    assert!(
+        with_3.len() >= 2,
+        "seq 3 (acknowledged) left on {with_3:?} only (holders were {holders:?})"
+    );
 }
 
 // ---- recovery -----------------------------------------------------------------------

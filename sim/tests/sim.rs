@@ -337,6 +337,35 @@ fn a_holder_behind_at_its_owners_crash_is_brought_up_to_date() {
     }
 }
 
+/// Regressions (found by this simulator, I2): a holder back from a restart or a
+/// partition dropped its owner's question about what it held (it did not know the owner
+/// as live yet); the owner took the silence for "up to date", did not ask again while
+/// the live holders stayed the same, and the holder kept a stale copy once the puts
+/// stopped. A holder that does not answer is now sent the latest version.
+#[test]
+fn a_holder_silent_when_asked_what_it_holds_is_brought_up_to_date() {
+    for seed in [97, 190, 311, 321, 388, 418, 463] {
+        let outcome = scenario::swarm_one_with(seed, 20, SwarmReplication::On);
+        assert!(!outcome.failed(), "seed {seed}: {:?}", outcome.violations);
+    }
+}
+
+/// Regression (found by this simulator, I1): an owner whose own copy of the latest
+/// acknowledged version was gone (corrupt, its heal's write failed) declared the holders
+/// that had it down and re-placed its copies from the older versions it had; the
+/// replaced holders, alive, deleted theirs on the new record. Seed 134 at `--max-nodes
+/// 20 --replication on` (it surfaced once silent holders were sent the latest version,
+/// which changed the run's draws; the same re-placement happens without that change).
+/// Seed 47: an owner waiting for that version must fetch it again itself (its first
+/// heal's write had failed), or it kept its holders, and its agent, stuck (I2, R3).
+#[test]
+fn an_owner_without_the_latest_version_keeps_the_holders_that_have_it() {
+    for seed in [134, 47] {
+        let outcome = scenario::swarm_one_with(seed, 20, SwarmReplication::On);
+        assert!(!outcome.failed(), "seed {seed}: {:?}", outcome.violations);
+    }
+}
+
 /// Regression (found by this simulator): an owner that saw no live peer acknowledged
 /// quorum puts with no copy but its own, the quorum being taken over the holders it
 /// could place rather than over k; when it crashed the snapshots were gone (I1).
