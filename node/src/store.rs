@@ -82,7 +82,8 @@ pub struct StoreProblem {
 pub struct WriteOutcome {
     /// The same version was already stored intact; nothing was written.
     pub already_stored: bool,
-    /// Seqs of this agent deleted to keep the newest `keep` (may include the one written).
+    /// Seqs of this agent removed to keep the newest `keep` (may include the one
+    /// written); the last one removed is kept as the agent's spare file.
     pub pruned: Vec<u64>,
 }
 
@@ -526,7 +527,7 @@ impl SnapshotStore {
             match fs::rename(&path, dir.join(SPARE_FILE)) {
                 Ok(()) => pruned.push(seq),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove old version", &path)(e)),
+                Err(e) => return Err(io_err("move old version to the spare file", &path)(e)),
             }
         }
         pruned.sort_unstable();
@@ -541,15 +542,55 @@ impl SnapshotStore {
         keep: bool,
     ) -> Result<(VersionMeta, Vec<u8>), StoreError> {
         let path = self.agent_dir(agent)?.join(file_name(seq));
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(StoreError::not_found(agent, seq));
             }
             Err(e) => return Err(io_err("open", &path)(e)),
         };
-        let meta = read_header(&mut file, agent, seq, self.max_body)
-            .map_err(|f| f.into_error(&path, "read"))?;
+        self.load_from(file, &path, agent, seq, keep)
+    }
+
+    /// Reads and checks the version from `file`, opened from `path`.
+    fn load_from(
+        &self,
+        mut file: File,
+        path: &Path,
+        agent: &str,
+        seq: u64,
+        keep: bool,
+    ) -> Result<(VersionMeta, Vec<u8>), StoreError> {
+        self.read_open(&mut file, path, agent, seq, keep)
+            .map_err(|e| match e {
+                // Pruned while being read, and its file reused by a newer version: the
+                // bytes changed under the reader, the version is gone, nothing is corrupt.
+                StoreError::Corrupt { .. } if !Self::still_at(&file, path) => {
+                    StoreError::not_found(agent, seq)
+                }
+                e => e,
+            })
+    }
+
+    /// Whether `path` still names the file `file` was opened from.
+    fn still_at(file: &File, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(open), Ok(named)) => (open.dev(), open.ino()) == (named.dev(), named.ino()),
+            _ => false,
+        }
+    }
+
+    fn read_open(
+        &self,
+        file: &mut File,
+        path: &Path,
+        agent: &str,
+        seq: u64,
+        keep: bool,
+    ) -> Result<(VersionMeta, Vec<u8>), StoreError> {
+        let meta = read_header(file, agent, seq, self.max_body)
+            .map_err(|f| f.into_error(path, "read"))?;
         // Bounded: read_header checked the length against max_body and the file size.
         let mut body = Vec::with_capacity(if keep { meta.len as usize } else { 0 });
         const CHUNK: u64 = 64 << 10;
@@ -558,7 +599,7 @@ impl SnapshotStore {
         while left > 0 {
             let chunk = &mut buf[..left.min(CHUNK) as usize];
             file.read_exact(chunk)
-                .map_err(|e| Fault::Io(e).into_error(&path, "read"))?;
+                .map_err(|e| Fault::Io(e).into_error(path, "read"))?;
             hasher.update(chunk);
             if keep {
                 body.extend_from_slice(chunk);
@@ -566,7 +607,7 @@ impl SnapshotStore {
             left -= chunk.len() as u64;
         }
         if hasher.digest() != meta.checksum {
-            return Err(StoreError::corrupt(&path, "body checksum mismatch"));
+            return Err(StoreError::corrupt(path, "body checksum mismatch"));
         }
         Ok((meta, body))
     }
@@ -773,6 +814,31 @@ mod tests {
         let seqs: Vec<u64> = reopened.versions.iter().map(|v| v.seq).collect();
         assert_eq!(seqs, vec![3]);
         assert!(!dir.path().join("a").join(SPARE_FILE).exists());
+    }
+
+    #[test]
+    fn a_version_pruned_and_reused_while_being_read_is_not_found_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1).store;
+        store.write(&meta("a", 1, 1, b"one"), b"one").unwrap();
+        // A reader opens seq 1; meanwhile seq 2 prunes it and seq 3 reuses its file.
+        let path = store.path_of("a", 1);
+        let reader = File::open(&path).unwrap();
+        store.write(&meta("a", 1, 2, b"two"), b"two").unwrap();
+        store.write(&meta("a", 1, 3, b"three"), b"three").unwrap();
+        let read = store.load_from(reader, &path, "a", 1, true);
+        assert_eq!(kind(read), "not_found");
+        // A file that changed where it lies is still corrupt.
+        let path = store.path_of("a", 3);
+        let reader = File::open(&path).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(
+            kind(store.load_from(reader, &path, "a", 3, true)),
+            "corrupt"
+        );
     }
 
     #[test]
