@@ -1291,11 +1291,9 @@ fn a_holder_that_learns_of_the_death_late_does_not_compete_with_the_running_elec
     assert_eq!(c.owners("agent-1").len(), 1);
 }
 
-#[test]
-fn a_lost_adopt_message_is_sent_again() {
-    let mut c = recovery_setup();
-    // The target must be another host than the coordinator (a holder): the one
-    // standby host that holds no copy.
+/// Makes one host that holds no copy of `agent-1` the only standby, so that host is
+/// the target of its recovery and not the coordinator (a holder); returns it.
+fn standby_outside_holders(c: &mut Cluster) -> &'static str {
     let holders: BTreeSet<String> = c.nodes[&name("a2")]
         .agent(&agent("agent-1"))
         .unwrap()
@@ -1313,6 +1311,13 @@ fn a_lost_adopt_message_is_sent_again() {
     }
     c.drain_all();
     c.run(Duration::from_millis(100));
+    standby
+}
+
+#[test]
+fn a_lost_adopt_message_is_sent_again() {
+    let mut c = recovery_setup();
+    let standby = standby_outside_holders(&mut c);
     c.adopts_to_lose = 1;
     c.kill("a1");
     for _ in 0..5000 {
@@ -1334,10 +1339,51 @@ fn a_lost_adopt_message_is_sent_again() {
     let adopted = c.events_of("agent_adopted");
     assert_eq!(adopted.len(), 1, "{adopted:?}");
     assert_eq!(adopted[0].0, standby);
-    assert!(c.now - elected_at < Duration::from_secs(1), "{:?}", c.now - elected_at);
+    assert!(
+        c.now - elected_at < Duration::from_secs(1),
+        "{:?}",
+        c.now - elected_at
+    );
     c.run(Duration::from_secs(5));
     assert_eq!(c.events_of("agent_adopted").len(), 1);
     assert_eq!(c.local_owners("agent-1").len(), 1);
+}
+
+#[test]
+fn holders_waiting_for_a_coordinator_go_ahead_once_it_is_declared_down() {
+    let mut c = recovery_setup();
+    let standby = standby_outside_holders(&mut c);
+    c.kill("a1");
+    for _ in 0..5000 {
+        if !c.events_of("coordinator_elected").is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    // The coordinator's Adopts are lost until it dies; the other holders have accepted
+    // its decree and hold their own rounds back for it (up to 4 s) until they see it
+    // down.
+    c.adopts_to_lose = u32::MAX;
+    c.run(Duration::from_millis(500));
+    let (coordinator, _) = c.events_of("coordinator_elected")[0].clone();
+    c.kill(&coordinator);
+    c.adopts_to_lose = 0;
+    let killed_at = c.now;
+    for _ in 0..10_000 {
+        if !c.events_of("agent_adopted").is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert_eq!(adopted[0].0, standby);
+    // A back-off to notice, the ranks' back-offs, one round: well under the hold.
+    assert!(
+        c.now - killed_at < Duration::from_millis(600),
+        "{:?}",
+        c.now - killed_at
+    );
 }
 
 #[test]

@@ -171,6 +171,8 @@ pub(super) struct Election {
     /// How many proposers rank before this node (the back-off multiplier).
     rank: u32,
     pending_reported: bool,
+    /// Its last wait was a hold for another proposer (see [`Rival`]).
+    held: bool,
     started: Duration,
 }
 
@@ -458,6 +460,7 @@ impl Replicator {
                 register: None,
                 rank,
                 pending_reported: false,
+                held: false,
                 started: now,
             },
         );
@@ -651,16 +654,35 @@ impl Replicator {
             return;
         };
         match e.phase {
-            Phase::Waiting { .. } => match self.rival_hold(now, agent, e.epoch) {
-                Some(until) => {
-                    let jitter = self.rng.random_range(0.0..0.5);
-                    let wait = self.config.election_backoff.mul_f64(jitter);
-                    if let Some(e) = self.recovery.elections.get_mut(agent) {
-                        e.phase = Phase::Waiting { at: until + wait };
+            Phase::Waiting { .. } => {
+                let (hold, held, rank) = (self.rival_hold(now, agent, e.epoch), e.held, e.rank);
+                let backoff = self.config.election_backoff;
+                let Some(e) = self.recovery.elections.get_mut(agent) else {
+                    return;
+                };
+                match hold {
+                    // Looked at again every back-off: a rival declared down (or done)
+                    // releases the hold at once, not when its window would end.
+                    Some(until) => {
+                        e.held = true;
+                        e.phase = Phase::Waiting {
+                            at: until.min(now + backoff),
+                        };
+                    }
+                    // Released: the held holders go in their rank order, as at the
+                    // start, rather than all at once.
+                    None if held && rank > 0 => {
+                        e.held = false;
+                        e.phase = Phase::Waiting {
+                            at: now + backoff * rank,
+                        };
+                    }
+                    None => {
+                        e.held = false;
+                        self.start_round(now, agent);
                     }
                 }
-                None => self.start_round(now, agent),
-            },
+            }
             Phase::Preparing { .. } | Phase::Accepting { .. } => {
                 // No majority in time: try again later with a higher ballot.
                 self.retry_later(now, agent, None);
@@ -844,7 +866,10 @@ impl Replicator {
                 state.promised = Some(ballot.clone());
                 let accepted = state.accepted.clone();
                 let state = state.clone();
-                // Its accept phase follows within a round.
+                // Its accept phase follows within a round. Noted now, not once the
+                // promise is on disk: a holder that learns of the death during that
+                // fsync would otherwise start a competing round (if the write fails,
+                // this node only waits a round for nothing).
                 self.note_rival(now, from, &agent, epoch, ROUND_TIMEOUT);
                 let reply = ReplMsg::Promise {
                     agent: agent.clone(),
@@ -1081,9 +1106,9 @@ impl Replicator {
                 self.retry_later(now, agent, None);
             }
             PaxosAnswer::Leased { remaining_ms } => {
-                // Every holder refused until the same expiry: keep the proposers'
-                // rank order past it, or they all start at once and pre-empt each
-                // other.
+                // Every holder refused until about the same expiry (each times it
+                // from when it got the owner's renewal): keep the proposers' rank
+                // order past it, or they all start at once and pre-empt each other.
                 let rank = self.recovery.elections.get(agent).map_or(0, |e| e.rank);
                 let wait = Duration::from_millis(remaining_ms)
                     + Duration::from_millis(10)
@@ -1164,6 +1189,14 @@ impl Replicator {
         };
         let (Some(decree), Phase::Adopting { deadline, .. }) = (e.decree.clone(), e.phase.clone())
         else {
+            return;
+        };
+        if decree.target != self.me.name && !self.live.contains_key(&decree.target) {
+            // Declared down meanwhile: write it down now (the next election moves the
+            // agent on) instead of waiting out the deadline.
+            return self.install_decree(agent);
+        }
+        let Some(e) = self.recovery.elections.get_mut(agent) else {
             return;
         };
         e.phase = Phase::Adopting {
@@ -1318,12 +1351,20 @@ impl Replicator {
         }
         let current = self.records.get(&agent).cloned();
         let owned_here = self.owned.contains_key(&agent);
-        let adopt = match &current {
-            Some(r) if r.epoch > epoch => false,
-            Some(r) if r.epoch == epoch && owned_here => false,
-            Some(r) if r.epoch == epoch && r.owner != self.me.name => false,
-            _ => true,
-        };
+        // A later epoch is known here (this node lost the agent after adopting it, or
+        // accepted a later decree): a delayed or resent Adopt must not revive it.
+        let later_known = self
+            .superseded
+            .get(&agent)
+            .is_some_and(|(seen, _)| *seen > epoch)
+            || self.local.get(&agent).is_some_and(|l| l.max_epoch > epoch);
+        let adopt = !later_known
+            && match &current {
+                Some(r) if r.epoch > epoch => false,
+                Some(r) if r.epoch == epoch && owned_here => false,
+                Some(r) if r.epoch == epoch && r.owner != self.me.name => false,
+                _ => true,
+            };
         if adopt {
             let seq = decree.seq.max(base.seq).max(
                 current
