@@ -17,8 +17,7 @@
 //!
 //! - **I1**, checked every simulated second and at the end: every agent's latest
 //!   acknowledged (epoch, seq), or a newer version, is on the disk of a live host
-//!   (or, while as many hosts are crashed as the agent has copies, on a crashed
-//!   host's disk).
+//!   (or on the disks of as many crashed hosts as the agent has copies).
 //! - **I2**, after the faults stop: within the settle bound, every agent whose owner is
 //!   live has as many copies on distinct live hosts, in as many zones, as
 //!   [`placement::place`] over the live hosts allows.
@@ -1931,12 +1930,12 @@ impl World {
             return Vec::new();
         };
         state.report.i1_checks += 1;
-        // With as many hosts crashed at once as an agent has copies (its owner and k
-        // holders, or every host of a small cluster), no placement could keep one
-        // live: a snapshot that is then only on crashed hosts' disks (kept, as a
-        // restarted host finds them) is unavailable until one is back, not lost.
-        let down = nodes.saturating_sub(live.len());
-        let all_copies_may_be_down = down >= (state.spec.copies + 1).min(nodes);
+        // An agent with its acknowledged version on as many crashed hosts as it has
+        // copies (its owner and k holders, or every host of a small cluster): no
+        // placement could have kept one live, and the disks are kept (a restarted
+        // host finds them), so it is unavailable until one is back, not lost. Fewer
+        // (say, only on its crashed owner) is a loss.
+        let all_copies = (state.spec.copies + 1).min(nodes);
         // The newest version of each agent on a live disk, by agent index.
         let mut best: Vec<Option<(u64, u64)>> = vec![None; state.agents.len()];
         for &h in &live {
@@ -1962,7 +1961,7 @@ impl World {
                 .filter(|(_, d)| d.newest(&agent.id).is_some_and(|v| v >= acked))
                 .map(|(h, _)| self.hosts[h].name.to_string())
                 .collect();
-            if all_copies_may_be_down && !elsewhere.is_empty() {
+            if elsewhere.len() >= all_copies {
                 continue;
             }
             let detail = format!(
