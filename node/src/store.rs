@@ -589,8 +589,8 @@ impl SnapshotStore {
         seq: u64,
         keep: bool,
     ) -> Result<(VersionMeta, Vec<u8>), StoreError> {
-        let meta = read_header(file, agent, seq, self.max_body)
-            .map_err(|f| f.into_error(path, "read"))?;
+        let meta =
+            read_header(file, agent, seq, self.max_body).map_err(|f| f.into_error(path, "read"))?;
         // Bounded: read_header checked the length against max_body and the file size.
         let mut body = Vec::with_capacity(if keep { meta.len as usize } else { 0 });
         const CHUNK: u64 = 64 << 10;
