@@ -447,6 +447,18 @@ impl Cluster {
             .collect()
     }
 
+    /// The holders of `a` as `seen_by`'s record lists them.
+    fn holders(&self, seen_by: &str, a: &str) -> Vec<String> {
+        self.nodes[&name(seen_by)]
+            .agent(&agent(a))
+            .unwrap()
+            .record
+            .holders
+            .iter()
+            .map(|h| h.name.to_string())
+            .collect()
+    }
+
     fn events_of(&self, kind: &str) -> Vec<(String, ReplEvent)> {
         self.events
             .iter()
@@ -1019,14 +1031,7 @@ fn an_owner_without_the_latest_version_does_not_replace_the_holders_that_have_it
         c.put("a1", "agent-1", &[i; 100], None).unwrap();
     }
     c.run(Duration::from_millis(500));
-    let holders: Vec<String> = c.nodes[&name("a1")]
-        .agent(&agent("agent-1"))
-        .unwrap()
-        .record
-        .holders
-        .iter()
-        .map(|h| h.name.to_string())
-        .collect();
+    let holders = c.holders("a1", "agent-1");
     assert_eq!(holders.len(), 3, "{holders:?}");
     // The owner loses its copy of seq 3 (a corrupt file moved aside) and restarts
     // on what is left; it learns of seq 3 from its holders when it reclaims.
@@ -1100,14 +1105,7 @@ fn a_dead_owners_agent_is_adopted_once_with_its_latest_acknowledged_seq() {
 #[test]
 fn a_holder_behind_at_the_owners_crash_is_brought_up_to_date_by_the_new_owner() {
     let mut c = recovery_setup();
-    let holders: Vec<String> = c.nodes[&name("a1")]
-        .agent(&agent("agent-1"))
-        .unwrap()
-        .record
-        .holders
-        .iter()
-        .map(|h| h.name.to_string())
-        .collect();
+    let holders = c.holders("a1", "agent-1");
     // The holder in the owner's zone: the new owner comes from another zone, so it
     // is not the holder that is behind.
     assert!(holders.contains(&"a2".to_string()), "{holders:?}");
@@ -1196,14 +1194,7 @@ fn the_coordinator_dying_mid_way_does_not_stop_the_recovery() {
     let (coordinator, ReplEvent::CoordinatorElected { target, .. }) = elected[0].clone() else {
         unreachable!()
     };
-    let holders: Vec<String> = c.nodes[&name("c2")]
-        .agent(&agent("agent-1"))
-        .unwrap()
-        .record
-        .holders
-        .iter()
-        .map(|h| h.name.to_string())
-        .collect();
+    let holders = c.holders("c2", "agent-1");
     c.kill(&coordinator);
     // Also kill the target before it confirms when that leaves a majority of holders
     // (then the decree's epoch is dead and the next election moves the agent on).
@@ -1236,14 +1227,7 @@ fn the_coordinator_dying_mid_way_does_not_stop_the_recovery() {
 #[test]
 fn a_holder_that_learns_of_the_death_late_does_not_compete_with_the_running_election() {
     let mut c = recovery_setup();
-    let mut holders: Vec<NodeName> = c.nodes[&name("a2")]
-        .agent(&agent("agent-1"))
-        .unwrap()
-        .record
-        .holders
-        .iter()
-        .map(|h| h.name.clone())
-        .collect();
+    let mut holders: Vec<NodeName> = c.holders("a2", "agent-1").iter().map(|h| name(h)).collect();
     assert_eq!(holders.len(), 3);
     // Best-placed proposer first.
     holders.sort_by_key(|h| std::cmp::Reverse(placement::score(&agent("agent-1"), h)));
@@ -1294,14 +1278,7 @@ fn a_holder_that_learns_of_the_death_late_does_not_compete_with_the_running_elec
 /// Makes one host that holds no copy of `agent-1` the only standby, so that host is
 /// the target of its recovery and not the coordinator (a holder); returns it.
 fn standby_outside_holders(c: &mut Cluster) -> &'static str {
-    let holders: BTreeSet<String> = c.nodes[&name("a2")]
-        .agent(&agent("agent-1"))
-        .unwrap()
-        .record
-        .holders
-        .iter()
-        .map(|h| h.name.to_string())
-        .collect();
+    let holders: BTreeSet<String> = c.holders("a2", "agent-1").into_iter().collect();
     let standby = ["a2", "b1", "b2", "c1", "c2"]
         .into_iter()
         .find(|n| !holders.contains(*n))
@@ -1389,14 +1366,7 @@ fn holders_waiting_for_a_coordinator_go_ahead_once_it_is_declared_down() {
 #[test]
 fn without_a_majority_of_holders_nothing_is_adopted() {
     let mut c = recovery_setup();
-    let holders: Vec<String> = c.nodes[&name("a2")]
-        .agent(&agent("agent-1"))
-        .unwrap()
-        .record
-        .holders
-        .iter()
-        .map(|h| h.name.to_string())
-        .collect();
+    let holders = c.holders("a2", "agent-1");
     assert_eq!(holders.len(), 3);
     c.kill("a1");
     c.kill(&holders[0]);
