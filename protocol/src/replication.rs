@@ -242,6 +242,16 @@ pub struct Holder {
     pub zone: Zone,
 }
 
+/// A placed candidate becomes a holder.
+impl From<Candidate> for Holder {
+    fn from(c: Candidate) -> Self {
+        Holder {
+            name: c.name,
+            zone: c.zone,
+        }
+    }
+}
+
 /// What the cluster knows about one agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -1532,10 +1542,7 @@ impl Replicator {
         )
         .holders
         .into_iter()
-        .map(|c| Holder {
-            name: c.name,
-            zone: c.zone,
-        })
+        .map(Holder::from)
         .collect();
         // Too few live members to replace them: holders that are down stay listed.
         // They may come back with their copies, and a holder dropped from the record

@@ -44,7 +44,7 @@ use vigil_protocol::{
     AgentId, AgentRecord, Event, NodeId, NodeName, ReplicationConfig, Replicator,
 };
 
-use super::{Action, HostId, Violation, World};
+use super::{Action, Host, HostId, Violation, World};
 use crate::scenario::Quantiles;
 
 /// The replication workload and its faults.
@@ -474,6 +474,18 @@ fn snapshot_body(agent: u32, counter: u64, rng: &mut ChaCha8Rng) -> Bytes {
         body.push(rng.random::<u8>());
     }
     Bytes::from(body)
+}
+
+/// `among` but `except`, as placement candidates.
+fn candidates(hosts: &[Host], among: &[HostId], except: HostId) -> Vec<Candidate> {
+    among
+        .iter()
+        .filter(|h| **h != except)
+        .map(|h| Candidate {
+            name: hosts[*h as usize].name.clone(),
+            zone: hosts[*h as usize].zone.clone(),
+        })
+        .collect()
 }
 
 impl World {
@@ -1075,22 +1087,12 @@ impl World {
         for i in 0..state.agents.len() {
             let owner = order[i % order.len()];
             let id = state.agents[i].id.clone();
-            let candidates: Vec<Candidate> = hosts
-                .iter()
-                .filter(|h| **h != owner)
-                .map(|h| Candidate {
-                    name: self.hosts[*h as usize].name.clone(),
-                    zone: self.hosts[*h as usize].zone.clone(),
-                })
-                .collect();
+            let candidates = candidates(&self.hosts, &hosts, owner);
             let holders: Vec<Holder> =
                 placement::place(&id, &candidates, &[], None, state.spec.copies)
                     .holders
                     .into_iter()
-                    .map(|c| Holder {
-                        name: c.name,
-                        zone: c.zone,
-                    })
+                    .map(Holder::from)
                     .collect();
             let owner_host = &self.hosts[owner as usize];
             let record = AgentRecord {
@@ -2027,14 +2029,7 @@ impl World {
             let want = match state.want_cache.per_agent[i] {
                 Some((o, copies, zones)) if o == owner => (copies, zones),
                 _ => {
-                    let candidates: Vec<Candidate> = live
-                        .iter()
-                        .filter(|h| **h != owner)
-                        .map(|h| Candidate {
-                            name: self.hosts[*h as usize].name.clone(),
-                            zone: self.hosts[*h as usize].zone.clone(),
-                        })
-                        .collect();
+                    let candidates = candidates(&self.hosts, &live, owner);
                     let want =
                         placement::place(&agent.id, &candidates, &[], None, state.spec.copies);
                     let want = (want.holders.len(), want.zones);
