@@ -25,6 +25,19 @@ fn comparable(report: &scenario::Report) -> serde_json::Value {
     v
 }
 
+/// Runs `spec`, checks it broke no invariant and that a second run of the same seed
+/// gives the same report, and returns the report.
+fn run_clean_and_reproducible(spec: &scenario::RunSpec) -> scenario::Report {
+    let report = scenario::run(spec);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(
+        comparable(&report),
+        comparable(&scenario::run(spec)),
+        "the same seed must reproduce the run"
+    );
+    report
+}
+
 #[test]
 fn the_same_seed_reproduces_the_run_bit_for_bit() {
     let a = scenario::run(&small_crash_run(7));
@@ -125,13 +138,7 @@ fn event_count(r: &ReplReport, kind: &str) -> u64 {
 #[test]
 fn replicated_snapshots_survive_crashes_and_repair_restores_three_copies() {
     let spec = small_replication_run(3, 0.0);
-    let report = scenario::run(&spec);
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
-    assert_eq!(
-        comparable(&report),
-        comparable(&scenario::run(&spec)),
-        "the same seed must reproduce the run"
-    );
+    let report = run_clean_and_reproducible(&spec);
     let r = replication(&report);
     assert!(r.puts_acked > 500, "{r:?}");
     assert!(r.i1_checks > 20, "{r:?}");
@@ -447,13 +454,7 @@ fn a_preregistered_cluster_adopts_crashed_owners_agents_and_keeps_every_invarian
     if let Some(repl) = spec.replication.as_mut() {
         repl.preregistered = true;
     }
-    let report = scenario::run(&spec);
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
-    assert_eq!(
-        comparable(&report),
-        comparable(&scenario::run(&spec)),
-        "the same seed must reproduce the run"
-    );
+    let report = run_clean_and_reproducible(&spec);
     let r = replication(&report);
     assert_eq!(r.registered, 40, "{r:?}");
     assert_eq!(event_count(r, "agent_owned"), 40, "{r:?}");
