@@ -1098,13 +1098,17 @@ impl Replicator {
         // it would give two snapshots one version).
     }
 
-    fn own(&mut self, agent: &AgentId) {
-        let record_seq = self.records.get(agent).map_or(0, |r| r.seq);
-        let local_seq = self
-            .local
+    /// The newest seq of `agent` on this node's disk, 0 without one.
+    fn latest_local_seq(&self, agent: &AgentId) -> u64 {
+        self.local
             .get(agent)
             .and_then(|l| l.versions.last_key_value().map(|(s, _)| *s))
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    fn own(&mut self, agent: &AgentId) {
+        let record_seq = self.records.get(agent).map_or(0, |r| r.seq);
+        let local_seq = self.latest_local_seq(agent);
         self.owned.insert(
             agent.clone(),
             Owned {
@@ -1281,11 +1285,8 @@ impl Replicator {
         };
         let (agent, meta, priority) = (p.agent, p.meta, p.priority);
         let me = self.me.name.clone();
-        let local = self.local.get(&agent);
-        let local_epoch = local.map_or(0, |l| l.max_epoch);
-        let local_seq = local
-            .and_then(|l| l.versions.last_key_value().map(|(s, _)| *s))
-            .unwrap_or(0);
+        let local_epoch = self.local.get(&agent).map_or(0, |l| l.max_epoch);
+        let local_seq = self.latest_local_seq(&agent);
         let epoch_floor = local_epoch.max(p.epoch_seen);
         let seq_floor = local_seq.max(p.seq_seen);
         if p.reclaim {
@@ -2833,11 +2834,7 @@ impl Replicator {
             // deletes its copies. It fetches the version (again: a heal that found no
             // good copy, or whose write failed, is not retried by itself), and a later
             // scan re-places.
-            let latest_here = self
-                .local
-                .get(&agent)
-                .and_then(|l| l.versions.last_key_value().map(|(seq, _)| *seq))
-                .unwrap_or(0);
+            let latest_here = self.latest_local_seq(&agent);
             if latest_here < record.seq && record.holders.iter().any(|h| !target.contains(h)) {
                 self.heal(now, &agent, record.seq);
                 continue;
@@ -3140,11 +3137,7 @@ impl Replicator {
             return;
         }
         // A put that missed a holder while the job ran left it behind again.
-        let latest = self
-            .local
-            .get(agent)
-            .and_then(|l| l.versions.last_key_value().map(|(seq, _)| *seq))
-            .unwrap_or(0);
+        let latest = self.latest_local_seq(agent);
         if let Some(owned) = self.owned.get_mut(agent) {
             owned
                 .behind

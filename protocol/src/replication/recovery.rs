@@ -840,13 +840,6 @@ impl Replicator {
         Ok(())
     }
 
-    fn latest_local_seq(&self, agent: &AgentId) -> u64 {
-        self.local
-            .get(agent)
-            .and_then(|l| l.versions.last_key_value().map(|(s, _)| *s))
-            .unwrap_or(0)
-    }
-
     pub(super) fn on_prepare(
         &mut self,
         now: Duration,
