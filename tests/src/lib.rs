@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod campaign;
+pub mod faultproxy;
 pub mod netns;
 
 pub use vigil::harness::{HarnessError, LocalCluster};

@@ -1,0 +1,1 @@
+//! The campaign checker (being written).

@@ -1,0 +1,1 @@
+//! A UDP proxy that injects loss, latency and duplication (being written).
