@@ -87,6 +87,9 @@ pub struct NetLab {
     created: Vec<String>,
     /// Cut links, as (lower, higher) host index.
     cuts: BTreeSet<(usize, usize)>,
+    /// One-way cuts, as (sender, receiver): what the sender sends to the receiver is
+    /// dropped; the other direction works.
+    one_way: BTreeSet<(usize, usize)>,
 }
 
 impl NetLab {
@@ -126,6 +129,7 @@ impl NetLab {
             hosts,
             created: Vec::new(),
             cuts: BTreeSet::new(),
+            one_way: BTreeSet::new(),
         };
         {
             let mut cleaned = SETUP.lock().unwrap_or_else(|e| e.into_inner());
@@ -382,13 +386,41 @@ impl NetLab {
         Ok(())
     }
 
-    /// Undoes every cut.
+    /// Drops what host `from` sends to host `to` (a blackhole route in `from`'s
+    /// namespace only); `to` can still send to `from`. No-op if already cut.
+    pub fn cut_one_way(&mut self, from: usize, to: usize) -> Result<(), LabError> {
+        self.pair(from, to)?;
+        if !self.one_way.insert((from, to)) {
+            return Ok(());
+        }
+        let dest = format!("{}/32", self.addr(to));
+        let added = self.ip_cmd(
+            Some(&self.host_ns(from)),
+            &["route", "add", "blackhole", &dest],
+        );
+        if added.is_err() {
+            self.one_way.remove(&(from, to));
+        }
+        added.map(drop)
+    }
+
+    /// Undoes every cut, both-way and one-way.
     pub fn heal_all(&mut self) -> Result<(), LabError> {
         let pairs: Vec<_> = self.cuts.iter().copied().collect();
         for (a, b) in pairs {
             self.uncut(a, b)?;
         }
-        Ok(())
+        let one_way: Vec<_> = std::mem::take(&mut self.one_way).into_iter().collect();
+        let mut result = Ok(());
+        for (from, to) in one_way {
+            let dest = format!("{}/32", self.addr(to));
+            let removed = self.ip_cmd(
+                Some(&self.host_ns(from)),
+                &["route", "del", "blackhole", &dest],
+            );
+            result = result.and(removed.map(drop));
+        }
+        result
     }
 
     /// The links currently cut, as (lower, higher) host index.

@@ -1,0 +1,103 @@
+//! One small ext4 file system per node for its data directory, so that the campaign
+//! can fill one host's disk (every write fails with ENOSPC, fsync included) without
+//! touching the machine's own disk. Each is a sparse image file, loop-mounted on the
+//! node's `data` directory before the node first starts; root and loop devices are
+//! needed, and without them the campaign runs without disk faults.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Size of each node's data file system: far more than the campaign's snapshots need
+/// (agents × kept versions × a few hundred bytes), small enough to fill quickly.
+const IMAGE_BYTES: u64 = 64 << 20;
+/// The file a disk-full fault allocates.
+const BALLAST: &str = "ballast";
+
+/// The mounted data file systems; unmounted (lazily, so a process still holding a
+/// file does not block it) on drop.
+pub struct DataDisks {
+    mounts: Vec<PathBuf>,
+}
+
+impl DataDisks {
+    /// Creates and mounts one image per node at `root/<name>/data`. `Err` says why
+    /// it cannot be done here.
+    pub fn mount(root: &Path, names: &[String]) -> Result<DataDisks, String> {
+        let images = root.join("images");
+        std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
+        let mut disks = DataDisks { mounts: Vec::new() };
+        for name in names {
+            let image = images.join(format!("{name}.ext4"));
+            let file = File::create(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+            file.set_len(IMAGE_BYTES)
+                .map_err(|e| format!("{}: {e}", image.display()))?;
+            // -m 0: no blocks reserved for root; the node runs as root here and would
+            // otherwise keep writing into the reserve after the "full" disk.
+            run(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0"])
+                .arg(&image))?;
+            let dir = super::run::data_dir(root, name);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&dir))?;
+            disks.mounts.push(dir.clone());
+            // An empty data directory, as a node expects on its first start.
+            let _ = std::fs::remove_dir(dir.join("lost+found"));
+        }
+        Ok(disks)
+    }
+
+    /// Fills host `k`'s file system: every later write fails with ENOSPC.
+    pub fn fill(&mut self, k: usize) -> std::io::Result<()> {
+        let dir = self.dir(k)?;
+        let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+        let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
+        let file = File::create(dir.join(BALLAST))?;
+        let len = i64::try_from(free).unwrap_or(i64::MAX);
+        // fallocate allocates the blocks (set_len would only make a sparse file).
+        nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len)
+            .map_err(std::io::Error::from)?;
+        file.sync_all()
+    }
+
+    /// Undoes [`DataDisks::fill`].
+    pub fn free(&mut self, k: usize) -> std::io::Result<()> {
+        match std::fs::remove_file(self.dir(k)?.join(BALLAST)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn dir(&self, k: usize) -> std::io::Result<&Path> {
+        self.mounts
+            .get(k)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| std::io::Error::other(format!("no data disk for host {k}")))
+    }
+}
+
+impl Drop for DataDisks {
+    fn drop(&mut self) {
+        for dir in &self.mounts {
+            // -l: detach now, clean up when the last user is gone; the loop device
+            // is released with it (mount -o loop sets autoclear).
+            let _ = Command::new("umount").arg("-l").arg(dir).status();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    match cmd.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "{shown}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("{shown}: {e}")),
+    }
+}

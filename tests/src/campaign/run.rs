@@ -1,0 +1,501 @@
+//! Runs one campaign: sets up the hosts, starts the nodes and the workload, injects
+//! the schedule's faults, waits for the cluster to settle, reads everything back and
+//! hands the history to the checker.
+
+// HarnessError, shared with vigil::harness, is large; it is returned on cold paths only.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use vigil::client;
+use vigil::harness::{HarnessError, LocalCluster, Placement};
+
+use super::checker::{self, Report};
+use super::disk::DataDisks;
+use super::history::{EndState, FaultRecord, History, ReadBack, ReadSnapshot};
+use super::schedule::{self, Abilities, Described, Fault, Shape};
+use super::workload::{NodeRef, Workload, lock, nonce_of, now_ms};
+use crate::netns::{LabError, NODE_PORT, NetLab};
+
+/// Where the hosts live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Network namespaces if this machine has them, else loopback.
+    Auto,
+    /// One network namespace per host (root and iproute2).
+    Netns,
+    /// Every node on 127.0.0.1: kills, pauses and restarts only.
+    Loopback,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    /// How long faults are injected (the settle and read-back come after).
+    pub duration: Duration,
+    pub nodes: usize,
+    pub agents_per_node: usize,
+    pub mode: Mode,
+    /// Bound for membership convergence and for every agent to have one owner and
+    /// its copies, counted from the moment the last fault was undone.
+    pub bound: Duration,
+    /// The `vigil` binary to run the nodes with.
+    pub binary: PathBuf,
+    /// Node directories (logs, data), `history.json` and `report.txt` go here.
+    pub out: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    #[error("{0}")]
+    Harness(#[from] HarnessError),
+    #[error("network lab: {0}")]
+    Lab(#[from] LabError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("client: {0}")]
+    Client(#[from] client::ClientError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The outcome: the history, the checker's report, and the schedule that ran.
+pub struct Outcome {
+    pub history: History,
+    pub report: Report,
+    pub schedule: Vec<String>,
+    pub mode: Mode,
+    /// Puts that failed, by reason (expected during faults).
+    pub put_errors: BTreeMap<String, u64>,
+}
+
+const ZONES: [&str; 3] = ["az1", "az2", "az3"];
+
+/// The hosts and the processes on them. Field order is drop order: processes first,
+/// then the data file systems, then the namespaces.
+struct Hosts {
+    cluster: LocalCluster,
+    disks: Option<DataDisks>,
+    lab: Option<NetLab>,
+    names: Vec<String>,
+    zones: Vec<String>,
+    /// Every node's advertised address, for the seeds of a restarted node.
+    addrs: Vec<SocketAddr>,
+}
+
+impl Hosts {
+    fn placement(&self, k: usize) -> Placement {
+        match &self.lab {
+            Some(lab) => Placement {
+                wrapper: lab.exec_prefix(k),
+                bind: SocketAddrV4::new(lab.addr(k), NODE_PORT).to_string(),
+            },
+            None => Placement {
+                wrapper: Vec::new(),
+                bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port(k)).to_string(),
+            },
+        }
+    }
+
+    async fn start(&mut self, k: usize, seeds: &[SocketAddr]) -> Result<SocketAddr, CampaignError> {
+        let placement = self.placement(k);
+        let node = self
+            .cluster
+            .start_placed(&self.names[k], &self.zones[k], seeds, &[], &placement)
+            .await?;
+        Ok(node.addr)
+    }
+
+    /// Restarts node `k` on its data directory, seeded by every other node.
+    async fn restart(&mut self, k: usize) -> Result<(), CampaignError> {
+        let seeds: Vec<SocketAddr> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != k)
+            .map(|(_, a)| *a)
+            .collect();
+        self.start(k, &seeds).await.map(drop)
+    }
+}
+
+/// A loopback port for node `k` that stays the same across its restarts (peers know
+/// a node by its address).
+fn free_port(k: usize) -> u16 {
+    // Well above the ephemeral range's start on most systems would still collide;
+    // ask the kernel once per node and remember it.
+    static PORTS: std::sync::Mutex<BTreeMap<usize, u16>> = std::sync::Mutex::new(BTreeMap::new());
+    let mut ports = PORTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *ports.entry(k).or_insert_with(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map_or(0, |a| a.port())
+    })
+}
+
+/// Runs the campaign to the end and checks it. `Err` only when the campaign could not
+/// run (setup); anomalies are in the report.
+pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
+    if config.nodes < 3 {
+        return Err(CampaignError::Setup(
+            "--nodes must be at least 3 (a partition needs a majority side)".into(),
+        ));
+    }
+    std::fs::create_dir_all(&config.out)?;
+    let names: Vec<String> = (1..=config.nodes).map(|i| format!("n{i}")).collect();
+    let zones: Vec<String> = (0..config.nodes)
+        .map(|k| ZONES[k % ZONES.len()].to_string())
+        .collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let lab = match config.mode {
+        Mode::Loopback => None,
+        Mode::Netns => Some(NetLab::new(config.nodes)?),
+        Mode::Auto => match NetLab::new(config.nodes) {
+            Ok(lab) => Some(lab),
+            Err(LabError::Unavailable(why)) => {
+                eprintln!("campaign: network namespaces unavailable ({why}); running on loopback");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let mode = if lab.is_some() {
+        Mode::Netns
+    } else {
+        Mode::Loopback
+    };
+    let root = config.out.join("nodes");
+    let cluster = LocalCluster::in_dir(config.binary.clone(), &root, &name_refs)?;
+    let disks = match DataDisks::mount(&root, &names) {
+        Ok(d) => Some(d),
+        Err(why) => {
+            eprintln!("campaign: no disk-full faults: {why}");
+            None
+        }
+    };
+    let abilities = Abilities {
+        disk_full: disks.is_some(),
+        network: lab.is_some(),
+        links: false,
+    };
+    let shape = Shape {
+        hosts: config.nodes,
+        zones: zones.clone(),
+    };
+    let steps = schedule::draw(config.seed, &shape, config.duration, abilities);
+    let described: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "after {:>5} ms: {} for {} ms",
+                s.gap.as_millis(),
+                Described {
+                    fault: &s.fault,
+                    names: &names
+                },
+                s.hold.as_millis()
+            )
+        })
+        .collect();
+    std::fs::write(config.out.join("schedule.txt"), described.join("\n") + "\n")?;
+
+    let mut hosts = Hosts {
+        cluster,
+        disks,
+        lab,
+        names: names.clone(),
+        zones,
+        addrs: Vec::new(),
+    };
+    // The first node seeds the others.
+    for k in 0..config.nodes {
+        let seeds = hosts.addrs.first().copied().into_iter().collect::<Vec<_>>();
+        let addr = hosts.start(k, &seeds).await?;
+        hosts.addrs.push(addr);
+    }
+    hosts
+        .cluster
+        .wait_converged(Duration::from_secs(60))
+        .await?;
+
+    let nodes: Arc<Vec<NodeRef>> = Arc::new(
+        names
+            .iter()
+            .map(|n| -> Result<NodeRef, CampaignError> {
+                Ok(NodeRef {
+                    name: n.clone(),
+                    socket: hosts.cluster.node(n)?.socket.clone(),
+                    running: true.into(),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    let mut agents = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        for j in 0..config.agents_per_node {
+            let agent = format!("a{}-{j}", k + 1);
+            client::register(&nodes[k].socket, &agent, "{}").await?;
+            agents.push((agent, name.clone()));
+        }
+    }
+    let mut workload = Workload::start(nodes.clone(), &agents);
+    let mut faults = Vec::new();
+    for step in &steps {
+        tokio::time::sleep(step.gap).await;
+        let what = Described {
+            fault: &step.fault,
+            names: &names,
+        }
+        .to_string();
+        eprintln!("campaign: {what}");
+        let start_ms = now_ms();
+        inject(&mut hosts, &nodes, &step.fault).await?;
+        tokio::time::sleep(step.hold).await;
+        undo(&mut hosts, &nodes, &step.fault).await?;
+        faults.push(FaultRecord {
+            what,
+            start_ms,
+            end_ms: Some(now_ms()),
+        });
+    }
+    let quiet_ms = now_ms();
+    workload.stop_writers().await;
+    let end = settle(&hosts, &nodes, &agents, config.bound, quiet_ms).await;
+    workload.stop_recorders().await;
+    hosts.cluster.stop_all().await;
+
+    let record = std::mem::take(&mut *lock(&workload.record));
+    let history = History {
+        seed: config.seed,
+        nodes: names,
+        agents: agents.iter().map(|(a, _)| a.clone()).collect(),
+        copies: vigil::config::DEFAULT_COPIES,
+        puts: record.puts,
+        events: record.events,
+        faults,
+        end: Some(end),
+    };
+    let report = checker::check(&history);
+    let json = serde_json::to_vec_pretty(&history).map_err(std::io::Error::other)?;
+    std::fs::write(config.out.join("history.json"), json)?;
+    std::fs::write(config.out.join("report.txt"), report.to_string())?;
+    Ok(Outcome {
+        history,
+        report,
+        schedule: described,
+        mode,
+        put_errors: record.put_errors,
+    })
+}
+
+async fn inject(hosts: &mut Hosts, nodes: &[NodeRef], fault: &Fault) -> Result<(), CampaignError> {
+    match fault {
+        Fault::Kill { host } => {
+            nodes[*host].running.store(false, Ordering::SeqCst);
+            hosts.cluster.kill(&hosts.names[*host]).await?;
+        }
+        Fault::Pause { host } => hosts.cluster.signal(&hosts.names[*host], Signal::SIGSTOP)?,
+        Fault::Partition { side } => {
+            let lab = lab(hosts)?;
+            for a in side {
+                for b in (0..lab.hosts()).filter(|b| !side.contains(b)) {
+                    lab.cut(*a, b)?;
+                }
+            }
+        }
+        Fault::OneWay { from, to } => {
+            let lab = lab(hosts)?;
+            for b in to {
+                lab.cut_one_way(*from, *b)?;
+            }
+        }
+        Fault::DiskFull { host } => {
+            let disks = hosts
+                .disks
+                .as_mut()
+                .ok_or_else(|| CampaignError::Setup("no data disks mounted".into()))?;
+            disks.fill(*host)?;
+        }
+        Fault::Link { .. } => {
+            return Err(CampaignError::Setup(
+                "link faults need the fault proxy".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn undo(hosts: &mut Hosts, nodes: &[NodeRef], fault: &Fault) -> Result<(), CampaignError> {
+    match fault {
+        Fault::Kill { host } => {
+            hosts.restart(*host).await?;
+            nodes[*host].running.store(true, Ordering::SeqCst);
+        }
+        Fault::Pause { host } => hosts.cluster.signal(&hosts.names[*host], Signal::SIGCONT)?,
+        Fault::Partition { .. } | Fault::OneWay { .. } => lab(hosts)?.heal_all()?,
+        Fault::DiskFull { host } => {
+            if let Some(disks) = hosts.disks.as_mut() {
+                disks.free(*host)?;
+            }
+        }
+        Fault::Link { .. } => {}
+    }
+    Ok(())
+}
+
+fn lab(hosts: &mut Hosts) -> Result<&mut NetLab, CampaignError> {
+    hosts
+        .lab
+        .as_mut()
+        .ok_or_else(|| CampaignError::Setup("network faults need network namespaces".into()))
+}
+
+/// Waits (up to `bound`) for membership to converge and every agent to settle, then
+/// reads every agent back through every node.
+async fn settle(
+    hosts: &Hosts,
+    nodes: &[NodeRef],
+    agents: &[(String, String)],
+    bound: Duration,
+    quiet_ms: u64,
+) -> EndState {
+    let deadline = Instant::now() + bound;
+    let live: Vec<String> = hosts.names.clone();
+    let mut converged_ms = None;
+    while Instant::now() < deadline {
+        if converged(nodes).await {
+            converged_ms = Some(now_ms());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut settled_ms = None;
+    let mut unsettled = BTreeMap::new();
+    while converged_ms.is_some() {
+        unsettled = unsettled_agents(nodes, agents).await;
+        if unsettled.is_empty() {
+            settled_ms = Some(now_ms());
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if converged_ms.is_none() {
+        unsettled = unsettled_agents(nodes, agents).await;
+    }
+    let mut reads = BTreeMap::new();
+    let mut owners = BTreeMap::new();
+    for (agent, _) in agents {
+        let mut agent_reads = Vec::new();
+        let mut agent_owners = Vec::new();
+        for node in nodes {
+            let result = match client::get_snapshot(&node.socket, agent, None).await {
+                Ok(s) => Ok(ReadSnapshot {
+                    epoch: s.epoch,
+                    seq: s.seq,
+                    nonce: nonce_of(agent, &s.body),
+                }),
+                Err(e) => Err(e.to_string()),
+            };
+            agent_reads.push(ReadBack {
+                via: node.name.clone(),
+                result,
+            });
+            if let Ok(view) = client::agent(&node.socket, agent).await
+                && view.owned_here
+            {
+                agent_owners.push((node.name.clone(), view.epoch));
+            }
+        }
+        reads.insert(agent.clone(), agent_reads);
+        owners.insert(agent.clone(), agent_owners);
+    }
+    EndState {
+        quiet_ms,
+        bound_ms: u64::try_from(bound.as_millis()).unwrap_or(u64::MAX),
+        live,
+        converged_ms,
+        settled_ms,
+        unsettled,
+        reads,
+        owners,
+    }
+}
+
+/// Every node sees every node alive.
+async fn converged(nodes: &[NodeRef]) -> bool {
+    for node in nodes {
+        let Ok(members) = client::members(&node.socket).await else {
+            return false;
+        };
+        let all_alive = nodes.iter().all(|n| {
+            members
+                .iter()
+                .any(|m| m.name == n.name && m.state == "alive")
+        });
+        if !all_alive {
+            return false;
+        }
+    }
+    true
+}
+
+/// Agents without exactly one owner (among all nodes' views) whose view shows its
+/// full set of holders, with why.
+async fn unsettled_agents(
+    nodes: &[NodeRef],
+    agents: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (agent, _) in agents {
+        let mut owners = Vec::new();
+        for node in nodes {
+            if let Ok(view) = client::agent(&node.socket, agent).await
+                && view.owned_here
+            {
+                owners.push(view);
+            }
+        }
+        // Settled: one owner and its full set of holders, all running. `degraded`
+        // is not required to clear: with fewer zones than copies + 1 (5 nodes in 3
+        // zones) an agent stays "in 2 zones" for good, by design.
+        let why = match owners.as_slice() {
+            [] => Some("no node owns it".to_string()),
+            [one] if one.holders.len() < vigil::config::DEFAULT_COPIES => Some(format!(
+                "{} holders on {} ({})",
+                one.holders.len(),
+                one.owner,
+                one.degraded.as_deref().unwrap_or("not degraded")
+            )),
+            [_] => None,
+            many => Some(format!(
+                "{} owners: {}",
+                many.len(),
+                many.iter()
+                    .map(|v| format!("{}@{}", v.owner, v.epoch))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+        if let Some(why) = why {
+            out.insert(agent.clone(), why);
+        }
+    }
+    out
+}
+
+/// Path of the loop image and mount point of node `name`'s data file system.
+pub fn data_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(name).join("data")
+}
