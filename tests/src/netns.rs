@@ -536,7 +536,8 @@ fn effective_uid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-fn required() -> bool {
+/// VIGIL_REQUIRE_NETNS is set: what needs root must run, not skip.
+pub fn required() -> bool {
     std::env::var_os(REQUIRE_ENV).is_some_and(|v| !v.is_empty() && v != "0")
 }
 

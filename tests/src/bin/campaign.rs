@@ -78,7 +78,7 @@ fn check_file(path: &std::path::Path) -> ExitCode {
     };
     let report = checker::check(&history);
     println!("{report}");
-    if report.anomalies.is_empty() {
+    if report.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -120,7 +120,7 @@ fn campaign(cli: Cli) -> ExitCode {
         Ok(outcome) => {
             println!("{}", outcome.report);
             println!("output: {}", config.out.display());
-            if outcome.report.anomalies.is_empty() {
+            if outcome.report.is_clean() {
                 ExitCode::SUCCESS
             } else {
                 println!("seed {} ({:?}); fault schedule:", config.seed, outcome.mode);

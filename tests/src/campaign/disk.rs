@@ -56,10 +56,19 @@ impl DataDisks {
         let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
         let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
         let file = File::create(dir.join(BALLAST))?;
-        let len = i64::try_from(free).unwrap_or(i64::MAX);
-        // fallocate allocates the blocks (set_len would only make a sparse file).
-        nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len)
-            .map_err(std::io::Error::from)?;
+        // fallocate allocates the blocks (set_len would only make a sparse file). The
+        // free count does not include the extent blocks the ballast itself needs, so
+        // allocate in chunks, halving a chunk that does not fit, down to one block.
+        let block = i64::try_from(stat.fragment_size()).unwrap_or(4096).max(1);
+        let mut chunk = i64::try_from(free).unwrap_or(i64::MAX).max(block);
+        let mut offset = 0i64;
+        while chunk >= block {
+            match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), offset, chunk) {
+                Ok(()) => offset += chunk,
+                Err(nix::errno::Errno::ENOSPC) => chunk /= 2,
+                Err(e) => return Err(e.into()),
+            }
+        }
         file.sync_all()
     }
 
@@ -99,5 +108,44 @@ fn run(cmd: &mut Command) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         )),
         Err(e) => Err(format!("{shown}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
+
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_filled_disk_refuses_writes_and_fsyncs_until_freed() {
+        let root = tempfile::tempdir().unwrap();
+        let names = vec!["n1".to_string()];
+        let mut disks = match DataDisks::mount(root.path(), &names) {
+            Ok(d) => d,
+            Err(why) if !crate::netns::required() => {
+                eprintln!("skipping: cannot mount data disks here: {why}");
+                return;
+            }
+            Err(why) => panic!("cannot mount data disks: {why}"),
+        };
+        let dir = super::super::run::data_dir(root.path(), "n1");
+        let write = |name: &str| -> std::io::Result<()> {
+            let mut f = File::create(dir.join(name))?;
+            f.write_all(&[7u8; 64 << 10])?;
+            f.sync_all()
+        };
+        write("before").unwrap();
+        disks.fill(0).unwrap();
+        let err = write("during").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
+        disks.free(0).unwrap();
+        write("after").unwrap();
+    }
+
+    fn libc_enospc() -> i32 {
+        nix::errno::Errno::ENOSPC as i32
     }
 }
