@@ -50,7 +50,11 @@ pub struct LocalNode {
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The advertised address: what peers (and seeds lists) use.
     pub addr: SocketAddr,
+    /// The address the node's UDP socket is bound to; differs from `addr` only when
+    /// the node was started with `--advertise` (e.g. behind a fault proxy).
+    pub bound: SocketAddr,
     pub generation: u64,
     pub pid: u32,
     child: Option<Child>,
@@ -300,6 +304,12 @@ impl LocalCluster {
             .addr
             .parse()
             .map_err(|_| node_err(format!("bad address {:?}", ready.addr)))?;
+        let bound = match &ready.bound {
+            Some(b) => b
+                .parse()
+                .map_err(|_| node_err(format!("bad bound address {b:?}")))?,
+            None => addr,
+        };
         let node = LocalNode {
             name: name.into(),
             zone: zone.into(),
@@ -307,6 +317,7 @@ impl LocalCluster {
             data_dir,
             log,
             addr,
+            bound,
             generation: ready.generation,
             pid: ready.pid,
             child: Some(child),

@@ -98,7 +98,13 @@ pub enum AgentError {
 pub struct ReadyLine {
     pub ready: bool,
     pub name: String,
+    /// The advertised address (what peers dial).
     pub addr: String,
+    /// The address the UDP socket is bound to: the same as `addr` unless `--advertise`
+    /// names another (a NAT, or a fault proxy in front of the node, which the tests
+    /// must point at this real socket). Absent in lines from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<String>,
     pub socket: String,
     pub generation: u64,
     pub pid: u32,
@@ -270,7 +276,7 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
         profile = owner.config.profile.as_str(), socket = %owner.config.socket.display(),
         "vigil node started"
     );
-    print_ready(&identity, &owner.config.socket)?;
+    print_ready(&identity, bound, &owner.config.socket)?;
 
     let result = owner.run(inbound, api_rx, disk_rx, launch_rx).await;
     let _ = stop_api.send(());
@@ -328,11 +334,16 @@ fn get_failure(e: &GetError) -> ApiFailure {
     }
 }
 
-fn print_ready(identity: &NodeId, socket: &std::path::Path) -> Result<(), AgentError> {
+fn print_ready(
+    identity: &NodeId,
+    bound: SocketAddr,
+    socket: &std::path::Path,
+) -> Result<(), AgentError> {
     let line = ReadyLine {
         ready: true,
         name: identity.name.to_string(),
         addr: identity.addr.to_string(),
+        bound: Some(bound.to_string()),
         socket: socket.display().to_string(),
         generation: identity.generation,
         pid: std::process::id(),

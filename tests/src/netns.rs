@@ -264,18 +264,23 @@ impl NetLab {
     /// in the namespace it was created in, whatever thread uses it later).
     pub fn udp_socket(&self, k: usize, port: u16) -> Result<UdpSocket, LabError> {
         self.check(k)?;
-        let ns_path = PathBuf::from("/run/netns").join(self.host_ns(k));
-        let addr = SocketAddrV4::new(self.addr(k), port);
-        // setns changes only the calling thread: do it on a throwaway one.
-        std::thread::spawn(move || -> std::io::Result<UdpSocket> {
-            let ns = std::fs::File::open(&ns_path)?;
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-            UdpSocket::bind(addr)
-        })
-        .join()
-        .map_err(|_| LabError::Io(std::io::Error::other("setns thread panicked")))?
-        .map_err(LabError::Io)
+        bind_in_ns(&self.ns_path(k), SocketAddrV4::new(self.addr(k), port)).map_err(LabError::Io)
+    }
+
+    /// Opens UDP sockets bound to `addr(k):0` inside host `k`'s namespace, one per
+    /// call: the upstream sockets of a fault proxy in front of host `k`'s node
+    /// (`faultproxy::FaultProxy::spawn`).
+    pub fn udp_socket_factory(
+        &self,
+        k: usize,
+    ) -> Result<impl FnMut() -> std::io::Result<UdpSocket> + Send + 'static, LabError> {
+        self.check(k)?;
+        let (ns_path, addr) = (self.ns_path(k), SocketAddrV4::new(self.addr(k), 0));
+        Ok(move || bind_in_ns(&ns_path, addr))
+    }
+
+    fn ns_path(&self, k: usize) -> PathBuf {
+        PathBuf::from("/run/netns").join(self.host_ns(k))
     }
 
     /// Whether a datagram sent from host `from` arrives at host `to` within `timeout`
@@ -474,6 +479,20 @@ fn delete_ns(ip: &Path, ns: &str) {
     if let Err(e) = run_ip(ip, None, &["netns", "del", ns]) {
         eprintln!("netns lab: cannot delete namespace {ns}: {e}");
     }
+}
+
+/// A UDP socket bound to `addr` in the network namespace at `ns_path`.
+fn bind_in_ns(ns_path: &Path, addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let ns_path = ns_path.to_path_buf();
+    // setns changes only the calling thread: do it on a throwaway one.
+    std::thread::spawn(move || -> std::io::Result<UdpSocket> {
+        let ns = std::fs::File::open(&ns_path)?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+        UdpSocket::bind(addr)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("setns thread panicked"))?
 }
 
 /// Deletes the namespaces of labs whose process is gone (a crashed or killed run).
