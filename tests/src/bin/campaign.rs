@@ -119,6 +119,17 @@ fn campaign(cli: Cli) -> ExitCode {
     match runtime.block_on(run(&config)) {
         Ok(outcome) => {
             println!("{}", outcome.report);
+            let p = outcome.proxies.total();
+            println!(
+                "mode {:?}; proxies: {} datagrams forwarded, {} lost, {} cut, {} duplicated, {} delayed; failed puts by reason: {:?}",
+                outcome.mode,
+                p.forwarded,
+                p.dropped_loss,
+                p.dropped_cut,
+                p.duplicated,
+                p.delayed,
+                outcome.put_errors
+            );
             println!("output: {}", config.out.display());
             if outcome.report.is_clean() {
                 ExitCode::SUCCESS

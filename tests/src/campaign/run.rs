@@ -21,6 +21,9 @@ use super::disk::DataDisks;
 use super::history::{EndState, FaultRecord, History, ReadBack, ReadSnapshot};
 use super::schedule::{self, Abilities, Described, Fault, Shape};
 use super::workload::{NodeRef, Workload, lock, nonce_of, now_ms};
+use crate::faultproxy::{
+    FaultProxy, Faults, ProxyConfig, ProxyError, ProxyStats, Rule, loopback_sockets,
+};
 use crate::netns::{LabError, NODE_PORT, NetLab};
 
 /// Where the hosts live.
@@ -30,7 +33,9 @@ pub enum Mode {
     Auto,
     /// One network namespace per host (root and iproute2).
     Netns,
-    /// Every node on 127.0.0.1: kills, pauses and restarts only.
+    /// Every node on 127.0.0.1; partitions and one-way cuts are made by the fault
+    /// proxies instead of blackhole routes, and there are no disk faults unless the
+    /// data disks can be mounted (root).
     Loopback,
 }
 
@@ -62,6 +67,8 @@ pub enum CampaignError {
     Io(#[from] std::io::Error),
     #[error("client: {0}")]
     Client(#[from] client::ClientError),
+    #[error("fault proxy: {0}")]
+    Proxy(#[from] ProxyError),
     #[error("{0}")]
     Setup(String),
 }
@@ -74,28 +81,38 @@ pub struct Outcome {
     pub mode: Mode,
     /// Puts that failed, by reason (expected during faults).
     pub put_errors: BTreeMap<String, u64>,
+    /// What the fault proxies did, all links together.
+    pub proxies: ProxyStats,
 }
 
 const ZONES: [&str; 3] = ["az1", "az2", "az3"];
 
 /// The hosts and the processes on them. Field order is drop order: processes first,
-/// then the data file systems, then the namespaces.
+/// then the proxies, the data file systems, the namespaces.
 struct Hosts {
     cluster: LocalCluster,
+    /// One per node, in front of it: peers reach node `k` only through `proxies[k]`.
+    proxies: Vec<FaultProxy>,
+    faults: Faults,
     disks: Option<DataDisks>,
     lab: Option<NetLab>,
     names: Vec<String>,
     zones: Vec<String>,
-    /// Every node's advertised address, for the seeds of a restarted node.
+    /// Every node's advertised address (its proxy's), for the seeds of a restarted
+    /// node.
     addrs: Vec<SocketAddr>,
 }
 
+/// The port a node binds in its namespace; its proxy listens on [`NODE_PORT`].
+const REAL_PORT: u16 = NODE_PORT + 1;
+
 impl Hosts {
+    /// Where node `k` binds: a private address only its proxy sends to.
     fn placement(&self, k: usize) -> Placement {
         match &self.lab {
             Some(lab) => Placement {
                 wrapper: lab.exec_prefix(k),
-                bind: SocketAddrV4::new(lab.addr(k), NODE_PORT).to_string(),
+                bind: SocketAddrV4::new(lab.addr(k), REAL_PORT).to_string(),
             },
             None => Placement {
                 wrapper: Vec::new(),
@@ -104,16 +121,41 @@ impl Hosts {
         }
     }
 
-    async fn start(&mut self, k: usize, seeds: &[SocketAddr]) -> Result<SocketAddr, CampaignError> {
+    /// Starts node `k` behind its proxy (started with the node's first start, kept
+    /// across restarts: the node binds the same address again).
+    async fn start(
+        &mut self,
+        k: usize,
+        seeds: &[SocketAddr],
+        seed: u64,
+    ) -> Result<(), CampaignError> {
+        let listener = match &self.lab {
+            Some(lab) => lab.udp_socket(k, NODE_PORT)?,
+            None => std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?,
+        };
+        let advertised = listener.local_addr()?;
+        let upstream = match &self.lab {
+            Some(lab) => Box::new(lab.udp_socket_factory(k)?),
+            None => loopback_sockets(Ipv4Addr::LOCALHOST.into()),
+        };
         let placement = self.placement(k);
+        let extra = ["--advertise".to_string(), advertised.to_string()];
         let node = self
             .cluster
-            .start_placed(&self.names[k], &self.zones[k], seeds, &[], &placement)
+            .start_placed(&self.names[k], &self.zones[k], seeds, &extra, &placement)
             .await?;
-        Ok(node.addr)
+        let bound = node.bound;
+        self.faults.register(bound, &self.names[k]);
+        // Each proxy draws its own fault decisions, seeded from the campaign seed.
+        let config = ProxyConfig::new(&self.names[k], bound, seed.wrapping_add(k as u64));
+        self.proxies
+            .push(FaultProxy::spawn(listener, upstream, config, &self.faults)?);
+        self.addrs.push(advertised);
+        Ok(())
     }
 
-    /// Restarts node `k` on its data directory, seeded by every other node.
+    /// Restarts node `k` on its data directory (same address, same proxy), seeded
+    /// by every other node.
     async fn restart(&mut self, k: usize) -> Result<(), CampaignError> {
         let seeds: Vec<SocketAddr> = self
             .addrs
@@ -122,7 +164,33 @@ impl Hosts {
             .filter(|(i, _)| *i != k)
             .map(|(_, a)| *a)
             .collect();
-        self.start(k, &seeds).await.map(drop)
+        let placement = self.placement(k);
+        let extra = ["--advertise".to_string(), self.addrs[k].to_string()];
+        self.cluster
+            .start_placed(&self.names[k], &self.zones[k], &seeds, &extra, &placement)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops what `from` sends to `to`: a blackhole route in network-namespace
+    /// mode, the proxy otherwise.
+    fn cut_one_way(&mut self, from: usize, to: usize) -> Result<(), CampaignError> {
+        match self.lab.as_mut() {
+            Some(lab) => lab.cut_one_way(from, to)?,
+            None => self
+                .faults
+                .set_link(&self.names[from], &self.names[to], Rule::CUT)?,
+        }
+        Ok(())
+    }
+
+    /// Undoes every cut and link fault.
+    fn heal(&mut self) -> Result<(), CampaignError> {
+        self.faults.clear_all();
+        if let Some(lab) = self.lab.as_mut() {
+            lab.heal_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -184,8 +252,6 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
     };
     let abilities = Abilities {
         disk_full: disks.is_some(),
-        network: lab.is_some(),
-        links: false,
     };
     let shape = Shape {
         hosts: config.nodes,
@@ -210,6 +276,8 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
 
     let mut hosts = Hosts {
         cluster,
+        proxies: Vec::new(),
+        faults: Faults::new(),
         disks,
         lab,
         names: names.clone(),
@@ -219,8 +287,7 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
     // The first node seeds the others.
     for k in 0..config.nodes {
         let seeds = hosts.addrs.first().copied().into_iter().collect::<Vec<_>>();
-        let addr = hosts.start(k, &seeds).await?;
-        hosts.addrs.push(addr);
+        hosts.start(k, &seeds, config.seed).await?;
     }
     hosts
         .cluster
@@ -272,6 +339,10 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
     let end = settle(&hosts, &nodes, &agents, config.bound, quiet_ms).await;
     workload.stop_recorders().await;
     hosts.cluster.stop_all().await;
+    let mut proxies = ProxyStats::default();
+    for proxy in hosts.proxies.drain(..) {
+        proxies.merge(&proxy.shutdown().await?);
+    }
 
     let record = std::mem::take(&mut *lock(&workload.record));
     let history = History {
@@ -294,6 +365,7 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
         schedule: described,
         mode,
         put_errors: record.put_errors,
+        proxies,
     })
 }
 
@@ -305,17 +377,16 @@ async fn inject(hosts: &mut Hosts, nodes: &[NodeRef], fault: &Fault) -> Result<(
         }
         Fault::Pause { host } => hosts.cluster.signal(&hosts.names[*host], Signal::SIGSTOP)?,
         Fault::Partition { side } => {
-            let lab = lab(hosts)?;
             for a in side {
-                for b in (0..lab.hosts()).filter(|b| !side.contains(b)) {
-                    lab.cut(*a, b)?;
+                for b in (0..hosts.names.len()).filter(|b| !side.contains(b)) {
+                    hosts.cut_one_way(*a, b)?;
+                    hosts.cut_one_way(b, *a)?;
                 }
             }
         }
         Fault::OneWay { from, to } => {
-            let lab = lab(hosts)?;
             for b in to {
-                lab.cut_one_way(*from, *b)?;
+                hosts.cut_one_way(*from, *b)?;
             }
         }
         Fault::DiskFull { host } => {
@@ -325,10 +396,17 @@ async fn inject(hosts: &mut Hosts, nodes: &[NodeRef], fault: &Fault) -> Result<(
                 .ok_or_else(|| CampaignError::Setup("no data disks mounted".into()))?;
             disks.fill(*host)?;
         }
-        Fault::Link { .. } => {
-            return Err(CampaignError::Setup(
-                "link faults need the fault proxy".into(),
-            ));
+        Fault::Link { hosts: on, link } => {
+            let rule = Rule {
+                loss: link.loss,
+                latency: Duration::from_millis(link.latency_ms),
+                jitter: Duration::from_millis(link.jitter_ms),
+                duplicate: link.duplicate,
+                cut: false,
+            };
+            for k in on {
+                hosts.faults.set_node(&hosts.names[*k], rule)?;
+            }
         }
     }
     Ok(())
@@ -341,22 +419,14 @@ async fn undo(hosts: &mut Hosts, nodes: &[NodeRef], fault: &Fault) -> Result<(),
             nodes[*host].running.store(true, Ordering::SeqCst);
         }
         Fault::Pause { host } => hosts.cluster.signal(&hosts.names[*host], Signal::SIGCONT)?,
-        Fault::Partition { .. } | Fault::OneWay { .. } => lab(hosts)?.heal_all()?,
+        Fault::Partition { .. } | Fault::OneWay { .. } | Fault::Link { .. } => hosts.heal()?,
         Fault::DiskFull { host } => {
             if let Some(disks) = hosts.disks.as_mut() {
                 disks.free(*host)?;
             }
         }
-        Fault::Link { .. } => {}
     }
     Ok(())
-}
-
-fn lab(hosts: &mut Hosts) -> Result<&mut NetLab, CampaignError> {
-    hosts
-        .lab
-        .as_mut()
-        .ok_or_else(|| CampaignError::Setup("network faults need network namespaces".into()))
 }
 
 /// Waits (up to `bound`) for membership to converge and every agent to settle, then

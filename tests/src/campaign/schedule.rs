@@ -62,10 +62,6 @@ pub struct Step {
 pub struct Abilities {
     /// Loop-mounted data file systems (root, loop devices, mkfs.ext4).
     pub disk_full: bool,
-    /// Hosts in network namespaces, so blackhole routes can cut links.
-    pub network: bool,
-    /// Every node behind a fault proxy (loss, latency, duplication).
-    pub links: bool,
 }
 
 /// The cluster the schedule is for.
@@ -104,12 +100,7 @@ fn draw_fault(rng: &mut ChaCha8Rng, shape: &Shape, abilities: Abilities) -> Faul
     // Draw among the kinds this machine can inject; the kind numbers stay the same
     // whatever is available, so a seed means the same faults where all are.
     let available: Vec<u32> = (0..8)
-        .filter(|kind| match kind {
-            2..=5 => abilities.network,
-            6 => abilities.links,
-            7 => abilities.disk_full,
-            _ => true,
-        })
+        .filter(|kind| *kind != 7 || abilities.disk_full)
         .collect();
     match available[rng.random_range(0..available.len())] {
         0 => Fault::Kill { host },
@@ -232,11 +223,7 @@ mod tests {
 
     #[test]
     fn the_same_seed_draws_the_same_schedule_and_another_seed_another() {
-        let abilities = Abilities {
-            disk_full: true,
-            network: true,
-            links: true,
-        };
+        let abilities = Abilities { disk_full: true };
         let d = Duration::from_secs(300);
         let a = draw(7, &shape(), d, abilities);
         assert_eq!(a, draw(7, &shape(), d, abilities));
@@ -247,11 +234,7 @@ mod tests {
 
     #[test]
     fn partitions_leave_a_majority_and_one_way_cuts_never_target_the_sender() {
-        let abilities = Abilities {
-            disk_full: false,
-            network: true,
-            links: true,
-        };
+        let abilities = Abilities { disk_full: false };
         for seed in 0..50 {
             for step in draw(seed, &shape(), Duration::from_secs(600), abilities) {
                 match step.fault {
