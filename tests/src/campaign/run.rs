@@ -242,6 +242,10 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
         Mode::Loopback
     };
     let root = config.out.join("nodes");
+    // A previous campaign's nodes must not start from its data (same output directory).
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
     let cluster = LocalCluster::in_dir(config.binary.clone(), &root, &name_refs)?;
     let disks = match DataDisks::mount(&root, &names) {
         Ok(d) => Some(d),
