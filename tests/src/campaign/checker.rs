@@ -69,6 +69,10 @@ pub struct Summary {
     /// Node restarts seen in the events: a node's distinct generations, minus one.
     pub restarts: usize,
     pub faults: usize,
+    /// Faults by kind: the first word of their description (`kill`, `SIGSTOP`,
+    /// `partition`, `one-way`, `link`, `disk`).
+    #[serde(default)]
+    pub faults_by_kind: BTreeMap<String, usize>,
     /// Successful and failed reads at the end (0 and 0 if the campaign did not get
     /// there).
     pub reads_ok: usize,
@@ -385,6 +389,11 @@ pub fn check(history: &History) -> Report {
             .count(),
         restarts: restarts(&all_events),
         faults: history.faults.len(),
+        faults_by_kind: history.faults.iter().fold(BTreeMap::new(), |mut m, f| {
+            let kind = f.what.split_whitespace().next().unwrap_or("?");
+            *m.entry(kind.to_string()).or_insert(0) += 1;
+            m
+        }),
         reads_ok,
         reads_failed,
         rto_ms: Spread::of(rto.iter().map(|r| r.rto_ms).collect()),
@@ -1174,7 +1183,17 @@ impl fmt::Display for Report {
         writeln!(f, "  adoptions          {}", s.adoptions)?;
         writeln!(f, "  fences / unfences  {} / {}", s.fences, s.unfences)?;
         writeln!(f, "  node restarts      {}", s.restarts)?;
-        writeln!(f, "  faults             {}", s.faults)?;
+        let kinds: Vec<String> = s
+            .faults_by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        writeln!(
+            f,
+            "  faults             {} ({})",
+            s.faults,
+            kinds.join(", ")
+        )?;
         writeln!(
             f,
             "  reads at the end   {} ok, {} failed",
