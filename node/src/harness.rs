@@ -327,6 +327,24 @@ impl LocalCluster {
         self.node(name)
     }
 
+    /// Whether a node the harness started has exited on its own since (reaped here:
+    /// the node counts as stopped afterwards). `None`: still running, or not started.
+    pub fn exited(&mut self, name: &str) -> Result<Option<std::process::ExitStatus>, HarnessError> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| HarnessError::Unknown(name.into()))?;
+        let Some(child) = node.child.as_mut() else {
+            return Ok(None);
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            node.child = None;
+            node._stdout = None;
+        }
+        Ok(status)
+    }
+
     /// Sends `signal` to a node without waiting for it.
     pub fn signal(&self, name: &str, signal: Signal) -> Result<(), HarnessError> {
         let node = self.node(name)?;

@@ -897,14 +897,27 @@ impl Owner {
                     });
                 }
                 ReplEffect::DropAgent { agent } => {
-                    let store = Arc::clone(&self.store);
-                    let metrics = Arc::clone(&self.metrics);
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = store.remove_agent(agent.as_str()) {
-                            metrics.count_store_error(e.kind());
+                    // Moved aside here, in effect order, so that writes for the agent
+                    // that later effects start (it may be adopted right after) find
+                    // no directory and start a fresh one; deleted in the background.
+                    let detached = match self.store.detach_agent(agent.as_str()) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.metrics.count_store_error(e.kind());
                             tracing::warn!("cannot remove the copies of agent {agent}: {e}");
+                            None
                         }
-                    });
+                    };
+                    if let Some(detached) = detached {
+                        let store = Arc::clone(&self.store);
+                        let metrics = Arc::clone(&self.metrics);
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = store.remove_detached(&detached) {
+                                metrics.count_store_error(e.kind());
+                                tracing::warn!("cannot remove the copies of agent {agent}: {e}");
+                            }
+                        });
+                    }
                 }
                 ReplEffect::RegisterFailed { reg, reason } => {
                     if let Some(reply) = self.pending.registers.remove(&reg) {

@@ -42,6 +42,8 @@ const ACCEPTOR_FILE: &str = "acceptor";
 /// recently deleted inodes) at 500 puts a second. Named like a temporary, so
 /// [`SnapshotStore::open`] deletes it.
 const SPARE_FILE: &str = ".tmp-spare";
+/// Prefix of an agent directory moved aside to be deleted ([`SnapshotStore::detach_agent`]).
+const DROPPED_PREFIX: &str = ".dropped-";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionMeta {
@@ -325,6 +327,11 @@ impl SnapshotStore {
             let Some(agent) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
+            // A drop the node did not finish before it stopped.
+            if agent.starts_with(DROPPED_PREFIX) {
+                fs::remove_dir_all(&dir).map_err(io_err("remove leftover", &dir))?;
+                continue;
+            }
             if !valid_agent(&agent) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
@@ -651,10 +658,40 @@ impl SnapshotStore {
 
     /// Deletes an agent's versions, record and quarantined files; a missing agent is fine.
     pub fn remove_agent(&self, agent: &str) -> Result<(), StoreError> {
+        match self.detach_agent(agent)? {
+            Some(detached) => self.remove_detached(&detached),
+            None => Ok(()),
+        }
+    }
+
+    /// First half of [`SnapshotStore::remove_agent`], cheap enough for the caller's
+    /// thread (one rename, no fsync): moves the agent's directory aside under a
+    /// `.dropped-*` name, so that a write for the agent issued after this call starts
+    /// a fresh directory. Deleting in place on another thread raced with such writes:
+    /// a write that re-created the directory between the cache update and the delete
+    /// was deleted with it, and every later write of that agent failed with ENOENT
+    /// (found by the fault campaign: an agent dropped as a holder and adopted right
+    /// after). `None`: the agent had no directory.
+    pub fn detach_agent(&self, agent: &str) -> Result<Option<PathBuf>, StoreError> {
         let dir = self.agent_dir(agent)?;
         self.durable().remove(agent);
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let detached = self.root.join(format!(
+            "{DROPPED_PREFIX}{agent}-{}-{n}",
+            std::process::id()
+        ));
+        match fs::rename(&dir, &detached) {
+            Ok(()) => Ok(Some(detached)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("move aside", &dir)(e)),
+        }
+    }
+
+    /// Second half of [`SnapshotStore::remove_agent`]: deletes a detached directory
+    /// and makes its removal durable.
+    pub fn remove_detached(&self, detached: &Path) -> Result<(), StoreError> {
+        match fs::remove_dir_all(detached) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", detached)(e)),
             _ => sync_dir(&self.root),
         }
     }
@@ -923,6 +960,31 @@ mod tests {
         let opened = open(dir.path(), 5);
         assert!(!tmp.exists());
         assert!(opened.versions.is_empty() && opened.problems.is_empty());
+    }
+
+    #[test]
+    fn an_agent_written_again_after_it_was_dropped_keeps_its_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 5).store;
+        store.write(&meta("a", 1, 1, b"old"), b"old").unwrap();
+        // The node detaches in effect order and deletes later, on another thread;
+        // a write issued in between (the agent adopted right after it was dropped)
+        // must survive the delete and not be refused for a missing directory.
+        let detached = store.detach_agent("a").unwrap().unwrap();
+        store.write_record("a", b"{\"epoch\":2}").unwrap();
+        store.write(&meta("a", 2, 2, b"new"), b"new").unwrap();
+        store.remove_detached(&detached).unwrap();
+        assert!(!detached.exists());
+        assert_eq!(store.read_record("a").unwrap().unwrap(), b"{\"epoch\":2}");
+        store.write(&meta("a", 2, 3, b"newer"), b"newer").unwrap();
+        let reopened = open(dir.path(), 5);
+        let seqs: Vec<u64> = reopened.versions.iter().map(|v| v.seq).collect();
+        assert_eq!(seqs, [2, 3], "{:?}", reopened.versions);
+        // A drop cut short by a crash is finished at the next open.
+        let detached = store.detach_agent("a").unwrap().unwrap();
+        assert!(open(dir.path(), 5).versions.is_empty());
+        assert!(!detached.exists());
+        assert_eq!(store.detach_agent("a").unwrap(), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::history::{
-    AckedPut, AgentEvent, AgentEventKind, EndState, History, ReadBack, ReadSnapshot,
+    AckedPut, AgentEvent, AgentEventKind, EndState, History, NodeExit, ReadBack, ReadSnapshot,
 };
 
 #[cfg(test)]
@@ -145,6 +145,14 @@ pub struct OwnerClaim {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Anomaly {
+    /// The campaign stopped injecting faults early: a step could not be injected or
+    /// undone (e.g. a node did not come back on its data dir).
+    CampaignAborted { error: String },
+    /// A node exited without the campaign killing it.
+    NodeExited { exit: NodeExit },
+    /// After the cluster settled, a read through a node failed (every node must serve
+    /// every agent's latest snapshot once everything is quiet).
+    ReadFailedAfterSettle { read: FailedRead },
     /// The history has no end state: the campaign stopped before reading back, so
     /// the end-state rules (reads, owners, settling) could not be checked.
     CampaignDidNotFinish {
@@ -275,6 +283,9 @@ impl Anomaly {
     pub fn kind(&self) -> &'static str {
         match self {
             Anomaly::CampaignDidNotFinish { .. } => "campaign_did_not_finish",
+            Anomaly::CampaignAborted { .. } => "campaign_aborted",
+            Anomaly::NodeExited { .. } => "node_exited",
+            Anomaly::ReadFailedAfterSettle { .. } => "read_failed_after_settle",
             Anomaly::LostAcknowledged { .. } => "lost_acknowledged",
             Anomaly::ReplacedAcknowledged { .. } => "replaced_acknowledged",
             Anomaly::UnexplainedRead { .. } => "unexplained_read",
@@ -311,7 +322,10 @@ impl Anomaly {
             | Anomaly::ConflictingAcks { agent, .. }
             | Anomaly::AdoptionEpochWentBackwards { agent, .. }
             | Anomaly::ReadEpochBehind { agent, .. } => Some(agent),
-            Anomaly::CampaignDidNotFinish { .. }
+            Anomaly::ReadFailedAfterSettle { read } => Some(&read.agent),
+            Anomaly::CampaignAborted { .. }
+            | Anomaly::NodeExited { .. }
+            | Anomaly::CampaignDidNotFinish { .. }
             | Anomaly::NotConverged { .. }
             | Anomaly::NotSettled { .. } => None,
         }
@@ -321,6 +335,7 @@ impl Anomaly {
 /// Checks `history` against the rules (see each [`Anomaly`] variant and the comments
 /// in the rule functions below).
 pub fn check(history: &History) -> Report {
+    let restarts = restarts(history);
     let all_events = dedup_events(&history.events);
     let mut agents: BTreeSet<&str> = history.agents.iter().map(String::as_str).collect();
     let mut puts: BTreeMap<&str, Vec<&AckedPut>> = BTreeMap::new();
@@ -349,12 +364,32 @@ pub fn check(history: &History) -> Report {
         check_adoptions(agent, puts, events, &mut anomalies);
         check_two_owners(agent, puts, events, &mut anomalies);
         check_real_time(agent, puts, &mut anomalies);
-        check_fences(agent, puts, &all_events, &mut anomalies);
+        check_fences(agent, puts, &all_events, &restarts, &mut anomalies);
         if let Some(end) = &history.end {
             check_owners_at_end(agent, end.owners.get(agent), &mut anomalies);
         }
         check_conflicting_acks(agent, puts, &mut anomalies);
         check_adoption_order(agent, events, &mut anomalies);
+    }
+    if let Some(error) = &history.aborted {
+        anomalies.push(Anomaly::CampaignAborted {
+            error: error.clone(),
+        });
+    }
+    for exit in &history.node_exits {
+        anomalies.push(Anomaly::NodeExited { exit: exit.clone() });
+    }
+    // Once settled, nothing excuses a failed read (during the bound, a read may
+    // fail while a node catches up; they are only noted then).
+    // An agent none of whose reads succeeded is already `Unreadable`; one without an
+    // acknowledged put may legally have nothing to read.
+    if history.end.as_ref().is_some_and(|e| e.settled_ms.is_some()) {
+        for read in failed_reads
+            .iter()
+            .filter(|r| puts.contains_key(r.agent.as_str()))
+        {
+            anomalies.push(Anomaly::ReadFailedAfterSettle { read: read.clone() });
+        }
     }
     match &history.end {
         None => anomalies.insert(
@@ -367,7 +402,9 @@ pub fn check(history: &History) -> Report {
     }
     // Agents in name order; within an agent, the order the rules ran in above.
     let rank = |a: &Anomaly| match a {
-        Anomaly::CampaignDidNotFinish { .. } => 0,
+        Anomaly::CampaignDidNotFinish { .. }
+        | Anomaly::CampaignAborted { .. }
+        | Anomaly::NodeExited { .. } => 0,
         Anomaly::NotConverged { .. } | Anomaly::NotSettled { .. } => 2,
         _ => 1,
     };
@@ -387,7 +424,7 @@ pub fn check(history: &History) -> Report {
             .iter()
             .filter(|e| e.kind == AgentEventKind::Unfenced)
             .count(),
-        restarts: restarts(&all_events),
+        restarts: restarts.len(),
         faults: history.faults.len(),
         faults_by_kind: history.faults.iter().fold(BTreeMap::new(), |mut m, f| {
             let kind = f.what.split_whitespace().next().unwrap_or("?");
@@ -702,15 +739,24 @@ fn check_real_time(agent: &str, puts: &[&AckedPut], out: &mut Vec<Anomaly>) {
 
 /// Rule 3c. A node that fenced an agent at epoch e refuses its puts until the fence
 /// lifts. What lifts it, all legal: `agent_unfenced` for that agent; the node owning
-/// it anew (`agent_owned`, `agent_adopted`); the node restarting (any event of the
-/// node with another generation: fences are not kept across restarts, and a restarted
-/// node must reclaim before it accepts puts). A put is flagged only if it was sent
+/// it anew (`agent_owned`, `agent_adopted`); the campaign restarting the node (a
+/// `kill -9` fault on it, undone after the fence: fences are not kept across
+/// restarts, and a restarted node must reclaim before it accepts puts). A new
+/// generation alone does not lift it: a node that rejoins after a pause or a
+/// partition takes a new generation in the same process and keeps its fences. A put
+/// is flagged only if it was sent
 /// strictly after the fence and nothing lifted the fence by the time it was
 /// acknowledged: a fence lifted while the put was in flight may have been lifted
 /// before the node looked at the put. The node stamps its events with the machine
 /// clock the campaign stamps puts with. Events in the same millisecond as the fence
 /// count as after it if the history lists them after it.
-fn check_fences(agent: &str, puts: &[&AckedPut], all: &[&AgentEvent], out: &mut Vec<Anomaly>) {
+fn check_fences(
+    agent: &str,
+    puts: &[&AckedPut],
+    all: &[&AgentEvent],
+    restarts: &[(&str, u64)],
+    out: &mut Vec<Anomaly>,
+) {
     let mut flagged = BTreeSet::new();
     for (f, fence) in all.iter().enumerate() {
         if fence.agent != agent || fence.kind != AgentEventKind::Fenced {
@@ -723,11 +769,14 @@ fn check_fences(agent: &str, puts: &[&AckedPut], all: &[&AgentEvent], out: &mut 
                 e.node == fence.node
                     && (e.time_ms > fence.time_ms || (e.time_ms == fence.time_ms && *j > f))
             })
-            .filter(|(_, e)| {
-                e.generation != fence.generation
-                    || (e.agent == agent && e.kind != AgentEventKind::Fenced)
-            })
+            .filter(|(_, e)| e.agent == agent && e.kind != AgentEventKind::Fenced)
             .map(|(_, e)| e.time_ms)
+            .chain(
+                restarts
+                    .iter()
+                    .filter(|(node, at)| *node == fence.node && *at > fence.time_ms)
+                    .map(|(_, at)| *at),
+            )
             .min();
         for (i, p) in puts.iter().enumerate() {
             if p.node == fence.node
@@ -855,13 +904,17 @@ fn node_names<'h>(history: &'h History, events: &[&'h AgentEvent]) -> BTreeSet<&
     nodes
 }
 
-fn restarts(events: &[&AgentEvent]) -> usize {
-    let generations: BTreeSet<(&str, u64)> = events
+/// The campaign's restarts: each `kill -9 NODE` fault, undone (the node started
+/// again on its data dir) at its end.
+fn restarts(history: &History) -> Vec<(&str, u64)> {
+    history
+        .faults
         .iter()
-        .map(|e| (e.node.as_str(), e.generation))
-        .collect();
-    let nodes: BTreeSet<&str> = generations.iter().map(|(n, _)| *n).collect();
-    generations.len() - nodes.len()
+        .filter_map(|f| {
+            let node = f.what.strip_prefix("kill -9 ")?.split([',', ' ']).next()?;
+            Some((node, f.end_ms?))
+        })
+        .collect()
 }
 
 /// Whether the fault's description names `node` as a whole word (`kill -9 n3`,
@@ -957,6 +1010,19 @@ fn bound(done: &str, not_done: &str, quiet_ms: u64, bound_ms: u64, at: Option<u6
 impl fmt::Display for Anomaly {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Anomaly::CampaignAborted { error } => {
+                write!(f, "campaign aborted before its schedule ended: {error}")
+            }
+            Anomaly::NodeExited { exit } => write!(
+                f,
+                "node {} exited on its own ({}), noticed at {}",
+                exit.node, exit.status, exit.noticed_ms
+            ),
+            Anomaly::ReadFailedAfterSettle { read } => write!(
+                f,
+                "read failed after the cluster settled: agent {} via {}: {}",
+                read.agent, read.via, read.error
+            ),
             Anomaly::CampaignDidNotFinish { last_record_ms } => {
                 write!(f, "campaign did not finish: no end state")?;
                 match last_record_ms {

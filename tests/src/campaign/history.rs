@@ -21,7 +21,8 @@ pub struct History {
     pub nodes: Vec<String>,
     /// Every agent the workload registered.
     pub agents: Vec<String>,
-    /// Copies each agent should have once settled (the owner's own included).
+    /// Holders each agent should have once settled (the owner's own copy not
+    /// counted, as `vigil agents` lists holders).
     pub copies: usize,
     /// Every acknowledged put, in the order the workload recorded the acks.
     pub puts: Vec<AckedPut>,
@@ -31,6 +32,23 @@ pub struct History {
     pub faults: Vec<FaultRecord>,
     /// Read back after the faults stopped; `None` if the campaign did not get there.
     pub end: Option<EndState>,
+    /// Why the campaign stopped injecting faults early (a step could not be
+    /// injected or undone, e.g. a node that would not restart on its data dir).
+    #[serde(default)]
+    pub aborted: Option<String>,
+    /// Nodes that exited without the campaign killing them (a crash).
+    #[serde(default)]
+    pub node_exits: Vec<NodeExit>,
+}
+
+/// A node found exited that the campaign had not killed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeExit {
+    pub node: String,
+    /// When the campaign noticed (it looks before and after every fault and at the
+    /// end).
+    pub noticed_ms: u64,
+    pub status: String,
 }
 
 /// A put the owner acknowledged (HTTP 200 on the socket API).
@@ -81,8 +99,8 @@ pub enum AgentEventKind {
 /// One fault, as injected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultRecord {
-    /// What was done, e.g. `kill -9 n3`, `partition {n1,n2} | {n3,n4,n5}`,
-    /// `loss 20% n2 -> *`.
+    /// What was done, e.g. `kill -9 n3, restart on its data dir`,
+    /// `partition {n1,n2} | {n3,n4,n5}` (`schedule::Described`).
     pub what: String,
     pub start_ms: u64,
     /// When it was undone (healed, resumed, restarted); `None`: never undone
@@ -100,11 +118,12 @@ pub struct EndState {
     pub bound_ms: u64,
     /// Nodes running at the end.
     pub live: Vec<String>,
-    /// When every live node first saw every other live node alive (and no other node
-    /// alive); `None`: not within the bound.
+    /// When every live node first saw every live node alive; `None`: not within the
+    /// bound.
     pub converged_ms: Option<u64>,
-    /// When every agent first had exactly one live owner and `copies` copies on live
-    /// nodes, as the owner reports it; `None`: not within the bound.
+    /// When every agent first had exactly one owner, not fenced, whose record lists
+    /// `copies` holders that each have the owner's latest seq on disk; `None`: not
+    /// within the bound.
     pub settled_ms: Option<u64>,
     /// Per agent: why it was not settled when the bound ran out (empty if settled).
     pub unsettled: BTreeMap<String, String>,

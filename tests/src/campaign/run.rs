@@ -18,7 +18,7 @@ use vigil::harness::{HarnessError, LocalCluster, Placement};
 
 use super::checker::{self, Report};
 use super::disk::DataDisks;
-use super::history::{EndState, FaultRecord, History, ReadBack, ReadSnapshot};
+use super::history::{EndState, FaultRecord, History, NodeExit, ReadBack, ReadSnapshot};
 use super::schedule::{self, Abilities, Described, Fault, Shape};
 use super::workload::{NodeRef, Workload, lock, nonce_of, now_ms};
 use crate::faultproxy::{
@@ -320,6 +320,11 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
     }
     let mut workload = Workload::start(nodes.clone(), &agents);
     let mut faults = Vec::new();
+    let mut exits = Vec::new();
+    // A step that cannot be injected or undone (a node that does not restart on its
+    // data dir is a finding, not a harness problem) ends the schedule; the campaign
+    // still heals, settles, reads back and writes its history.
+    let mut aborted = None;
     for step in &steps {
         tokio::time::sleep(step.gap).await;
         let what = Described {
@@ -328,24 +333,50 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
         }
         .to_string();
         eprintln!("campaign: {what}");
+        notice_exits(&mut hosts, &nodes, &mut exits);
         let start_ms = now_ms();
-        inject(&mut hosts, &nodes, &step.fault).await?;
-        tokio::time::sleep(step.hold).await;
-        undo(&mut hosts, &nodes, &step.fault).await?;
+        let mut result = inject(&mut hosts, &nodes, &step.fault).await;
+        if result.is_ok() {
+            tokio::time::sleep(step.hold).await;
+            notice_exits(&mut hosts, &nodes, &mut exits);
+            result = undo(&mut hosts, &nodes, &step.fault).await;
+        }
         faults.push(FaultRecord {
-            what,
+            what: what.clone(),
             start_ms,
             end_ms: Some(now_ms()),
         });
+        if let Err(e) = result {
+            aborted = Some(format!("{what}: {e}"));
+            break;
+        }
+    }
+    if aborted.is_some() {
+        // Best effort: every node reachable and running again, whatever was injected.
+        let _ = hosts.heal();
+        if let Some(disks) = hosts.disks.as_mut() {
+            for k in 0..names.len() {
+                let _ = disks.free(k);
+            }
+        }
+        for (k, node) in nodes.iter().enumerate() {
+            let _ = hosts.cluster.signal(&names[k], Signal::SIGCONT);
+            if !node.running.load(Ordering::SeqCst) && hosts.restart(k).await.is_ok() {
+                node.running.store(true, Ordering::SeqCst);
+            }
+        }
     }
     let quiet_ms = now_ms();
     workload.stop_writers().await;
     let end = settle(&hosts, &nodes, &agents, config.bound, quiet_ms).await;
+    notice_exits(&mut hosts, &nodes, &mut exits);
     workload.stop_recorders().await;
     hosts.cluster.stop_all().await;
     let mut proxies = ProxyStats::default();
     for proxy in hosts.proxies.drain(..) {
-        proxies.merge(&proxy.shutdown().await?);
+        if let Ok(stats) = proxy.shutdown().await {
+            proxies.merge(&stats);
+        }
     }
 
     let record = std::mem::take(&mut *lock(&workload.record));
@@ -358,6 +389,8 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
         events: record.events,
         faults,
         end: Some(end),
+        aborted,
+        node_exits: exits,
     };
     let report = checker::check(&history);
     let json = serde_json::to_vec_pretty(&history).map_err(std::io::Error::other)?;
@@ -371,6 +404,24 @@ pub async fn run(config: &Config) -> Result<Outcome, CampaignError> {
         put_errors: record.put_errors,
         proxies,
     })
+}
+
+/// Records every node that exited although the campaign did not kill it (it is then
+/// left down: restarting it would hide the crash's after-effects from the record).
+fn notice_exits(hosts: &mut Hosts, nodes: &[NodeRef], exits: &mut Vec<NodeExit>) {
+    for node in nodes {
+        if !node.running.load(Ordering::SeqCst) {
+            continue;
+        }
+        if let Ok(Some(status)) = hosts.cluster.exited(&node.name) {
+            node.running.store(false, Ordering::SeqCst);
+            exits.push(NodeExit {
+                node: node.name.clone(),
+                noticed_ms: now_ms(),
+                status: status.to_string(),
+            });
+        }
+    }
 }
 
 async fn inject(hosts: &mut Hosts, nodes: &[NodeRef], fault: &Fault) -> Result<(), CampaignError> {
@@ -474,19 +525,18 @@ async fn settle(
         let mut agent_reads = Vec::new();
         let mut agent_owners = Vec::new();
         for node in nodes {
-            let result = match client::get_snapshot(&node.socket, agent, None).await {
-                Ok(s) => Ok(ReadSnapshot {
+            let result = ask(client::get_snapshot(&node.socket, agent, None))
+                .await
+                .map(|s| ReadSnapshot {
                     epoch: s.epoch,
                     seq: s.seq,
                     nonce: nonce_of(agent, &s.body),
-                }),
-                Err(e) => Err(e.to_string()),
-            };
+                });
             agent_reads.push(ReadBack {
                 via: node.name.clone(),
                 result,
             });
-            if let Ok(view) = client::agent(&node.socket, agent).await
+            if let Ok(view) = ask(client::agent(&node.socket, agent)).await
                 && view.owned_here
             {
                 agent_owners.push((node.name.clone(), view.epoch));
@@ -507,10 +557,20 @@ async fn settle(
     }
 }
 
+/// A client call bounded in time: a wedged node must not hang the campaign (that is
+/// a finding, reported as not converged or not settled, with the history written).
+async fn ask<T>(call: impl Future<Output = Result<T, client::ClientError>>) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_secs(3), call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 3 s".into()),
+    }
+}
+
 /// Every node sees every node alive.
 async fn converged(nodes: &[NodeRef]) -> bool {
     for node in nodes {
-        let Ok(members) = client::members(&node.socket).await else {
+        let Ok(members) = ask(client::members(&node.socket)).await else {
             return false;
         };
         let all_alive = nodes.iter().all(|n| {
@@ -525,48 +585,73 @@ async fn converged(nodes: &[NodeRef]) -> bool {
     true
 }
 
-/// Agents without exactly one owner (among all nodes' views) whose view shows its
-/// full set of holders, with why.
+/// Agents that are not settled, with why. Settled: exactly one node owns it, not
+/// fenced (or pending, failed, isolated), and its record lists the configured number
+/// of holders, each of which has the owner's latest seq on its disk. (`degraded` is
+/// not required to clear: with fewer zones than copies + 1, e.g. 5 nodes in 3 zones,
+/// an agent stays "in 2 zones" for good, by design.)
 async fn unsettled_agents(
     nodes: &[NodeRef],
     agents: &[(String, String)],
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (agent, _) in agents {
-        let mut owners = Vec::new();
-        for node in nodes {
-            if let Ok(view) = client::agent(&node.socket, agent).await
-                && view.owned_here
-            {
-                owners.push(view);
-            }
-        }
-        // Settled: one owner and its full set of holders, all running. `degraded`
-        // is not required to clear: with fewer zones than copies + 1 (5 nodes in 3
-        // zones) an agent stays "in 2 zones" for good, by design.
-        let why = match owners.as_slice() {
-            [] => Some("no node owns it".to_string()),
-            [one] if one.holders.len() < vigil::config::DEFAULT_COPIES => Some(format!(
-                "{} holders on {} ({})",
-                one.holders.len(),
-                one.owner,
-                one.degraded.as_deref().unwrap_or("not degraded")
-            )),
-            [_] => None,
-            many => Some(format!(
-                "{} owners: {}",
-                many.len(),
-                many.iter()
-                    .map(|v| format!("{}@{}", v.owner, v.epoch))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        };
-        if let Some(why) = why {
+        if let Err(why) = settled(nodes, agent).await {
             out.insert(agent.clone(), why);
         }
     }
     out
+}
+
+async fn settled(nodes: &[NodeRef], agent: &str) -> Result<(), String> {
+    let mut owners = Vec::new();
+    for node in nodes {
+        if let Ok(view) = ask(client::agent(&node.socket, agent)).await
+            && view.owned_here
+        {
+            owners.push(view);
+        }
+    }
+    let owner = match owners.as_slice() {
+        [] => return Err("no node owns it".into()),
+        [one] => one,
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .map(|v| format!("{}@{}", v.owner, v.epoch))
+                .collect();
+            return Err(format!("{} owners: {}", many.len(), names.join(", ")));
+        }
+    };
+    if matches!(
+        owner.state.as_str(),
+        "fenced" | "pending" | "failed" | "isolated"
+    ) {
+        return Err(format!("{} on {}", owner.state, owner.owner));
+    }
+    if owner.holders.len() < vigil::config::DEFAULT_COPIES {
+        return Err(format!(
+            "{} holders on {} ({})",
+            owner.holders.len(),
+            owner.owner,
+            owner.degraded.as_deref().unwrap_or("not degraded")
+        ));
+    }
+    for holder in &owner.holders {
+        let Some(node) = nodes.iter().find(|n| n.name == holder.name) else {
+            return Err(format!("holder {} is not a campaign node", holder.name));
+        };
+        let view = ask(client::agent(&node.socket, agent))
+            .await
+            .map_err(|e| format!("holder {}: {e}", holder.name))?;
+        if !view.local_versions.contains(&owner.latest_seq) {
+            return Err(format!(
+                "holder {} lacks seq {} (has {:?})",
+                holder.name, owner.latest_seq, view.local_versions
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Path of the loop image and mount point of node `name`'s data file system.

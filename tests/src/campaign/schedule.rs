@@ -72,8 +72,12 @@ pub struct Shape {
     pub zones: Vec<String>,
 }
 
-/// Steps until `duration` is used up (the last step may end a little after it).
+/// Steps until `duration` is used up (the last step may end a little after it). No
+/// steps for fewer than 3 hosts (a partition needs a majority side).
 pub fn draw(seed: u64, shape: &Shape, duration: Duration, abilities: Abilities) -> Vec<Step> {
+    if shape.hosts < 3 {
+        return Vec::new();
+    }
     // A stream of its own, so that the proxies' and the workload's randomness (seeded
     // from the same campaign seed) do not shift the schedule.
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5c4e_d01e);

@@ -18,7 +18,10 @@ use super::history::{AckedPut, AgentEvent, AgentEventKind};
 /// Time between two puts of one agent.
 pub const PUT_EVERY: Duration = Duration::from_millis(200);
 /// A request to a paused node never answers; past this the writer looks elsewhere.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longer than the node's own wait for a quorum (5 s, then `not_acknowledged`), so a
+/// slow acknowledgement is recorded rather than given up on: those are the puts most
+/// at risk.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Milliseconds since the Unix epoch (the clock the nodes stamp their events with).
 pub fn now_ms() -> u64 {
