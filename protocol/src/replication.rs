@@ -2778,7 +2778,10 @@ impl Replicator {
                 continue;
             }
             if record.owner == self.me.name && !self.owned.contains_key(&agent) {
-                let reclaiming = self.registers.values().any(|p| p.agent == agent);
+                // An adoption being confirmed with the holders is not reclaimed (the
+                // coordinator may have written this node into the record meanwhile).
+                let reclaiming = self.registers.values().any(|p| p.agent == agent)
+                    || self.recovery.adopting.contains_key(&agent);
                 if !reclaiming {
                     self.start_register(now, agent.clone(), record.meta.clone(), None, true);
                 }
