@@ -1299,14 +1299,15 @@ impl Replicator {
             }
             r.seq = r.seq.max(seq_floor);
             self.records.insert(agent.clone(), r.clone());
-            self.own_at(now, &agent);
-            self.emit(ReplEvent::AgentOwned {
-                agent: agent.clone(),
-                epoch: r.epoch,
-            });
-            self.next_repair_scan = self.next_repair_scan.min(now);
-            self.effects
-                .push_back(ReplEffect::RegisterDone { reg, record: r });
+            // Owned once enough holders grant the epoch: the node may have been
+            // written into the record while it was cut off, and the others may have
+            // moved the agent on since.
+            let holders = r.holders.iter().map(|h| h.name.clone()).collect();
+            let how = recovery::Confirming::Reclaim {
+                reg,
+                record: r.clone(),
+            };
+            self.confirm_then_own(now, &agent, r.epoch, holders, how);
             return;
         }
         let record = match self.records.get(&agent).cloned() {

@@ -1422,6 +1422,47 @@ fn a_late_adopt_for_an_epoch_adopted_elsewhere_since_starts_nothing() {
     assert_eq!(c.owners("agent-1"), BTreeSet::from([(second, 3)]));
 }
 
+/// The target of an adoption that reaches fewer than a quorum of the agent's holders
+/// (here only the coordinator, cut off with it) does not own the agent: the other
+/// holders elect another owner, and the target never runs it alongside.
+#[test]
+fn a_target_cut_off_from_most_holders_does_not_adopt() {
+    let mut c = recovery_setup();
+    let standby = standby_outside_holders(&mut c);
+    c.hold_adopts_to = Some(name(standby));
+    c.kill("a1");
+    for _ in 0..5000 {
+        if !c.held_adopts.is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    let (coordinator, _) = c.events_of("coordinator_elected")[0].clone();
+    c.split(&[standby, coordinator.as_str()], Duration::from_millis(200));
+    c.hold_adopts_to = None;
+    let (from, msg) = c.held_adopts.pop().unwrap();
+    let now = c.now;
+    c.node(standby).handle_message(now, &from, msg, None);
+    c.drain_all();
+    c.run(Duration::from_secs(15));
+    let on_target: Vec<_> = c
+        .events
+        .iter()
+        .filter(|(n, e)| {
+            n.as_str() == standby && matches!(e.kind(), "agent_adopted" | "agent_owned")
+        })
+        .collect();
+    assert!(on_target.is_empty(), "{on_target:?}");
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    let (owner, event) = adopted[0].clone();
+    assert!(
+        matches!(event, ReplEvent::AgentAdopted { epoch: 3, .. }),
+        "{event:?}"
+    );
+    assert_eq!(c.local_owners("agent-1"), vec![(owner, 3)]);
+}
+
 #[test]
 fn holders_waiting_for_a_coordinator_go_ahead_once_it_is_declared_down() {
     let mut c = recovery_setup();

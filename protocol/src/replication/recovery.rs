@@ -221,14 +221,15 @@ pub(super) struct Recovery {
 /// accepted a decree for one refuses, and one that grants refuses every election for
 /// the next epoch while its grant runs, like for any owner. Every election majority
 /// includes a granting holder, so no later epoch can be chosen meanwhile.
+///
+/// A reclaim (a record names this node the owner, but it does not own the agent: it
+/// restarted, or a coordinator wrote it into the record while it did not answer) is
+/// confirmed the same way, so a node that reaches too few holders never runs an agent
+/// that the others may have moved on.
 #[derive(Debug)]
 pub(super) struct PendingAdoption {
     epoch: u64,
-    decree: Decree,
-    /// The record being replaced, as the coordinator sent it.
-    base: AgentRecord,
-    /// Who sent the `Adopt` (answered once adopted or refused).
-    coordinator: NodeName,
+    how: Confirming,
     /// The holders of the new record (the base's, without this node).
     holders: Vec<NodeName>,
     /// Lease rounds sent for it: round -> when.
@@ -240,6 +241,19 @@ pub(super) struct PendingAdoption {
     /// Dropped then unless an `Adopt` came again (the coordinator resends until it
     /// gives up, or the next coordinator of the same epoch starts again).
     expires: Duration,
+}
+
+#[derive(Debug)]
+pub(super) enum Confirming {
+    Adopt {
+        decree: Decree,
+        /// The record being replaced, as the coordinator sent it.
+        base: AgentRecord,
+        /// Who sent the `Adopt` (answered once adopted or refused).
+        coordinator: NodeName,
+    },
+    /// A registration of the kind `reclaim`, with the record to own.
+    Reclaim { reg: u64, record: AgentRecord },
 }
 
 /// Another proposer at work on an agent's election, as this node's acceptor saw it.
@@ -1393,41 +1407,56 @@ impl Replicator {
             .filter(|h| h.name != self.me.name)
             .map(|h| h.name.clone())
             .collect();
-        let fresh = self
-            .recovery
-            .adopting
-            .get(&agent)
-            .is_none_or(|p| p.epoch != epoch);
-        if fresh {
-            self.recovery.adopting.insert(
-                agent.clone(),
-                PendingAdoption {
-                    epoch,
-                    decree,
-                    base,
-                    coordinator: from.clone(),
-                    holders,
-                    rounds: BTreeMap::new(),
-                    grants: BTreeMap::new(),
-                    next_ask: now,
-                    expires: now + ADOPT_TIMEOUT,
-                },
-            );
-        } else if let Some(p) = self.recovery.adopting.get_mut(&agent) {
-            // A resend, or the same decree from the next coordinator of this epoch.
-            p.coordinator = from.clone();
-            p.expires = now + ADOPT_TIMEOUT;
+        let how = Confirming::Adopt {
+            decree,
+            base,
+            coordinator: from.clone(),
+        };
+        self.confirm_then_own(now, &agent, epoch, holders, how);
+    }
+
+    /// Owns `agent` at `epoch` once `lease_quorum` of `holders` granted it (at once
+    /// without holders); meanwhile the adoption or reclaim is pending.
+    pub(super) fn confirm_then_own(
+        &mut self,
+        now: Duration,
+        agent: &AgentId,
+        epoch: u64,
+        holders: Vec<NodeName>,
+        how: Confirming,
+    ) {
+        match self.recovery.adopting.get_mut(agent) {
+            // A resend, or the same decree from the next coordinator of this epoch:
+            // the grants collected so far still count.
+            Some(p) if p.epoch == epoch && matches!(how, Confirming::Adopt { .. }) => {
+                p.how = how;
+                p.expires = now + ADOPT_TIMEOUT;
+            }
+            _ => {
+                self.recovery.adopting.insert(
+                    agent.clone(),
+                    PendingAdoption {
+                        epoch,
+                        how,
+                        holders,
+                        rounds: BTreeMap::new(),
+                        grants: BTreeMap::new(),
+                        next_ask: now,
+                        expires: now + ADOPT_TIMEOUT,
+                    },
+                );
+            }
         }
-        if self.confirmed(now, &agent) {
-            return self.finish_adoption(now, &agent);
+        if self.confirmed(now, agent) {
+            return self.finish_adoption(now, agent);
         }
         if self
             .recovery
             .adopting
-            .get(&agent)
+            .get(agent)
             .is_some_and(|p| p.next_ask <= now)
         {
-            self.ask_holders(now, std::slice::from_ref(&agent));
+            self.ask_holders(now, std::slice::from_ref(agent));
         }
     }
 
@@ -1555,12 +1584,14 @@ impl Replicator {
             let entry = self.superseded.entry(agent.clone()).or_insert((seen, None));
             entry.0 = entry.0.max(seen);
         }
-        let reply = ReplMsg::Adopted {
-            agent: agent.clone(),
-            epoch: p.epoch,
-            owned: false,
-        };
-        self.send_or_local(now, &p.coordinator, reply);
+        if let Confirming::Adopt { coordinator, .. } = p.how {
+            let reply = ReplMsg::Adopted {
+                agent: agent.clone(),
+                epoch: p.epoch,
+                owned: false,
+            };
+            self.send_or_local(now, &coordinator, reply);
+        }
     }
 
     /// A quorum of the holders confirmed a pending adoption: this node owns the agent
@@ -1577,13 +1608,43 @@ impl Replicator {
             return;
         };
         let PendingAdoption {
-            epoch,
-            decree,
-            base,
-            coordinator: from,
-            grants,
-            ..
+            epoch, how, grants, ..
         } = p;
+        // The lease runs from the grants (no grace for a fresh owner is needed): from
+        // when the earliest of them was asked for.
+        let since = grants.values().min().copied().unwrap_or(now).min(now);
+        let (decree, base, from) = match how {
+            Confirming::Adopt {
+                decree,
+                base,
+                coordinator,
+            } => (decree, base, coordinator),
+            Confirming::Reclaim { reg, record } => {
+                // The record as it is now (checked above: same epoch, this owner).
+                let record = self
+                    .records
+                    .get(agent)
+                    .filter(|r| r.epoch == record.epoch && r.owner == self.me.name)
+                    .cloned()
+                    .map_or(record.clone(), |mut r| {
+                        r.seq = r.seq.max(record.seq);
+                        r
+                    });
+                self.records.insert(agent.clone(), record.clone());
+                self.own(agent);
+                self.recovery.lease.since.insert(agent.clone(), since);
+                self.recovery.lease.acks.insert(agent.clone(), grants);
+                self.recovery.lease.next_renew = now;
+                self.emit(ReplEvent::AgentOwned {
+                    agent: agent.clone(),
+                    epoch: record.epoch,
+                });
+                self.next_repair_scan = self.next_repair_scan.min(now);
+                self.effects
+                    .push_back(ReplEffect::RegisterDone { reg, record });
+                return;
+            }
+        };
         let current = self.records.get(agent).cloned();
         let seq = decree.seq.max(base.seq).max(
             current
@@ -1616,9 +1677,6 @@ impl Replicator {
         let local = self.local.entry(agent.clone()).or_default();
         local.max_epoch = local.max_epoch.max(epoch);
         self.own(agent);
-        // The lease runs from the grants (no grace for a fresh owner is needed): from
-        // when the earliest of them was asked for.
-        let since = grants.values().min().copied().unwrap_or(now).min(now);
         self.recovery.lease.since.insert(agent.clone(), since);
         self.recovery.lease.acks.insert(agent.clone(), grants);
         self.recovery.lease.next_renew = now;
