@@ -20,8 +20,10 @@
 //!   is chosen is the coordinator. Without a majority of holders answering, nothing
 //!   happens. Acceptor state is persisted before it is answered, so a restarted holder
 //!   keeps its promises.
-//! - **Adoption.** The coordinator asks the target to adopt; the target owns the agent
-//!   at the new epoch and publishes the record. A chosen target that is down (or does
+//! - **Adoption.** The coordinator asks the target to adopt; the target confirms the
+//!   epoch with a lease quorum of the holders (one round trip: a late `Adopt` for an
+//!   epoch superseded meanwhile is refused), then owns the agent at the new epoch and
+//!   publishes the record. A chosen target that is down (or does
 //!   not answer) is written into the record as owner anyway: the next election, for the
 //!   epoch after, moves the agent on. Accepting a decree raises the holder's epoch, so
 //!   the old owner's puts are refused by a majority from then on.
