@@ -1028,6 +1028,43 @@ fn a_holder_that_does_not_answer_the_owners_question_is_sent_the_latest_version(
     );
 }
 
+/// A holder that restarts without being declared down (it is back under a new
+/// generation before anyone notices it was gone) may have lost versions since it last
+/// answered; its owner asks it again.
+#[test]
+fn a_holder_back_under_a_new_generation_is_asked_again_what_it_holds() {
+    let four = [("a1", "za"), ("a2", "za"), ("b1", "zb"), ("c1", "zc")];
+    let mut c = Cluster::new(&four, ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    for i in 1..=2u8 {
+        c.put("a1", "agent-1", &[i; 100], None).unwrap();
+    }
+    c.run(Duration::from_secs(2));
+    assert!(c.live_copies("agent-1", 2).contains(&"c1".to_string()));
+    // c1 restarts on a disk that lost seq 2, under generation 2.
+    c.disks
+        .get_mut(&name("c1"))
+        .unwrap()
+        .versions
+        .remove(&(agent("agent-1"), 2));
+    let old = c.ids[&name("c1")].clone();
+    let renewed = NodeId::new(old.name.clone(), old.addr, old.zone.clone(), 2);
+    c.ids.insert(name("c1"), renewed.clone());
+    c.restart_from_disk("c1", 12);
+    let now = c.now;
+    for other in ["a1", "a2", "b1"] {
+        c.node(other).member_up(now, renewed.clone());
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(10));
+    let with_2 = c.live_copies("agent-1", 2);
+    assert!(
+        with_2.contains(&"c1".to_string()),
+        "c1 never got seq 2 back (copies on {with_2:?})"
+    );
+}
+
 /// Regression (swarm seed 134 at `--max-nodes 20 --replication on`, I1): an owner
 /// whose own copy of the latest acknowledged version was gone (found corrupt, and its
 /// heal failed) saw two holders that had it declared down and re-placed the copies from
