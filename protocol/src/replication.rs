@@ -997,8 +997,10 @@ pub struct Replicator {
     /// Agents this node writes whose holders it has asked, since the last membership
     /// change, for their latest version: a holder may have one this node missed (the
     /// writer is not the owner), or lack the latest (it dropped or never got it, e.g.
-    /// on the other side of a partition).
-    writer_synced: BTreeMap<AgentId, Vec<NodeName>>,
+    /// on the other side of a partition). Kept as the live holders' identities: a
+    /// holder back under a new generation (a restart) may have lost versions since it
+    /// answered, and is asked again.
+    writer_synced: BTreeMap<AgentId, Vec<NodeId>>,
     /// Holders found without the writer's latest version; repair sends it.
     stale_holders: BTreeMap<AgentId, BTreeSet<NodeName>>,
     /// The writer syncs under way: what each holder answered so far, and who has not.
@@ -1134,9 +1136,13 @@ impl Replicator {
         if self.live.is_empty() {
             self.settled_at = Some(now + self.config.anti_entropy_interval);
         }
-        let is_new = self.live.insert(id.name.clone(), id.clone()).is_none();
-        if is_new {
+        let previous = self.live.insert(id.name.clone(), id.clone());
+        if previous.as_ref() != Some(&id) {
+            // New, or back under a new generation (a restart): repair looks at once,
+            // and the writers of the agents it holds ask it again what it holds.
             self.next_repair_scan = self.next_repair_scan.min(now);
+        }
+        if previous.is_none() {
             // A newcomer learns the catalog at once instead of at the next round.
             let digest = self.records.digest();
             self.send(&id, ReplMsg::CatalogDigest { digest }, None);
@@ -1299,14 +1305,15 @@ impl Replicator {
             }
             r.seq = r.seq.max(seq_floor);
             self.records.insert(agent.clone(), r.clone());
-            self.own_at(now, &agent);
-            self.emit(ReplEvent::AgentOwned {
-                agent: agent.clone(),
-                epoch: r.epoch,
-            });
-            self.next_repair_scan = self.next_repair_scan.min(now);
-            self.effects
-                .push_back(ReplEffect::RegisterDone { reg, record: r });
+            // Owned once enough holders grant the epoch: the node may have been
+            // written into the record while it was cut off, and the others may have
+            // moved the agent on since.
+            let holders = r.holders.iter().map(|h| h.name.clone()).collect();
+            let how = recovery::Confirming::Reclaim {
+                reg,
+                record: r.clone(),
+            };
+            self.confirm_then_own(now, &agent, r.epoch, holders, how);
             return;
         }
         let record = match self.records.get(&agent).cloned() {
@@ -2350,6 +2357,13 @@ impl Replicator {
                 self.heal_tried.remove(&(agent.clone(), snap.seq));
                 if result.is_ok() {
                     self.insert_local(&agent, snap);
+                    // The holders' answers, if this node writes the agent, predate the
+                    // heal: the fault that cost this copy may have cost theirs (a
+                    // holder healing from this node while its copy was bad got none),
+                    // and they were compared with the older latest. They are asked
+                    // again.
+                    self.writer_synced.remove(&agent);
+                    self.next_repair_scan = self.next_repair_scan.min(now);
                     self.emit(ReplEvent::SnapshotHealed {
                         agent,
                         seq: snap.seq,
@@ -2778,7 +2792,10 @@ impl Replicator {
                 continue;
             }
             if record.owner == self.me.name && !self.owned.contains_key(&agent) {
-                let reclaiming = self.registers.values().any(|p| p.agent == agent);
+                // An adoption being confirmed with the holders is not reclaimed (the
+                // coordinator may have written this node into the record meanwhile).
+                let reclaiming = self.registers.values().any(|p| p.agent == agent)
+                    || self.recovery.adopting.contains_key(&agent);
                 if !reclaiming {
                     self.start_register(now, agent.clone(), record.meta.clone(), None, true);
                 }
@@ -2810,14 +2827,17 @@ impl Replicator {
             if !self.owned.contains_key(&agent) && live_holders < record.holders.len() / 2 + 1 {
                 continue;
             }
-            // Holders are asked again whenever the live ones among them change.
-            let live_holders: Vec<NodeName> = record
+            // Holders are asked again whenever the live ones among them change, a
+            // restart (new generation) included. Not while a round is still under
+            // way: the holders that round did not ask (one back from a restart or a
+            // partition since) would count as asked; the next scan starts a new one.
+            let live_holders: Vec<NodeId> = record
                 .holders
                 .iter()
-                .filter(|h| self.live.contains_key(&h.name))
-                .map(|h| h.name.clone())
+                .filter_map(|h| self.live.get(&h.name))
+                .cloned()
                 .collect();
-            if self.writer_synced.get(&agent) != Some(&live_holders) {
+            if self.writer_synced.get(&agent) != Some(&live_holders) && !asking.contains(&agent) {
                 self.writer_synced.insert(agent.clone(), live_holders);
                 if self.sync_writer(now, &record) {
                     continue;
@@ -2909,14 +2929,8 @@ impl Replicator {
     /// a newer one than ours is fetched (a writer that is not the owner may have
     /// missed puts), a holder without ours gets it from repair.
     /// Returns whether it asked anyone.
+    /// The caller starts no round while one is under way (see [`Replicator::repair_scan`]).
     fn sync_writer(&mut self, now: Duration, record: &AgentRecord) -> bool {
-        if self
-            .requests
-            .values()
-            .any(|r| matches!(&r.request, Request::WriterHead { agent } if agent == &record.agent))
-        {
-            return true;
-        }
         let holders: Vec<NodeId> = record
             .holders
             .iter()

@@ -82,6 +82,10 @@ struct Cluster {
     deaf_to_records: BTreeSet<NodeName>,
     /// This many of the next `Adopt` messages are lost.
     adopts_to_lose: u32,
+    /// `Adopt` messages to this node are held back (in `held_adopts`, with their
+    /// sender) instead of being delivered: a stream stuck behind a partition.
+    hold_adopts_to: Option<NodeName>,
+    held_adopts: Vec<(NodeName, ReplMsg)>,
     /// Nodes cut off from all others (alive, timers running, no messages either way).
     cut_off: BTreeSet<NodeName>,
     /// Nodes whose snapshot writes fail (a disk that refuses writes).
@@ -106,6 +110,8 @@ impl Cluster {
             registered: BTreeSet::new(),
             deaf_to_records: BTreeSet::new(),
             adopts_to_lose: 0,
+            hold_adopts_to: None,
+            held_adopts: Vec::new(),
             cut_off: BTreeSet::new(),
             failing_writes: BTreeSet::new(),
             config,
@@ -260,6 +266,12 @@ impl Cluster {
                             | ReplMsg::Store { .. }
                     );
                     if catalog && self.deaf_to_records.contains(&to) {
+                        continue;
+                    }
+                    if matches!(msg, ReplMsg::Adopt { .. })
+                        && self.hold_adopts_to.as_ref() == Some(&to)
+                    {
+                        self.held_adopts.push((from, msg));
                         continue;
                     }
                     if matches!(msg, ReplMsg::Adopt { .. }) && self.adopts_to_lose > 0 {
@@ -1016,6 +1028,43 @@ fn a_holder_that_does_not_answer_the_owners_question_is_sent_the_latest_version(
     );
 }
 
+/// A holder that restarts without being declared down (it is back under a new
+/// generation before anyone notices it was gone) may have lost versions since it last
+/// answered; its owner asks it again.
+#[test]
+fn a_holder_back_under_a_new_generation_is_asked_again_what_it_holds() {
+    let four = [("a1", "za"), ("a2", "za"), ("b1", "zb"), ("c1", "zc")];
+    let mut c = Cluster::new(&four, ReplicationConfig::default());
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    for i in 1..=2u8 {
+        c.put("a1", "agent-1", &[i; 100], None).unwrap();
+    }
+    c.run(Duration::from_secs(2));
+    assert!(c.live_copies("agent-1", 2).contains(&"c1".to_string()));
+    // c1 restarts on a disk that lost seq 2, under generation 2.
+    c.disks
+        .get_mut(&name("c1"))
+        .unwrap()
+        .versions
+        .remove(&(agent("agent-1"), 2));
+    let old = c.ids[&name("c1")].clone();
+    let renewed = NodeId::new(old.name.clone(), old.addr, old.zone.clone(), 2);
+    c.ids.insert(name("c1"), renewed.clone());
+    c.restart_from_disk("c1", 12);
+    let now = c.now;
+    for other in ["a1", "a2", "b1"] {
+        c.node(other).member_up(now, renewed.clone());
+    }
+    c.drain_all();
+    c.run(Duration::from_secs(10));
+    let with_2 = c.live_copies("agent-1", 2);
+    assert!(
+        with_2.contains(&"c1".to_string()),
+        "c1 never got seq 2 back (copies on {with_2:?})"
+    );
+}
+
 /// Regression (swarm seed 134 at `--max-nodes 20 --replication on`, I1): an owner
 /// whose own copy of the latest acknowledged version was gone (found corrupt, and its
 /// heal failed) saw two holders that had it declared down and re-placed the copies from
@@ -1324,6 +1373,131 @@ fn a_lost_adopt_message_is_sent_again() {
     c.run(Duration::from_secs(5));
     assert_eq!(c.events_of("agent_adopted").len(), 1);
     assert_eq!(c.local_owners("agent-1").len(), 1);
+}
+
+/// Found by the fault campaign on real processes (`campaign --seed 2`): the target of
+/// an epoch's decree was cut off and written into the record unconfirmed, the next
+/// epoch went to another host, and then the first epoch's `Adopt` (held in a QUIC
+/// stream across the partition) reached the old target, which knew nothing of the
+/// later epoch yet. It adopted and started the agent: two live owners until its first
+/// lease renewal was refused. The target now confirms the epoch with its holders
+/// before it owns the agent, and a holder that knows the later epoch refuses.
+#[test]
+fn a_late_adopt_for_an_epoch_adopted_elsewhere_since_starts_nothing() {
+    let mut c = recovery_setup();
+    let standby = standby_outside_holders(&mut c);
+    c.hold_adopts_to = Some(name(standby));
+    c.kill("a1");
+    for _ in 0..5000 {
+        if !c.held_adopts.is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    let (coordinator, elected) = c.events_of("coordinator_elected")[0].clone();
+    let ReplEvent::CoordinatorElected { epoch, target, .. } = elected else {
+        unreachable!()
+    };
+    assert_eq!((epoch, target.as_str()), (2, standby));
+    // The target is cut off and declared down: the coordinator writes it into the
+    // record, and the holders elect again (epoch 3) for another host.
+    c.cut(standby, Duration::from_millis(200));
+    c.run(Duration::from_secs(5));
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    let (second, event) = adopted[0].clone();
+    assert!(
+        matches!(event, ReplEvent::AgentAdopted { epoch: 3, .. }),
+        "{event:?}"
+    );
+    assert_ne!(second, standby);
+    // The partition heals, and the held Adopt for epoch 2 reaches the old target
+    // before any record of epoch 3 does.
+    c.cut_off.clear();
+    let now = c.now;
+    let ids: Vec<NodeId> = c.ids.values().cloned().collect();
+    for id in &ids {
+        for n in ["a2", "b1", "b2", "c1", "c2"] {
+            if id.name != name(n) && !c.down.contains(&id.name) {
+                c.node(n).member_up(now, id.clone());
+            }
+        }
+    }
+    c.hold_adopts_to = None;
+    let (from, msg) = c.held_adopts.pop().unwrap();
+    assert_eq!(from, name(&coordinator));
+    // No record reaches the old target for now: it learns of epoch 3 only from the
+    // holders it asks to confirm epoch 2.
+    c.deaf_to_records.insert(name(standby));
+    c.node(standby).handle_message(now, &from, msg, None);
+    c.drain_all();
+    c.run(Duration::from_millis(500));
+    assert_eq!(c.events_of("agent_adopted").len(), 1, "{:?}", c.events);
+    // It was refused with the later epoch, and keeps it.
+    let err = c.put(standby, "agent-1", b"zombie", None).unwrap_err();
+    assert!(matches!(err, PutError::Fenced { seen: 3, .. }), "{err:?}");
+    // Resends of the old Adopt are ignored too.
+    for (from, msg) in std::mem::take(&mut c.held_adopts) {
+        let now = c.now;
+        c.node(standby).handle_message(now, &from, msg, None);
+    }
+    c.drain_all();
+    c.deaf_to_records.clear();
+    c.run(Duration::from_secs(5));
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(
+        adopted.len(),
+        1,
+        "the late Adopt was carried out: {adopted:?}"
+    );
+    assert!(
+        c.events_of("agent_owned").iter().all(|(n, _)| n != standby),
+        "{:?}",
+        c.events
+    );
+    assert_eq!(c.local_owners("agent-1"), vec![(second.clone(), 3)]);
+    assert_eq!(c.owners("agent-1"), BTreeSet::from([(second, 3)]));
+}
+
+/// The target of an adoption that reaches fewer than a quorum of the agent's holders
+/// (here only the coordinator, cut off with it) does not own the agent: the other
+/// holders elect another owner, and the target never runs it alongside.
+#[test]
+fn a_target_cut_off_from_most_holders_does_not_adopt() {
+    let mut c = recovery_setup();
+    let standby = standby_outside_holders(&mut c);
+    c.hold_adopts_to = Some(name(standby));
+    c.kill("a1");
+    for _ in 0..5000 {
+        if !c.held_adopts.is_empty() {
+            break;
+        }
+        c.run(Duration::from_millis(1));
+    }
+    let (coordinator, _) = c.events_of("coordinator_elected")[0].clone();
+    c.split(&[standby, coordinator.as_str()], Duration::from_millis(200));
+    c.hold_adopts_to = None;
+    let (from, msg) = c.held_adopts.pop().unwrap();
+    let now = c.now;
+    c.node(standby).handle_message(now, &from, msg, None);
+    c.drain_all();
+    c.run(Duration::from_secs(15));
+    let on_target: Vec<_> = c
+        .events
+        .iter()
+        .filter(|(n, e)| {
+            n.as_str() == standby && matches!(e.kind(), "agent_adopted" | "agent_owned")
+        })
+        .collect();
+    assert!(on_target.is_empty(), "{on_target:?}");
+    let adopted = c.events_of("agent_adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    let (owner, event) = adopted[0].clone();
+    assert!(
+        matches!(event, ReplEvent::AgentAdopted { epoch: 3, .. }),
+        "{event:?}"
+    );
+    assert_eq!(c.local_owners("agent-1"), vec![(owner, 3)]);
 }
 
 #[test]

@@ -20,8 +20,10 @@
 //!   is chosen is the coordinator. Without a majority of holders answering, nothing
 //!   happens. Acceptor state is persisted before it is answered, so a restarted holder
 //!   keeps its promises.
-//! - **Adoption.** The coordinator asks the target to adopt; the target owns the agent
-//!   at the new epoch and publishes the record. A chosen target that is down (or does
+//! - **Adoption.** The coordinator asks the target to adopt; the target confirms the
+//!   epoch with a lease quorum of the holders (one round trip: a late `Adopt` for an
+//!   epoch superseded meanwhile is refused), then owns the agent at the new epoch and
+//!   publishes the record. A chosen target that is down (or does
 //!   not answer) is written into the record as owner anyway: the next election, for the
 //!   epoch after, moves the agent on. Accepting a decree raises the holder's epoch, so
 //!   the old owner's puts are refused by a majority from then on.
@@ -208,6 +210,52 @@ pub(super) struct Recovery {
     pub(super) highest_round: BTreeMap<AgentId, u64>,
     /// The latest other proposer this node's acceptor answered, per agent.
     pub(super) rivals: BTreeMap<AgentId, Rival>,
+    /// Adoptions this node was asked for and is confirming with the agent's holders.
+    pub(super) adopting: BTreeMap<AgentId, PendingAdoption>,
+}
+
+/// An `Adopt` this node received and has not carried out yet: the epoch may have been
+/// superseded while the message was on its way (a stream held up by a partition
+/// delivers it after the heal, when another host may have adopted the next epoch),
+/// and this node may know nothing of that. So it asks the holders of the agent, with
+/// an ordinary lease renewal for the new epoch, and owns the agent only once
+/// `lease_quorum` of them granted it: a holder that knows a later epoch or has
+/// accepted a decree for one refuses, and one that grants refuses every election for
+/// the next epoch while its grant runs, like for any owner. Every election majority
+/// includes a granting holder, so no later epoch can be chosen meanwhile.
+///
+/// A reclaim (a record names this node the owner, but it does not own the agent: it
+/// restarted, or a coordinator wrote it into the record while it did not answer) is
+/// confirmed the same way, so a node that reaches too few holders never runs an agent
+/// that the others may have moved on.
+#[derive(Debug)]
+pub(super) struct PendingAdoption {
+    epoch: u64,
+    how: Confirming,
+    /// The holders of the new record (the base's, without this node).
+    holders: Vec<NodeName>,
+    /// Lease rounds sent for it: round -> when.
+    rounds: BTreeMap<u64, Duration>,
+    /// Holder -> when the round it granted was sent.
+    grants: BTreeMap<NodeName, Duration>,
+    /// When the holders that have not granted are asked again.
+    next_ask: Duration,
+    /// Dropped then unless an `Adopt` came again (the coordinator resends until it
+    /// gives up, or the next coordinator of the same epoch starts again).
+    expires: Duration,
+}
+
+#[derive(Debug)]
+pub(super) enum Confirming {
+    Adopt {
+        decree: Decree,
+        /// The record being replaced, as the coordinator sent it.
+        base: AgentRecord,
+        /// Who sent the `Adopt` (answered once adopted or refused).
+        coordinator: NodeName,
+    },
+    /// A registration of the kind `reclaim`, with the record to own.
+    Reclaim { reg: u64, record: AgentRecord },
 }
 
 /// Another proposer at work on an agent's election, as this node's acceptor saw it.
@@ -477,6 +525,9 @@ impl Replicator {
                 Phase::Adopting { deadline, resend } => deadline.min(resend),
             });
         }
+        for p in self.recovery.adopting.values() {
+            next = next.min(p.next_ask.min(p.expires));
+        }
         next
     }
 
@@ -486,6 +537,7 @@ impl Replicator {
             self.renew_leases(now);
         }
         self.check_fencing(now);
+        self.confirm_adoptions(now);
         if now >= self.recovery.next_scan {
             self.recovery.next_scan =
                 now + self.config.election_backoff.max(Duration::from_millis(50));
@@ -1342,73 +1394,310 @@ impl Replicator {
         if decree.target != self.me.name || base.agent != agent {
             return;
         }
-        let current = self.records.get(&agent).cloned();
-        let owned_here = self.owned.contains_key(&agent);
-        // A later epoch is known here (this node lost the agent after adopting it, or
-        // accepted a later decree): a delayed or resent Adopt must not revive it.
+        if !self.may_adopt(&agent, epoch) {
+            let reply = ReplMsg::Adopted {
+                owned: self.owned.contains_key(&agent),
+                agent,
+                epoch,
+            };
+            return self.send_or_local(now, from, reply);
+        }
+        // Not owned yet: the holders confirm the epoch first (see `PendingAdoption`).
+        let holders: Vec<NodeName> = base
+            .holders
+            .iter()
+            .filter(|h| h.name != self.me.name)
+            .map(|h| h.name.clone())
+            .collect();
+        let how = Confirming::Adopt {
+            decree,
+            base,
+            coordinator: from.clone(),
+        };
+        self.confirm_then_own(now, &agent, epoch, holders, how);
+    }
+
+    /// Owns `agent` at `epoch` once `lease_quorum` of `holders` granted it (at once
+    /// without holders); meanwhile the adoption or reclaim is pending.
+    pub(super) fn confirm_then_own(
+        &mut self,
+        now: Duration,
+        agent: &AgentId,
+        epoch: u64,
+        holders: Vec<NodeName>,
+        how: Confirming,
+    ) {
+        match self.recovery.adopting.get_mut(agent) {
+            // A resend, or the same decree from the next coordinator of this epoch:
+            // the grants collected so far still count.
+            Some(p) if p.epoch == epoch && matches!(how, Confirming::Adopt { .. }) => {
+                p.how = how;
+                p.expires = now + ADOPT_TIMEOUT;
+            }
+            _ => {
+                self.recovery.adopting.insert(
+                    agent.clone(),
+                    PendingAdoption {
+                        epoch,
+                        how,
+                        holders,
+                        rounds: BTreeMap::new(),
+                        grants: BTreeMap::new(),
+                        next_ask: now,
+                        expires: now + ADOPT_TIMEOUT,
+                    },
+                );
+            }
+        }
+        if self.confirmed(now, agent) {
+            return self.finish_adoption(now, agent);
+        }
+        if self
+            .recovery
+            .adopting
+            .get(agent)
+            .is_some_and(|p| p.next_ask <= now)
+        {
+            self.ask_holders(now, std::slice::from_ref(agent));
+        }
+    }
+
+    /// Whether an `Adopt` for `epoch` may still be carried out here, as far as this
+    /// node knows: not when it knows a later epoch (it lost the agent after adopting
+    /// it, accepted a later decree, was refused by a holder that knew one, or is
+    /// confirming a later adoption), nor when it owns the epoch already or the epoch
+    /// has another owner.
+    fn may_adopt(&self, agent: &AgentId, epoch: u64) -> bool {
         let later_known = self
             .superseded
-            .get(&agent)
+            .get(agent)
             .is_some_and(|(seen, _)| *seen > epoch)
-            || self.local.get(&agent).is_some_and(|l| l.max_epoch > epoch);
-        let adopt = !later_known
-            && match &current {
+            || self.local.get(agent).is_some_and(|l| l.max_epoch > epoch)
+            || self
+                .recovery
+                .adopting
+                .get(agent)
+                .is_some_and(|p| p.epoch > epoch);
+        let owned_here = self.owned.contains_key(agent);
+        !later_known
+            && match self.records.get(agent) {
                 Some(r) if r.epoch > epoch => false,
                 Some(r) if r.epoch == epoch && owned_here => false,
                 Some(r) if r.epoch == epoch && r.owner != self.me.name => false,
                 _ => true,
+            }
+    }
+
+    /// Sends one lease round, for the new epoch, to the holders of these pending
+    /// adoptions that have not granted it yet.
+    fn ask_holders(&mut self, now: Duration, agents: &[AgentId]) {
+        let mut by_holder: BTreeMap<NodeName, Vec<(AgentId, u64)>> = BTreeMap::new();
+        for agent in agents {
+            let Some(p) = self.recovery.adopting.get(agent) else {
+                continue;
             };
-        if adopt {
-            let seq = decree.seq.max(base.seq).max(
-                current
-                    .as_ref()
-                    .filter(|r| r.epoch == epoch)
-                    .map_or(0, |r| r.seq),
-            );
-            let previous = base.owner.clone();
-            let record = AgentRecord {
-                agent: agent.clone(),
-                owner: self.me.name.clone(),
-                owner_zone: self.me.zone.clone(),
-                epoch,
-                seq,
-                holders: base
-                    .holders
-                    .iter()
-                    .filter(|h| h.name != self.me.name)
-                    .cloned()
-                    .collect(),
-                // Above the version 0 a coordinator installs for a silent target.
-                version: 1,
-                meta: base.meta.clone(),
-                priority: base.priority,
-                isolated: false,
-            };
-            self.superseded.remove(&agent);
-            self.recovery.fenced.remove(&agent);
-            self.records.insert(agent.clone(), record);
-            let local = self.local.entry(agent.clone()).or_default();
-            local.max_epoch = local.max_epoch.max(epoch);
-            self.own(&agent);
-            self.recovery.lease.since.insert(agent.clone(), now);
-            self.recovery.lease.next_renew = now;
-            self.writer_synced.remove(&agent);
-            self.next_repair_scan = self.next_repair_scan.min(now);
-            self.publish(&agent);
-            self.emit(ReplEvent::AgentAdopted {
-                agent: agent.clone(),
-                epoch,
-                seq,
-                previous,
-                coordinator: decree.coordinator.clone(),
-            });
+            for h in &p.holders {
+                if !p.grants.contains_key(h) && self.live.contains_key(h) {
+                    by_holder
+                        .entry(h.clone())
+                        .or_default()
+                        .push((agent.clone(), p.epoch));
+                }
+            }
         }
-        let reply = ReplMsg::Adopted {
-            agent,
-            epoch,
-            owned: self.owned.contains_key(&base.agent),
+        // Its own round number, but not in the owner's table of rounds (a burst of
+        // adoptions must not push the renewals of owned agents out of it).
+        self.recovery.lease.round += 1;
+        let round = self.recovery.lease.round;
+        for agent in agents {
+            if let Some(p) = self.recovery.adopting.get_mut(agent) {
+                p.rounds.insert(round, now);
+                while p.rounds.len() > LEASE_ROUNDS_KEPT {
+                    p.rounds.pop_first();
+                }
+                p.next_ask = now + ADOPT_RESEND;
+            }
+        }
+        for (holder, agents) in by_holder {
+            let Some(to) = self.live.get(&holder).cloned() else {
+                continue;
+            };
+            for chunk in agents.chunks(LEASE_AGENTS_PER_MESSAGE) {
+                self.send(
+                    &to,
+                    ReplMsg::LeaseRenew {
+                        round,
+                        agents: chunk.to_vec(),
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    /// Whether enough holders granted a pending adoption, with grants still valid.
+    fn confirmed(&self, now: Duration, agent: &AgentId) -> bool {
+        let Some(p) = self.recovery.adopting.get(agent) else {
+            return false;
         };
-        self.send_or_local(now, from, reply);
+        let valid_for = self.config.lease.mul_f64(0.75);
+        let valid = p
+            .grants
+            .values()
+            .filter(|sent| **sent + valid_for > now)
+            .count();
+        valid >= lease_quorum(p.holders.len())
+    }
+
+    /// Re-asks the holders of pending adoptions, and drops the ones that expired or
+    /// that this node learnt are superseded.
+    fn confirm_adoptions(&mut self, now: Duration) {
+        let agents: Vec<(AgentId, u64, Duration, Duration)> = self
+            .recovery
+            .adopting
+            .iter()
+            .map(|(a, p)| (a.clone(), p.epoch, p.next_ask, p.expires))
+            .collect();
+        let mut due = Vec::new();
+        for (agent, epoch, next_ask, expires) in agents {
+            if expires <= now {
+                // The coordinator gave up (and wrote this node into the record
+                // unconfirmed), or died: its successor sends the decree again.
+                self.recovery.adopting.remove(&agent);
+            } else if !self.may_adopt(&agent, epoch) {
+                self.drop_adoption(now, &agent, None);
+            } else if next_ask <= now {
+                due.push(agent);
+            }
+        }
+        if !due.is_empty() {
+            self.ask_holders(now, &due);
+        }
+    }
+
+    /// A pending adoption will not be carried out: a holder knows `later` (recorded,
+    /// so that resends of the `Adopt` are ignored too), or this node learnt it is
+    /// superseded. The coordinator is told, so that it stops sending.
+    fn drop_adoption(&mut self, now: Duration, agent: &AgentId, later: Option<u64>) {
+        let Some(p) = self.recovery.adopting.remove(agent) else {
+            return;
+        };
+        if let Some(seen) = later {
+            let entry = self.superseded.entry(agent.clone()).or_insert((seen, None));
+            entry.0 = entry.0.max(seen);
+        }
+        if let Confirming::Adopt { coordinator, .. } = p.how {
+            let reply = ReplMsg::Adopted {
+                agent: agent.clone(),
+                epoch: p.epoch,
+                owned: false,
+            };
+            self.send_or_local(now, &coordinator, reply);
+        }
+    }
+
+    /// A quorum of the holders confirmed a pending adoption: this node owns the agent
+    /// from the decree's epoch on, with the lease those grants give.
+    fn finish_adoption(&mut self, now: Duration, agent: &AgentId) {
+        let Some(epoch) = self.recovery.adopting.get(agent).map(|p| p.epoch) else {
+            return;
+        };
+        if !self.may_adopt(agent, epoch) {
+            // A record of a later epoch arrived meanwhile.
+            return self.drop_adoption(now, agent, None);
+        }
+        let Some(p) = self.recovery.adopting.remove(agent) else {
+            return;
+        };
+        let PendingAdoption {
+            epoch, how, grants, ..
+        } = p;
+        // The lease runs from the grants (no grace for a fresh owner is needed): from
+        // when the earliest of them was asked for.
+        let since = grants.values().min().copied().unwrap_or(now).min(now);
+        let (decree, base, from) = match how {
+            Confirming::Adopt {
+                decree,
+                base,
+                coordinator,
+            } => (decree, base, coordinator),
+            Confirming::Reclaim { reg, record } => {
+                // The record as it is now (checked above: same epoch, this owner).
+                let record = self
+                    .records
+                    .get(agent)
+                    .filter(|r| r.epoch == record.epoch && r.owner == self.me.name)
+                    .cloned()
+                    .map_or(record.clone(), |mut r| {
+                        r.seq = r.seq.max(record.seq);
+                        r
+                    });
+                self.records.insert(agent.clone(), record.clone());
+                self.own(agent);
+                self.recovery.lease.since.insert(agent.clone(), since);
+                self.recovery.lease.acks.insert(agent.clone(), grants);
+                self.recovery.lease.next_renew = now;
+                self.emit(ReplEvent::AgentOwned {
+                    agent: agent.clone(),
+                    epoch: record.epoch,
+                });
+                self.next_repair_scan = self.next_repair_scan.min(now);
+                self.effects
+                    .push_back(ReplEffect::RegisterDone { reg, record });
+                return;
+            }
+        };
+        let current = self.records.get(agent).cloned();
+        let seq = decree.seq.max(base.seq).max(
+            current
+                .as_ref()
+                .filter(|r| r.epoch == epoch)
+                .map_or(0, |r| r.seq),
+        );
+        let previous = base.owner.clone();
+        let record = AgentRecord {
+            agent: agent.clone(),
+            owner: self.me.name.clone(),
+            owner_zone: self.me.zone.clone(),
+            epoch,
+            seq,
+            holders: base
+                .holders
+                .iter()
+                .filter(|h| h.name != self.me.name)
+                .cloned()
+                .collect(),
+            // Above the version 0 a coordinator installs for a silent target.
+            version: 1,
+            meta: base.meta.clone(),
+            priority: base.priority,
+            isolated: false,
+        };
+        self.superseded.remove(agent);
+        self.recovery.fenced.remove(agent);
+        self.records.insert(agent.clone(), record);
+        let local = self.local.entry(agent.clone()).or_default();
+        local.max_epoch = local.max_epoch.max(epoch);
+        self.own(agent);
+        self.recovery.lease.since.insert(agent.clone(), since);
+        self.recovery.lease.acks.insert(agent.clone(), grants);
+        self.recovery.lease.next_renew = now;
+        self.writer_synced.remove(agent);
+        self.next_repair_scan = self.next_repair_scan.min(now);
+        self.publish(agent);
+        self.emit(ReplEvent::AgentAdopted {
+            agent: agent.clone(),
+            epoch,
+            seq,
+            previous,
+            coordinator: decree.coordinator.clone(),
+        });
+        let reply = ReplMsg::Adopted {
+            agent: agent.clone(),
+            epoch,
+            owned: true,
+        };
+        self.send_or_local(now, &from, reply);
     }
 
     pub(super) fn on_adopted(&mut self, from: &NodeName, agent: AgentId, epoch: u64) {
@@ -1517,6 +1806,41 @@ impl Replicator {
         granted: Vec<AgentId>,
         refused: Vec<(AgentId, u64)>,
     ) {
+        // Answers for pending adoptions (rounds of their own).
+        let (mut granted, mut refused) = (granted, refused);
+        let mut confirmed = Vec::new();
+        granted.retain(|agent| {
+            let Some(p) = self.recovery.adopting.get_mut(agent) else {
+                return true;
+            };
+            let Some(&sent) = p.rounds.get(&round) else {
+                return true;
+            };
+            if p.holders.contains(from) {
+                let t = p.grants.entry(from.clone()).or_insert(sent);
+                *t = (*t).max(sent);
+                confirmed.push(agent.clone());
+            }
+            false
+        });
+        let mut superseded = Vec::new();
+        refused.retain(|(agent, epoch)| match self.recovery.adopting.get(agent) {
+            Some(p) if p.rounds.contains_key(&round) => {
+                if *epoch > p.epoch {
+                    superseded.push((agent.clone(), *epoch));
+                }
+                false
+            }
+            _ => true,
+        });
+        for (agent, epoch) in superseded {
+            self.drop_adoption(now, &agent, Some(epoch));
+        }
+        for agent in confirmed {
+            if self.confirmed(now, &agent) {
+                self.finish_adoption(now, &agent);
+            }
+        }
         let Some(&sent) = self.recovery.lease.sent.get(&round) else {
             return;
         };
