@@ -56,7 +56,10 @@ async fn every_peer_converges_detects_and_counts_on_three_nodes() {
         }
     }
     assert_eq!(report.summaries[0].peers.len(), 3);
-    assert!(markdown.contains("### N = 3: vigil and the peers"), "{markdown}");
+    assert!(
+        markdown.contains("### N = 3: vigil and the peers"),
+        "{markdown}"
+    );
     assert!(markdown.contains("| 3 | chitchat | 1 |"), "{markdown}");
     // vigil did not run, so the peer target has nothing to compare.
     assert_eq!(report.peer_targets.len(), 1);
