@@ -9,10 +9,13 @@
 //! - [`recovery`]: RTO and RPO when a host dies with its agents, on real processes
 //!   (the `recovery` bench).
 //! - [`args`]: the benches' command-line flags.
+//! - [`peer`]: the output lines and counters of the peer binaries (foca-lan,
+//!   chitchat-node, memberlist-node) the cluster bench compares vigil with.
 
 pub mod args;
 pub mod cluster;
 pub mod handshake;
+pub mod peer;
 pub mod procstat;
 pub mod recovery;
 pub mod snapshots;

@@ -16,10 +16,14 @@ async fn both_systems_converge_detect_and_count_on_three_nodes() {
         window: Duration::from_secs(2),
         settle: Some(Duration::from_secs(1)),
         out: None,
+        ..Params::default()
     };
     let bins = Binaries {
         vigil: env!("CARGO_BIN_EXE_vigil-bench-node").into(),
         udp_node: env!("CARGO_BIN_EXE_udp-node").into(),
+        foca_lan: None,
+        chitchat: None,
+        memberlist: None,
     };
     let report = run_bench(&params, &bins).await;
     let markdown = report.markdown();

@@ -1,7 +1,10 @@
 //! The whole-cluster benchmark: vigil (SWIM over QUIC with mutual TLS) side by side
-//! with udp-node (the same core, the same LAN profile, over plain UDP).
+//! with udp-node (the same core, the same LAN profile, over plain UDP) and, with the
+//! `peers` feature, with peer libraries at their stock LAN settings (issue 6):
+//! foca over plain UDP (`foca-lan`), chitchat (`chitchat`) and the Rust memberlist
+//! port (`memberlist`), each as its own process (see `benches/src/bin/`).
 //!
-//! For each cluster size and run, each system in turn (never both at once):
+//! For each cluster size and run, each system in turn (never two at once):
 //!
 //! 1. start N nodes on loopback, zones az1/az2/az3 round robin, the first seeding
 //!    the rest, one after the other;
@@ -69,6 +72,8 @@ pub struct Params {
     pub settle: Option<Duration>,
     /// Where the raw numbers go; relative paths are taken from the workspace root.
     pub out: Option<PathBuf>,
+    /// The systems to run, in this order within each run.
+    pub systems: Vec<System>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -90,9 +95,13 @@ impl Default for Params {
             window: Duration::from_secs(20),
             settle: None,
             out: None,
+            systems: DEFAULT_SYSTEMS.to_vec(),
         }
     }
 }
+
+/// What runs when `--systems` is not given: vigil and its own core over UDP.
+pub const DEFAULT_SYSTEMS: [System; 2] = [System::Vigil, System::UdpNode];
 
 pub const USAGE: &str = "\
 usage: cargo bench -p vigil-benches --bench cluster -- [OPTIONS]
@@ -104,7 +113,11 @@ usage: cargo bench -p vigil-benches --bench cluster -- [OPTIONS]
                       (default N x the LAN probe period + 5 s: vigil's mesh
                       warm-up, one connection to each peer, is over by then)
   --out PATH          raw results as JSON (default bench-results/cluster-<unix>.json,
-                      relative to the workspace root)";
+                      relative to the workspace root)
+  --systems S,S,...   systems to run, in this order within each run (default
+                      vigil,udp-node); the peers foca-lan, chitchat and memberlist
+                      need the peer binaries: cargo bench -p vigil-benches
+                      --features peers --bench cluster -- --systems ...";
 
 impl Params {
     /// Parses the bench's arguments. Arguments it does not know (Cargo passes
@@ -117,6 +130,7 @@ impl Params {
             "--window-secs",
             "--settle-secs",
             "--out",
+            "--systems",
         ];
         let Some(flags) = args::flags(args, &known, &[], USAGE)? else {
             return Ok(None);
@@ -138,6 +152,18 @@ impl Params {
                 "--settle-secs" => {
                     params.settle = Some(Duration::from_secs(number(&value)? as u64));
                 }
+                "--systems" => {
+                    let mut systems = Vec::new();
+                    for name in value.split(',') {
+                        let system = System::parse(name).ok_or_else(|| {
+                            format!("--systems: unknown system {name:?}\n{USAGE}")
+                        })?;
+                        if !systems.contains(&system) {
+                            systems.push(system);
+                        }
+                    }
+                    params.systems = systems;
+                }
                 _ => params.out = Some(PathBuf::from(value)),
             }
         }
@@ -152,12 +178,21 @@ impl Params {
     /// The command line that reproduces a run with these parameters.
     pub fn command_line(&self) -> String {
         let sizes: Vec<String> = self.sizes.iter().map(usize::to_string).collect();
+        let features = if self.systems.iter().any(|s| s.is_peer()) {
+            " --features peers"
+        } else {
+            ""
+        };
         let mut line = format!(
-            "cargo bench -p vigil-benches --bench cluster -- --sizes {} --runs {} --window-secs {}",
+            "cargo bench -p vigil-benches{features} --bench cluster -- --sizes {} --runs {} --window-secs {}",
             sizes.join(","),
             self.runs,
             self.window.as_secs(),
         );
+        if self.systems != DEFAULT_SYSTEMS {
+            let systems: Vec<&str> = self.systems.iter().map(|s| s.as_str()).collect();
+            line.push_str(&format!(" --systems {}", systems.join(",")));
+        }
         if let Some(settle) = self.settle {
             line.push_str(&format!(" --settle-secs {}", settle.as_secs()));
         }
@@ -173,6 +208,10 @@ impl Params {
 pub struct Binaries {
     pub vigil: PathBuf,
     pub udp_node: PathBuf,
+    /// The peer binaries, built only with the `peers` feature.
+    pub foca_lan: Option<PathBuf>,
+    pub chitchat: Option<PathBuf>,
+    pub memberlist: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -181,13 +220,45 @@ pub enum System {
     Vigil,
     #[serde(rename = "udp-node")]
     UdpNode,
+    /// Plain foca over plain UDP with `Config::new_lan(N)` (`foca-lan`).
+    #[serde(rename = "foca-lan")]
+    FocaLan,
+    /// chitchat with its defaults (`chitchat-node`).
+    #[serde(rename = "chitchat")]
+    Chitchat,
+    /// The Rust memberlist port with `Options::lan()` (`memberlist-node`).
+    #[serde(rename = "memberlist")]
+    Memberlist,
 }
 
 impl System {
+    pub const ALL: [System; 5] = [
+        System::Vigil,
+        System::UdpNode,
+        System::FocaLan,
+        System::Chitchat,
+        System::Memberlist,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             System::Vigil => "vigil",
             System::UdpNode => "udp-node",
+            System::FocaLan => "foca-lan",
+            System::Chitchat => "chitchat",
+            System::Memberlist => "memberlist",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<System> {
+        System::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// A peer library (issue 6), as opposed to vigil and its own core over UDP.
+    pub fn is_peer(self) -> bool {
+        match self {
+            System::Vigil | System::UdpNode => false,
+            System::FocaLan | System::Chitchat | System::Memberlist => true,
         }
     }
 }
@@ -500,20 +571,42 @@ pub async fn run_system(
             Ok(mut c) => run_once(&mut c, system, n, run, params).await,
             Err(e) => setup_failure(e),
         },
-        System::UdpNode => match UdpCluster::new(&bins.udp_node) {
-            Ok(mut c) => run_once(&mut c, system, n, run, params).await,
-            Err(e) => setup_failure(e),
-        },
+        System::UdpNode => {
+            let args = ["--profile", "lan"].map(String::from).to_vec();
+            match UdpCluster::new(&bins.udp_node, args) {
+                Ok(mut c) => run_once(&mut c, system, n, run, params).await,
+                Err(e) => setup_failure(e),
+            }
+        }
+        System::FocaLan | System::Chitchat | System::Memberlist => {
+            let (binary, args) = match system {
+                // `new_lan` takes the cluster size; the bench's N is what an
+                // operator would configure.
+                System::FocaLan => (&bins.foca_lan, vec!["--cluster-size".into(), n.to_string()]),
+                System::Chitchat => (&bins.chitchat, Vec::new()),
+                _ => (&bins.memberlist, Vec::new()),
+            };
+            let Some(binary) = binary else {
+                return setup_failure(format!(
+                    "no {} binary: build with `--features peers`",
+                    system.as_str()
+                ));
+            };
+            match UdpCluster::new(binary, args) {
+                Ok(mut c) => run_once(&mut c, system, n, run, params).await,
+                Err(e) => setup_failure(e),
+            }
+        }
     }
 }
 
 /// Runs every size and run, interleaving the systems (vigil run r, then udp-node
-/// run r) so that drift in the machine's load hits both.
+/// run r, then each peer's run r) so that drift in the machine's load hits all.
 pub async fn run_bench(params: &Params, bins: &Binaries) -> Report {
     let mut report = Report::begin(params);
     for &n in &params.sizes {
         for run in 1..=params.runs {
-            for system in [System::Vigil, System::UdpNode] {
+            for &system in &params.systems {
                 eprintln!(
                     "cluster bench: N={n} run {run}/{} {}...",
                     params.runs,
@@ -551,6 +644,32 @@ mod tests {
         assert_eq!(params.settle_for(50), Duration::from_secs(7));
         assert_eq!(params.settle_for(10), Duration::from_secs(7));
         assert!(params.command_line().ends_with("--settle-secs 7"));
+    }
+
+    #[test]
+    fn systems_default_to_vigil_and_udp_node_and_peers_ask_for_the_feature() {
+        let params = Params::parse(Vec::<String>::new()).unwrap().unwrap();
+        assert_eq!(params.systems, DEFAULT_SYSTEMS);
+        assert!(!params.command_line().contains("--systems"));
+        assert!(!params.command_line().contains("--features"));
+
+        let params =
+            Params::parse(["--systems=vigil,foca-lan,chitchat,memberlist,vigil".to_string()])
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            params.systems,
+            vec![
+                System::Vigil,
+                System::FocaLan,
+                System::Chitchat,
+                System::Memberlist
+            ]
+        );
+        let line = params.command_line();
+        assert!(line.starts_with("cargo bench -p vigil-benches --features peers --bench cluster"));
+        assert!(line.ends_with("--systems vigil,foca-lan,chitchat,memberlist"));
+        assert!(Params::parse(["--systems=vigil,serf".to_string()]).is_err());
     }
 
     #[test]

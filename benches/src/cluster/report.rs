@@ -17,6 +17,10 @@ pub const TARGET_RSS_MIB: f64 = 30.0;
 pub const TARGET_CONVERGENCE_MS: f64 = 3000.0;
 /// The cluster size the CPU, RSS and convergence targets are stated for.
 pub const TARGET_N: usize = 50;
+/// Issue 6: vigil detects at least this many times faster than the fastest peer...
+pub const TARGET_PEER_DETECTION_SPEEDUP: f64 = 2.0;
+/// ... at no more false positives, and at most this many times its bandwidth.
+pub const TARGET_PEER_BYTES_RATIO: f64 = 1.5;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -303,11 +307,36 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+impl Ratios {
+    /// `a`'s medians over `b`'s.
+    fn of(a: &SystemSummary, b: &SystemSummary) -> Ratios {
+        Ratios {
+            tx_bytes_per_s: ratio(a.tx_bytes_per_s, b.tx_bytes_per_s),
+            wire_tx_bytes_per_s: ratio(a.wire_tx_bytes_per_s, b.wire_tx_bytes_per_s),
+            tx_packets_per_s: ratio(a.tx_packets_per_s, b.tx_packets_per_s),
+            warmup_tx_bytes: ratio(a.warmup_tx_bytes, b.warmup_tx_bytes),
+            cpu: ratio(a.cpu_percent, b.cpu_percent),
+            rss: ratio(a.rss_mib, b.rss_mib),
+            detection: ratio(a.detection_ms, b.detection_ms),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SizeSummary {
     pub n: usize,
     pub vigil: SystemSummary,
     pub udp_node: SystemSummary,
+    /// vigil over udp-node.
+    pub ratios: Ratios,
+    /// The peers that ran at this size, each with vigil's medians over its own.
+    pub peers: Vec<PeerComparison>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerComparison {
+    pub peer: SystemSummary,
+    /// vigil over this peer (medians).
     pub ratios: Ratios,
 }
 
@@ -320,6 +349,8 @@ pub struct Report {
     pub runs: Vec<RunResult>,
     pub summaries: Vec<SizeSummary>,
     pub targets: Vec<Target>,
+    /// Issue 6's target against the fastest peer, per size.
+    pub peer_targets: Vec<Target>,
 }
 
 impl Report {
@@ -330,6 +361,7 @@ impl Report {
             runs: Vec::new(),
             summaries: Vec::new(),
             targets: Vec::new(),
+            peer_targets: Vec::new(),
         }
     }
 
@@ -355,24 +387,31 @@ impl Report {
                 };
                 let vigil = of(System::Vigil);
                 let udp = of(System::UdpNode);
-                let ratios = Ratios {
-                    tx_bytes_per_s: ratio(vigil.tx_bytes_per_s, udp.tx_bytes_per_s),
-                    wire_tx_bytes_per_s: ratio(vigil.wire_tx_bytes_per_s, udp.wire_tx_bytes_per_s),
-                    tx_packets_per_s: ratio(vigil.tx_packets_per_s, udp.tx_packets_per_s),
-                    warmup_tx_bytes: ratio(vigil.warmup_tx_bytes, udp.warmup_tx_bytes),
-                    cpu: ratio(vigil.cpu_percent, udp.cpu_percent),
-                    rss: ratio(vigil.rss_mib, udp.rss_mib),
-                    detection: ratio(vigil.detection_ms, udp.detection_ms),
-                };
+                let ratios = Ratios::of(&vigil, &udp);
+                let peers = self
+                    .params
+                    .systems
+                    .iter()
+                    .filter(|s| s.is_peer())
+                    .map(|&system| {
+                        let peer = of(system);
+                        PeerComparison {
+                            ratios: Ratios::of(&vigil, &peer),
+                            peer,
+                        }
+                    })
+                    .collect();
                 SizeSummary {
                     n,
                     vigil,
                     udp_node: udp,
                     ratios,
+                    peers,
                 }
             })
             .collect();
         self.targets = targets(&self.summaries);
+        self.peer_targets = self.summaries.iter().filter_map(peer_target).collect();
     }
 
     /// Writes the raw numbers as JSON to `path` (relative paths from the workspace
@@ -406,27 +445,38 @@ impl Report {
     /// A section ready to paste into docs/BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        self.provenance.write(
-            &mut md,
-            "Whole cluster: vigil vs. the same core over plain UDP",
-        );
+        let ran = |system| self.params.systems.contains(&system);
+        let peers_ran = self.params.systems.iter().any(|s| s.is_peer());
+        let title = if peers_ran {
+            "Peers side by side: foca, chitchat, memberlist"
+        } else {
+            "Whole cluster: vigil vs. the same core over plain UDP"
+        };
+        self.provenance.write(&mut md, title);
+        let order: Vec<&str> = self.params.systems.iter().map(|s| s.as_str()).collect();
         let _ = writeln!(
             md,
-            "- Setup: N nodes on 127.0.0.1, zones az1/az2/az3 round robin, the first node seeds the \
-             others, started one after the other; both systems run `vigil_protocol` profile \"lan\" \
-             (same foca configuration). The systems never run at the same time: for each run r, \
-             vigil then udp-node. {}, then a {} s window.",
+            "- Setup: N nodes on 127.0.0.1, zones az1/az2/az3 round robin (only vigil and \
+             udp-node use zones), the first node seeds the others, started one after the other. \
+             The systems never run at the same time: for each run r, {} in this order. {}, then \
+             a {} s window; then SIGKILL of node n{{N/2+1}} (never the seed).",
+            order.join(", then "),
             self.settle_text(),
             self.params.window.as_secs()
         );
         let _ = writeln!(
             md,
-            "- vigil: `vigil agent` processes (QUIC datagrams, mutual TLS, RUST_LOG=info). \
-             udp-node: `benches/src/bin/udp-node.rs`, the same core, each envelope one plain UDP \
-             datagram (identical payload, no encryption, no authentication).\n"
+            "- vigil: `vigil agent` processes (QUIC datagrams, mutual TLS, RUST_LOG=info), \
+             `vigil_protocol` profile \"lan\". \
+             udp-node: `benches/src/bin/udp-node.rs`, the same core and profile, each envelope one \
+             plain UDP datagram (identical payload, no encryption, no authentication)."
         );
+        if peers_ran {
+            let _ = writeln!(md, "{PEER_SETUP}");
+        }
+        let _ = writeln!(md);
 
-        for s in &self.summaries {
+        for s in self.summaries.iter().filter(|_| ran(System::UdpNode)) {
             let _ = writeln!(md, "### N = {}\n", s.n);
             let _ = writeln!(
                 md,
@@ -564,6 +614,10 @@ impl Report {
             );
         }
 
+        if peers_ran {
+            self.peers_markdown(&mut md);
+        }
+
         let _ = writeln!(md, "Per run (detection over the survivors of that run):\n");
         let _ = writeln!(
             md,
@@ -603,10 +657,34 @@ impl Report {
         }
         let _ = writeln!(md);
 
-        let _ = writeln!(md, "Targets from the issue (reported, not asserted):\n");
-        let _ = writeln!(md, "| target | measured (vigil) | verdict |");
-        let _ = writeln!(md, "|---|---|---|");
-        for t in &self.targets {
+        if peers_ran {
+            let _ = writeln!(
+                md,
+                "Target of issue 6 (reported, not asserted): vigil detects at least \
+                 {TARGET_PEER_DETECTION_SPEEDUP}× faster than the fastest peer (lowest median \
+                 detection) at equal or fewer false positives and at most \
+                 {TARGET_PEER_BYTES_RATIO}× its bandwidth (bytes/s sent per node, medians, \
+                 payload and on the wire).\n"
+            );
+            let _ = writeln!(md, "| target | measured | verdict |");
+            let _ = writeln!(md, "|---|---|---|");
+            for t in &self.peer_targets {
+                let _ = writeln!(md, "| {} | {} | {} |", t.what, t.measured, verdict(t.met));
+            }
+            let _ = writeln!(md);
+        }
+
+        let udp_targets = if ran(System::UdpNode) {
+            &self.targets[..]
+        } else {
+            &[]
+        };
+        if !udp_targets.is_empty() {
+            let _ = writeln!(md, "Targets from issue 2 (reported, not asserted):\n");
+            let _ = writeln!(md, "| target | measured (vigil) | verdict |");
+            let _ = writeln!(md, "|---|---|---|");
+        }
+        for t in udp_targets {
             let verdict = match t.met {
                 Some(true) => "met",
                 Some(false) => "missed",
@@ -614,7 +692,9 @@ impl Report {
             };
             let _ = writeln!(md, "| {} | {} | {verdict} |", t.what, t.measured);
         }
-        let _ = writeln!(md);
+        if !udp_targets.is_empty() {
+            let _ = writeln!(md);
+        }
         let _ = writeln!(
             md,
             "How to read: traffic is UDP payload (vigil: counted at the QUIC endpoint's socket, \
@@ -754,4 +834,200 @@ pub fn one_line(r: &RunResult) -> String {
         let _ = write!(line, "\n  FAILURE: {f}");
     }
     line
+}
+
+/// How the peers were set up, for the report.
+const PEER_SETUP: &str = "\
+- foca-lan: `benches/src/bin/foca-lan.rs`, plain foca over plain UDP with its stock \
+`foca::Config::new_lan(N)` (N = the cluster size started), postcard codec, one message \
+per datagram, no custom broadcasts; suspicion read from foca's membership state after \
+every call into foca.
+- chitchat: `benches/src/bin/chitchat-node.rs`, chitchat over its own UDP transport with \
+the values of its own `Default` config (gossip every 1 s, `FailureDetectorConfig::default()`: \
+phi threshold 8, window 1000, max interval 10 s, initial interval 5 s; protocol V0); only \
+the node id, listen address and seeds are set. No suspected state: a node leaving the \
+live set is `member_down`, so its suspicion row is empty.
+- memberlist: `benches/src/bin/memberlist-node.rs`, the Rust memberlist port with \
+`Options::lan()` over its net transport (UDP packets, TCP push/pull every 30 s and \
+fallback pings) on tokio; `member_suspected` is the prober's \"suspecting has failed\" \
+line, one per failed probe round (suspicions learned by gossip are not seen).
+- Every peer process runs a current-thread tokio runtime, as udp-node does. Traffic: \
+foca-lan and chitchat count every UDP datagram they send and receive (payload bytes); \
+memberlist counts UDP datagrams both ways plus the payload it writes to TCP streams \
+(sent side only, no packet count: segments are not seen; TCP bytes read are not \
+counted, so its received figures miss the push/pull replies).";
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "missed",
+        None => "not measured",
+    }
+}
+
+/// Issue 6's target at one size: vigil against the peer with the lowest median
+/// detection time (among peers every survivor of every run saw detect, if any).
+fn peer_target(s: &SizeSummary) -> Option<Target> {
+    let median = |p: &PeerComparison| p.peer.detection_ms.map(|d| d.median);
+    let complete: Vec<&PeerComparison> =
+        s.peers.iter().filter(|p| p.peer.undetected == 0).collect();
+    let pool: Vec<&PeerComparison> = if complete.iter().any(|p| median(p).is_some()) {
+        complete
+    } else {
+        s.peers.iter().collect()
+    };
+    let fastest = pool
+        .into_iter()
+        .filter_map(|p| median(p).map(|m| (m, p)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, p)| p);
+    let what = format!(
+        "N={}: detection ≥ {TARGET_PEER_DETECTION_SPEEDUP}× faster than the fastest peer, \
+         false positives ≤ its, bytes/s ≤ {TARGET_PEER_BYTES_RATIO}× its",
+        s.n
+    );
+    let Some(p) = fastest else {
+        return (!s.peers.is_empty()).then(|| Target {
+            what,
+            measured: "no peer detected the kill".to_string(),
+            met: None,
+        });
+    };
+    let vigil_median = s.vigil.detection_ms.map(|d| d.median);
+    let speedup = vigil_median
+        .zip(median(p))
+        .and_then(|(v, m)| (v > 0.0).then(|| m / v));
+    let fmt_ratio = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{r:.2}×"));
+    let measured = format!(
+        "fastest peer {} (median {} ms); vigil median {} ms, so {} faster; false positives \
+         vigil {} vs. {}; bytes/s vigil / {}: {} payload, {} on the wire",
+        p.peer.system.as_str(),
+        median(p).map_or("–".to_string(), |m| format!("{m:.0}")),
+        vigil_median.map_or("–".to_string(), |m| format!("{m:.0}")),
+        fmt_ratio(speedup),
+        s.vigil.false_positives,
+        p.peer.false_positives,
+        p.peer.system.as_str(),
+        fmt_ratio(p.ratios.tx_bytes_per_s),
+        fmt_ratio(p.ratios.wire_tx_bytes_per_s),
+    );
+    let met = match (
+        speedup,
+        p.ratios.tx_bytes_per_s,
+        p.ratios.wire_tx_bytes_per_s,
+    ) {
+        (Some(x), Some(b), Some(w)) => Some(
+            x >= TARGET_PEER_DETECTION_SPEEDUP
+                && s.vigil.false_positives <= p.peer.false_positives
+                && s.vigil.undetected == 0
+                && b <= TARGET_PEER_BYTES_RATIO
+                && w <= TARGET_PEER_BYTES_RATIO,
+        ),
+        _ => None,
+    };
+    Some(Target {
+        what,
+        measured,
+        met,
+    })
+}
+
+impl Report {
+    /// Per size: vigil and every peer side by side, then vigil's ratios to each.
+    fn peers_markdown(&self, md: &mut String) {
+        for s in &self.summaries {
+            if s.peers.is_empty() {
+                continue;
+            }
+            let _ = writeln!(md, "### N = {}: vigil and the peers\n", s.n);
+            let mut columns: Vec<&SystemSummary> = vec![&s.vigil];
+            columns.extend(s.peers.iter().map(|p| &p.peer));
+            let names: Vec<&str> = columns.iter().map(|c| c.system.as_str()).collect();
+            let _ = writeln!(
+                md,
+                "| figure (min / median / max) | {} |",
+                names.join(" | ")
+            );
+            let _ = writeln!(md, "|---|{}", "---|".repeat(columns.len()));
+            let mut row = |what: &str, f: &dyn Fn(&SystemSummary) -> String| {
+                let cells: Vec<String> = columns.iter().map(|c| f(c)).collect();
+                let _ = writeln!(md, "| {what} | {} |", cells.join(" | "));
+            };
+            row(
+                "join convergence after the last node was ready (ms), over runs",
+                &|c| fmt_summary(c.convergence_from_last_ready_ms, 0),
+            );
+            row(
+                "join convergence after the first start (ms), over runs",
+                &|c| fmt_summary(c.convergence_from_first_start_ms, 0),
+            );
+            row(
+                "detection: kill → member_down (ms), all survivors of all runs",
+                &|c| fmt_summary(c.detection_ms, 0),
+            );
+            row(
+                "survivors that never declared the victim down, all runs",
+                &|c| c.undetected.to_string(),
+            );
+            row("kill → first member_suspected (ms), over runs", &|c| {
+                if c.system == System::Chitchat {
+                    "no suspected state".to_string()
+                } else {
+                    fmt_summary(c.first_suspicion_ms, 0)
+                }
+            });
+            row(
+                "false positives (suspected/down about a live node), all runs",
+                &|c| c.false_positives.to_string(),
+            );
+            row("UDP bytes/s sent per node (payload)", &|c| {
+                fmt_summary(c.tx_bytes_per_s, 0)
+            });
+            row(
+                "bytes/s sent per node on the wire (payload + 28 B IPv4+UDP header per packet)",
+                &|c| fmt_summary(c.wire_tx_bytes_per_s, 0),
+            );
+            row("UDP packets/s sent per node", &|c| {
+                fmt_summary(c.tx_packets_per_s, 1)
+            });
+            row("bytes/s received per node", &|c| {
+                fmt_summary(c.rx_bytes_per_s, 0)
+            });
+            row("CPU, % of one core per node", &|c| {
+                fmt_summary(c.cpu_percent, 2)
+            });
+            row("RSS per node (MiB)", &|c| fmt_summary(c.rss_mib, 1));
+            row(
+                "warm-up: bytes sent per node (last ready → window start)",
+                &|c| fmt_summary(c.warmup_tx_bytes, 0),
+            );
+            row("runs with a failure / runs", &|c| {
+                format!("{} / {}", c.failed_runs, c.runs)
+            });
+            let _ = writeln!(md);
+
+            let peer_names: Vec<&str> = s.peers.iter().map(|p| p.peer.system.as_str()).collect();
+            let _ = writeln!(
+                md,
+                "| vigil / peer (medians; below 1 means vigil is faster or smaller) | {} |",
+                peer_names.join(" | ")
+            );
+            let _ = writeln!(md, "|---|{}", "---|".repeat(s.peers.len()));
+            let mut ratio_row = |what: &str, f: &dyn Fn(&Ratios) -> Option<f64>| {
+                let cells: Vec<String> = s
+                    .peers
+                    .iter()
+                    .map(|p| f(&p.ratios).map_or("–".to_string(), |x| format!("{x:.2}×")))
+                    .collect();
+                let _ = writeln!(md, "| {what} | {} |", cells.join(" | "));
+            };
+            ratio_row("detection time", &|r| r.detection);
+            ratio_row("bytes/s sent (payload)", &|r| r.tx_bytes_per_s);
+            ratio_row("bytes/s sent (on the wire)", &|r| r.wire_tx_bytes_per_s);
+            ratio_row("packets/s sent", &|r| r.tx_packets_per_s);
+            ratio_row("CPU", &|r| r.cpu);
+            ratio_row("RSS", &|r| r.rss);
+            let _ = writeln!(md);
+        }
+    }
 }

@@ -1,6 +1,8 @@
-//! The two systems under test, behind one small interface: real `vigil agent`
-//! processes (QUIC + mutual TLS) and `udp-node` processes (the same core over plain
-//! UDP). Both report into the same [`Observer`] channel.
+//! The systems under test, behind one small interface: real `vigil agent`
+//! processes (QUIC + mutual TLS), and processes that print udp-node's NDJSON lines
+//! on stdout: `udp-node` (the same core over plain UDP) and the peer binaries
+//! (`foca-lan`, `chitchat-node`, `memberlist-node`). All report into the same
+//! [`Observer`] channel.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -286,8 +288,12 @@ struct UdpNode {
     reader: Option<JoinHandle<()>>,
 }
 
+/// A cluster of processes speaking udp-node's NDJSON on stdout: udp-node itself
+/// or a peer binary.
 pub struct UdpCluster {
     binary: PathBuf,
+    /// Passed to every node after its name, zone and bind address.
+    extra_args: Vec<String>,
     dir: tempfile::TempDir,
     nodes: BTreeMap<String, UdpNode>,
     ready_ms: f64,
@@ -317,13 +323,14 @@ enum UdpLine {
 }
 
 impl UdpCluster {
-    pub fn new(binary: &Path) -> Result<Self, String> {
+    pub fn new(binary: &Path, extra_args: Vec<String>) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
-            .prefix("udp-node-")
+            .prefix("cluster-bench-")
             .tempdir()
             .map_err(|e| format!("scratch directory: {e}"))?;
         Ok(UdpCluster {
             binary: binary.to_path_buf(),
+            extra_args,
             dir,
             nodes: BTreeMap::new(),
             ready_ms: 0.0,
@@ -343,7 +350,7 @@ impl UdpCluster {
             std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(["--name", name, "--zone", zone, "--bind", "127.0.0.1:0"])
-            .args(["--profile", "lan"]);
+            .args(&self.extra_args);
         if let Some(seed) = seed {
             cmd.args(["--seed", seed]);
         }
