@@ -16,15 +16,29 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+pub use crate::cluster::systems::unix_ms;
+
+/// The flags every peer binary takes: the harness starts every system with the same
+/// ones (`benches/src/cluster/systems.rs`).
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// This node's name (its id, for the peers that have one).
+    #[arg(long)]
+    pub name: String,
+    /// Ignored (accepted so the harness passes every system the same flags).
+    #[arg(long, default_value = "default")]
+    pub zone: String,
+    /// Address to bind; port 0 picks a free port (reported in the `ready` line).
+    /// memberlist binds TCP and UDP there.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+    /// A member to join through, as NAME@ADDR (chitchat and memberlist use the
+    /// address only). Repeatable.
+    #[arg(long = "seed", value_name = "NAME@ADDR", value_parser = parse_seed)]
+    pub seeds: Vec<Seed>,
 }
 
 /// Writes one line and flushes it, so the harness sees events as they happen.

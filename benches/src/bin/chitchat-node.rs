@@ -36,7 +36,7 @@ use chitchat::{
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::MissedTickBehavior;
-use vigil_benches::peer::{self, Counters, Seed, emit_event, unix_ms};
+use vigil_benches::peer::{self, Counters, emit_event, unix_ms};
 
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// The gossip interval of chitchat's own `Default` config.
@@ -52,18 +52,8 @@ const BIND_ATTEMPTS: usize = 5;
     about = "chitchat with its default configuration over its UDP transport (benchmark peer)"
 )]
 struct Args {
-    /// This node's id.
-    #[arg(long)]
-    name: String,
-    /// Ignored (accepted so the harness passes every system the same flags).
-    #[arg(long, default_value = "default")]
-    zone: String,
-    /// Address to bind; port 0 picks a free port (reported in the `ready` line).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    bind: SocketAddr,
-    /// A member to gossip with first, as NAME@ADDR (chitchat uses the address only).
-    #[arg(long = "seed", value_name = "NAME@ADDR", value_parser = peer::parse_seed)]
-    seeds: Vec<Seed>,
+    #[command(flatten)]
+    node: peer::NodeArgs,
 }
 
 /// chitchat's UDP transport, counting what goes through it.
@@ -139,8 +129,12 @@ fn report_changes(
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn Error>> {
-    if args.bind.ip().is_unspecified() {
-        return Err(format!("{} is a wildcard address; bind a reachable one", args.bind).into());
+    if args.node.bind.ip().is_unspecified() {
+        return Err(format!(
+            "{} is a wildcard address; bind a reachable one",
+            args.node.bind
+        )
+        .into());
     }
     let counters = Arc::new(Counters::default());
     let transport = CountingTransport {
@@ -148,17 +142,18 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     };
     let generation = unix_ms();
     let seed_nodes: Vec<String> = args
+        .node
         .seeds
         .iter()
-        .filter(|s| s.name != args.name)
+        .filter(|s| s.name != args.node.name)
         .map(|s| s.addr.to_string())
         .collect();
     let mut attempt = 0;
     let (handle, addr) = loop {
         attempt += 1;
-        let addr = pick_port(args.bind)?;
+        let addr = pick_port(args.node.bind)?;
         let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(args.name.as_str(), generation, addr),
+            chitchat_id: ChitchatId::new(args.node.name.as_str(), generation, addr),
             cluster_id: "vigil-bench".to_string(),
             gossip_interval: GOSSIP_INTERVAL,
             listen_addr: addr,
@@ -172,7 +167,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         match spawn_chitchat(config, Vec::new(), &transport).await {
             Ok(handle) => break (handle, addr),
             // Another process took the port between picking and binding.
-            Err(e) if attempt < BIND_ATTEMPTS && args.bind.port() == 0 => {
+            Err(e) if attempt < BIND_ATTEMPTS && args.node.bind.port() == 0 => {
                 eprintln!("chitchat-node: {e:#}; trying another port");
             }
             Err(e) => return Err(format!("{e:#}").into()),
@@ -182,7 +177,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut watcher = handle.chitchat().lock().await.live_nodes_watcher();
-    peer::emit_ready(&args.name, addr)?;
+    peer::emit_ready(&args.node.name, addr)?;
 
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
     stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -197,7 +192,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
                 let next: BTreeMap<String, u64> = watcher
                     .borrow_and_update()
                     .keys()
-                    .filter(|id| *id.node_id != *args.name)
+                    .filter(|id| *id.node_id != *args.node.name)
                     .map(|id| (id.node_id.to_string(), id.generation_id))
                     .collect();
                 report_changes(&view, &next)?;

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
-use vigil_benches::peer::{self, Counters, Seed, emit_event, unix_ms};
+use vigil_benches::peer::{self, Counters, emit_event, unix_ms};
 
 /// Larger than foca's `max_packet_size` in the LAN config (1400), so a datagram
 /// truncated to this size is recognised as oversized and refused by foca.
@@ -45,18 +45,8 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
     about = "plain foca over plain UDP with Config::new_lan (benchmark peer; no encryption, no authentication)"
 )]
 struct Args {
-    /// This node's name.
-    #[arg(long)]
-    name: String,
-    /// Ignored (accepted so the harness passes every system the same flags).
-    #[arg(long, default_value = "default")]
-    zone: String,
-    /// Address to bind; port 0 picks a free port (reported in the `ready` line).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    bind: SocketAddr,
-    /// A member to join through, as NAME@ADDR. Repeatable.
-    #[arg(long = "seed", value_name = "NAME@ADDR", value_parser = peer::parse_seed)]
-    seeds: Vec<Seed>,
+    #[command(flatten)]
+    node: peer::NodeArgs,
     /// The cluster size given to `Config::new_lan`.
     #[arg(long)]
     cluster_size: NonZeroU32,
@@ -206,7 +196,7 @@ fn os_random_u64() -> Result<u64, Box<dyn Error>> {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn Error>> {
-    let socket = UdpSocket::bind(args.bind).await?;
+    let socket = UdpSocket::bind(args.node.bind).await?;
     let addr = socket.local_addr()?;
     if addr.ip().is_unspecified() {
         return Err(format!("bound to the wildcard address {addr}; bind a reachable one").into());
@@ -216,7 +206,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         None => os_random_u64()?,
     };
     let identity = Id {
-        name: args.name.clone(),
+        name: args.node.name.clone(),
         addr,
         generation: unix_ms(),
     };
@@ -234,15 +224,16 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         suspects: BTreeSet::new(),
         errors: BTreeMap::new(),
     };
-    let seeds: Vec<Seed> = args
+    let seeds: Vec<peer::Seed> = args
+        .node
         .seeds
         .into_iter()
-        .filter(|s| s.name != args.name)
+        .filter(|s| s.name != args.node.name)
         .collect();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    peer::emit_ready(&args.name, addr)?;
+    peer::emit_ready(&args.node.name, addr)?;
 
     let mut buf = vec![0u8; RECV_BUF_LEN];
     let timer = tokio::time::sleep_until(Instant::now());

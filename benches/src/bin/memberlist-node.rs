@@ -43,7 +43,7 @@ use tokio::time::MissedTickBehavior;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
-use vigil_benches::peer::{self, Counters, Seed, emit_event};
+use vigil_benches::peer::{self, Counters, emit_event};
 
 type Inner = memberlist::tokio::TokioNetTransport<
     SmolStr,
@@ -73,19 +73,8 @@ const SUSPECT_LINE: &str = "memberlist.state: suspecting has failed, no acks rec
     about = "memberlist (Rust port) with Options::lan() over its TCP/UDP net transport (benchmark peer)"
 )]
 struct Args {
-    /// This node's id.
-    #[arg(long)]
-    name: String,
-    /// Ignored (accepted so the harness passes every system the same flags).
-    #[arg(long, default_value = "default")]
-    zone: String,
-    /// Address to bind (TCP and UDP); port 0 picks a free port (reported in the
-    /// `ready` line).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    bind: SocketAddr,
-    /// A member to join through, as NAME@ADDR (memberlist uses the address only).
-    #[arg(long = "seed", value_name = "NAME@ADDR", value_parser = peer::parse_seed)]
-    seeds: Vec<Seed>,
+    #[command(flatten)]
+    node: peer::NodeArgs,
 }
 
 /// Options of [`Counted`]: the inner transport's, and where to count.
@@ -310,29 +299,30 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         SmolStr,
         memberlist::tokio::TokioSocketAddrResolver,
         memberlist::tokio::TokioTcp,
-    >::new(SmolStr::new(&args.name));
-    transport.add_bind_address(args.bind);
+    >::new(SmolStr::new(&args.node.name));
+    transport.add_bind_address(args.node.bind);
     let options = CountedOptions {
         inner: transport,
         counters: counters.clone(),
     };
     let delegate: Delegate = CompositeDelegate::default().with_event_delegate(Events {
-        local: SmolStr::new(&args.name),
+        local: SmolStr::new(&args.node.name),
     });
     let memberlist: Memberlist<Counted<Inner>, Delegate> =
         Memberlist::with_delegate(delegate, options, Options::lan())
             .await
             .map_err(|e| format!("memberlist: {e}"))?;
     let addr = *memberlist.advertise_address();
-    let seeds: Vec<Seed> = args
+    let seeds: Vec<peer::Seed> = args
+        .node
         .seeds
         .into_iter()
-        .filter(|s| s.name != args.name)
+        .filter(|s| s.name != args.node.name)
         .collect();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    peer::emit_ready(&args.name, addr)?;
+    peer::emit_ready(&args.node.name, addr)?;
 
     let mut stats_tick = tokio::time::interval(STATS_EVERY);
     stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -35,13 +35,14 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
+use vigil_benches::cluster::systems::unix_ms;
 use vigil_protocol::wire::MAX_DATAGRAM_LEN;
 use vigil_protocol::{
     Core, Effect, Event, LocalState, NodeId, NodeName, Profile, Zone, peek_sender,
@@ -153,13 +154,6 @@ enum Line<'a> {
         counters: &'a Counters,
         live: usize,
     },
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Writes one NDJSON line and flushes it, so that a reader sees events as they
