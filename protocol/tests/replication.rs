@@ -542,6 +542,16 @@ fn six() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// `agent-1` registered on `a1`, then `puts` acknowledged puts (version `i` is
+/// `[i; 100]`).
+fn agent_with_puts(c: &mut Cluster, puts: u8) {
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    for i in 1..=puts {
+        c.put("a1", "agent-1", &[i; 100], None).unwrap();
+    }
+}
+
 #[test]
 fn a_quorum_put_lands_in_three_zones_and_any_node_reads_it() {
     let mut c = Cluster::new(&six(), ReplicationConfig::default());
@@ -575,11 +585,7 @@ fn a_quorum_put_lands_in_three_zones_and_any_node_reads_it() {
 #[test]
 fn the_latest_acknowledged_version_survives_the_owner_and_a_holder() {
     let mut c = Cluster::new(&six(), ReplicationConfig::default());
-    c.register("a1", "agent-1");
-    c.run(Duration::from_millis(50));
-    for i in 1..=7u8 {
-        c.put("a1", "agent-1", &[i; 100], None).unwrap();
-    }
+    agent_with_puts(&mut c, 7);
     c.run(Duration::from_millis(50));
     let holders: Vec<String> = c
         .live_copies("agent-1", 7)
@@ -1035,11 +1041,7 @@ fn a_holder_that_does_not_answer_the_owners_question_is_sent_the_latest_version(
 fn a_holder_back_under_a_new_generation_is_asked_again_what_it_holds() {
     let four = [("a1", "za"), ("a2", "za"), ("b1", "zb"), ("c1", "zc")];
     let mut c = Cluster::new(&four, ReplicationConfig::default());
-    c.register("a1", "agent-1");
-    c.run(Duration::from_millis(50));
-    for i in 1..=2u8 {
-        c.put("a1", "agent-1", &[i; 100], None).unwrap();
-    }
+    agent_with_puts(&mut c, 2);
     c.run(Duration::from_secs(2));
     assert!(c.live_copies("agent-1", 2).contains(&"c1".to_string()));
     // c1 restarts on a disk that lost seq 2, under generation 2.
@@ -1074,11 +1076,7 @@ fn a_holder_back_under_a_new_generation_is_asked_again_what_it_holds() {
 #[test]
 fn an_owner_without_the_latest_version_does_not_replace_the_holders_that_have_it() {
     let mut c = Cluster::new(&six(), ReplicationConfig::default());
-    c.register("a1", "agent-1");
-    c.run(Duration::from_millis(50));
-    for i in 1..=3u8 {
-        c.put("a1", "agent-1", &[i; 100], None).unwrap();
-    }
+    agent_with_puts(&mut c, 3);
     c.run(Duration::from_millis(500));
     let holders = c.holders("a1", "agent-1");
     assert_eq!(holders.len(), 3, "{holders:?}");
@@ -1116,11 +1114,7 @@ fn an_owner_without_the_latest_version_does_not_replace_the_holders_that_have_it
 /// A cluster where `agent-1` is owned by a1 with seven acknowledged puts.
 fn recovery_setup() -> Cluster {
     let mut c = Cluster::new(&six(), ReplicationConfig::default());
-    c.register("a1", "agent-1");
-    c.run(Duration::from_millis(50));
-    for i in 1..=7u8 {
-        c.put("a1", "agent-1", &[i; 100], None).unwrap();
-    }
+    agent_with_puts(&mut c, 7);
     c.run(Duration::from_millis(500));
     c
 }

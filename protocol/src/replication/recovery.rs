@@ -1518,21 +1518,7 @@ impl Replicator {
                 p.next_ask = now + ADOPT_RESEND;
             }
         }
-        for (holder, agents) in by_holder {
-            let Some(to) = self.live.get(&holder).cloned() else {
-                continue;
-            };
-            for chunk in agents.chunks(LEASE_AGENTS_PER_MESSAGE) {
-                self.send(
-                    &to,
-                    ReplMsg::LeaseRenew {
-                        round,
-                        agents: chunk.to_vec(),
-                    },
-                    None,
-                );
-            }
-        }
+        self.send_lease_renewals(round, by_holder);
     }
 
     /// Whether enough holders granted a pending adoption, with grants still valid.
@@ -1741,6 +1727,16 @@ impl Replicator {
         while lease.sent.len() > LEASE_ROUNDS_KEPT {
             lease.sent.pop_first();
         }
+        self.send_lease_renewals(round, by_holder);
+    }
+
+    /// One `LeaseRenew` per live holder (in chunks) for round `round`: the owner's
+    /// renewals and a pending adoption's confirmation ask the same way.
+    fn send_lease_renewals(
+        &mut self,
+        round: u64,
+        by_holder: BTreeMap<NodeName, Vec<(AgentId, u64)>>,
+    ) {
         for (holder, agents) in by_holder {
             let Some(to) = self.live.get(&holder).cloned() else {
                 continue;

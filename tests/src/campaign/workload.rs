@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
@@ -25,9 +25,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Milliseconds since the Unix epoch (the clock the nodes stamp their events with).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    vigil::harness::to_unix_ms(SystemTime::now())
 }
 
 /// A node as the workload sees it: where its socket is, and whether the campaign
