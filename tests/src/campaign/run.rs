@@ -567,7 +567,9 @@ async fn ask<T>(call: impl Future<Output = Result<T, client::ClientError>>) -> R
     }
 }
 
-/// Every node sees every node alive.
+/// Every campaign node sees every campaign node alive. Not
+/// `LocalCluster::wait_converged`: that one waits on the nodes still running only,
+/// so a node that crashed would not hold convergence back; here it does.
 async fn converged(nodes: &[NodeRef]) -> bool {
     for node in nodes {
         let Ok(members) = ask(client::members(&node.socket)).await else {
@@ -654,7 +656,7 @@ async fn settled(nodes: &[NodeRef], agent: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Path of the loop image and mount point of node `name`'s data file system.
+/// Node `name`'s data directory: the mount point of its data file system.
 pub fn data_dir(root: &Path, name: &str) -> PathBuf {
     root.join(name).join("data")
 }
