@@ -479,6 +479,12 @@ impl Transport {
                 handshake,
             } => {
                 let direction = if dialed_by_us { "outbound" } else { "inbound" };
+                tracing::debug!(
+                    peer = %name,
+                    direction,
+                    handshake_ms = handshake.as_millis(),
+                    "connection up"
+                );
                 self.metrics
                     .connections_opened
                     .get_or_create(&DirectionLabel {

@@ -1053,6 +1053,18 @@ impl Core {
                 continue;
             }
             let probe_round = matches!(timer, Timer::ProbeRandomMember(_));
+            if probe_round && let Some(indirect_due) = self.pending_indirect_probe() {
+                // The current probe's indirect phase was postponed (it came due while
+                // we were stalled): foca must run it before judging the probe, or it
+                // drops the probe as incomplete. The next round waits for it, and
+                // gives the indirect probes the time they normally have.
+                let indirect_wait = self
+                    .detector
+                    .probe_period()
+                    .saturating_sub(self.detector.probe_rtt());
+                self.insert_timer(indirect_due + indirect_wait, timer, true);
+                continue;
+            }
             match &timer {
                 Timer::ChangeSuspectToDown { member_id, .. } => {
                     self.touched.add(&member_id.name);
@@ -1082,6 +1094,17 @@ impl Core {
             }
         }
         errors
+    }
+
+    /// When the pending `SendIndirectProbe` timer is due, if one is pending.
+    fn pending_indirect_probe(&self) -> Option<Duration> {
+        self.timers.iter().find_map(|(key, t)| match t {
+            CoreTimer::Swim {
+                timer: Timer::SendIndirectProbe { .. },
+                ..
+            } => Some(key.0),
+            CoreTimer::Swim { .. } => None,
+        })
     }
 
     /// Inserts a foca timer due at `due`; returns its key.

@@ -50,6 +50,15 @@ pub const MAX_META_LEN: usize = 4096;
 /// Records per catalog message: a full record is at most about 4.6 KiB (metadata
 /// included), so 12 fit the 64 KiB stream frame with room to spare.
 const RECORDS_PER_MESSAGE: usize = 12;
+/// A newcomer's welcome (our catalog digest and node information) waits a random
+/// delay of up to this much per live member, capped at [`WELCOME_SPREAD_MAX`]. A node
+/// that joins learns every member at once, and every member learns it at once: sent
+/// at once, the welcomes cost the newcomer a QUIC handshake with every member within
+/// a few hundred milliseconds (at 50 members its own probes' acks were late enough to
+/// have it suspected; docs/BENCHMARKS.md, "False positives during a join"). Spread, a
+/// join costs each node about 50 handshakes per second whatever the cluster's size.
+const WELCOME_SPREAD_PER_MEMBER: Duration = Duration::from_millis(20);
+const WELCOME_SPREAD_MAX: Duration = Duration::from_secs(2);
 
 /// An agent's id: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, not `.` or `..`
 /// (it names a directory on every holder's disk).
@@ -1009,6 +1018,9 @@ pub struct Replicator {
     next_op: u64,
     next_repair_scan: Duration,
     next_anti_entropy: Duration,
+    /// Newcomers still to be sent our digest and information, by when (see
+    /// [`WELCOME_SPREAD_PER_MEMBER`]).
+    welcomes: BTreeSet<(Duration, NodeName)>,
     effects: VecDeque<ReplEffect>,
     rng: ChaCha8Rng,
     recovery: recovery::Recovery,
@@ -1047,6 +1059,7 @@ impl Replicator {
             next_op: 1,
             next_repair_scan: Duration::ZERO,
             next_anti_entropy: first_exchange,
+            welcomes: BTreeSet::new(),
             effects: VecDeque::new(),
             rng,
             recovery: recovery::Recovery::default(),
@@ -1143,10 +1156,32 @@ impl Replicator {
             self.next_repair_scan = self.next_repair_scan.min(now);
         }
         if previous.is_none() {
-            // A newcomer learns the catalog at once instead of at the next round.
-            let digest = self.records.digest();
-            self.send(&id, ReplMsg::CatalogDigest { digest }, None);
-            self.info_to(&id);
+            // A newcomer learns the catalog soon instead of at the next round.
+            let spread = WELCOME_SPREAD_PER_MEMBER
+                .saturating_mul(u32::try_from(self.live.len()).unwrap_or(u32::MAX))
+                .min(WELCOME_SPREAD_MAX);
+            let delay = Duration::from_nanos(
+                self.rng
+                    .random_range(0..=u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX)),
+            );
+            self.welcomes.insert((now + delay, id.name));
+        }
+    }
+
+    /// Sends the welcomes due by `now` to the newcomers still live.
+    fn send_welcomes(&mut self, now: Duration) {
+        while let Some((due, _)) = self.welcomes.first() {
+            if *due > now {
+                break;
+            }
+            let Some((_, name)) = self.welcomes.pop_first() else {
+                break;
+            };
+            if let Some(id) = self.live.get(&name).cloned() {
+                let digest = self.records.digest();
+                self.send(&id, ReplMsg::CatalogDigest { digest }, None);
+                self.info_to(&id);
+            }
         }
     }
 
@@ -3217,6 +3252,9 @@ impl Replicator {
         if let Some(deadline) = self.requests.next_deadline() {
             next = next.min(deadline);
         }
+        if let Some((due, _)) = self.welcomes.first() {
+            next = next.min(*due);
+        }
         if !self.repairs.is_empty() && self.repair_tokens <= 0 {
             let rate = u128::from(self.config.repair_bytes_per_sec.max(1));
             let debt = u128::from(self.repair_tokens.unsigned_abs()) + 1;
@@ -3229,6 +3267,7 @@ impl Replicator {
     }
 
     pub fn handle_timeout(&mut self, now: Duration) {
+        self.send_welcomes(now);
         let expired: Vec<u64> = self
             .requests
             .iter()

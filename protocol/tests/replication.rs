@@ -1696,9 +1696,12 @@ fn a_catalog_sent_in_several_messages_is_answered_once() {
         })
         .collect();
     ra.load(Vec::new(), records);
-    let now = Duration::ZERO;
-    ra.member_up(now, b.clone());
-    rb.member_up(now, a.clone());
+    ra.member_up(Duration::ZERO, b.clone());
+    rb.member_up(Duration::ZERO, a.clone());
+    // Welcomes wait up to 20 ms per live member (here one).
+    let now = Duration::from_millis(20);
+    ra.handle_timeout(now);
+    rb.handle_timeout(now);
     let sent = |r: &mut Replicator| {
         let mut out = Vec::new();
         while let Some(e) = r.poll_effect() {

@@ -103,8 +103,18 @@ impl VigilCluster {
     /// any timing).
     pub fn new(binary: &Path, names: &[String]) -> Result<Self, String> {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let cluster = LocalCluster::new(binary.to_path_buf(), &refs, false)
+        // VIGIL_BENCH_KEEP=1 keeps every node's data dir and log for a look after the
+        // run (e.g. at a false positive); RUST_LOG, when set, replaces the nodes' filter.
+        let keep = std::env::var_os("VIGIL_BENCH_KEEP").is_some_and(|v| v == "1");
+        let mut cluster = LocalCluster::new(binary.to_path_buf(), &refs, keep)
             .map_err(|e| format!("vigil cluster setup: {e}"))?;
+        if keep {
+            eprintln!("vigil nodes' logs kept in {}", cluster.root().display());
+        }
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            cluster.env.retain(|(k, _)| k != "RUST_LOG");
+            cluster.env.push(("RUST_LOG".into(), filter));
+        }
         Ok(VigilCluster {
             cluster,
             followers: Vec::new(),
