@@ -174,7 +174,14 @@ def request(
         all_headers = dict(headers or {})
         try:
             sock.settimeout(_remaining(deadline, what))
-            conn.request(method, url, body=body, headers=all_headers)
+            try:
+                conn.request(method, url, body=body, headers=all_headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # The node may answer before reading the whole body and close (a
+                # 413 for a declared length over its limit): its answer is still
+                # waiting in the socket, and it says more than "broken pipe".
+                if body is None:
+                    raise
             sock.settimeout(_remaining(deadline, what))
             resp = conn.getresponse()
             status = resp.status

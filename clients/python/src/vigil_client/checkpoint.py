@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from typing import (
     Any,
     AsyncIterator,
+    Callable,
     Dict,
     Iterator,
     List,
@@ -54,26 +55,31 @@ from .client import VigilClient
 from .errors import NotFound, PayloadTooLarge, UnknownAgent, VigilError
 from .models import PutResult
 
+# LangGraph's metadata merge (it adds the config's own metadata), where it exists.
+_langgraph_metadata: Optional[Callable[..., Any]]
+
 try:  # pragma: no cover - depends on the environment
-    from langgraph.checkpoint.base import (  # type: ignore[import-not-found]
+    from langgraph.checkpoint.base import (  # type: ignore[import-not-found, unused-ignore]
         WRITES_IDX_MAP,
         BaseCheckpointSaver,
         CheckpointTuple,
-        get_checkpoint_id,
     )
 
     try:
-        from langgraph.checkpoint.base import get_checkpoint_metadata  # type: ignore[import-not-found]
-    except ImportError:  # older langgraph
+        from langgraph.checkpoint.base import (  # type: ignore[import-not-found, unused-ignore]
+            get_checkpoint_metadata,
+        )
 
-        def get_checkpoint_metadata(config: Any, metadata: Any) -> Any:  # type: ignore[misc]
-            return metadata
+        _langgraph_metadata = get_checkpoint_metadata
+    except ImportError:  # older langgraph
+        _langgraph_metadata = None
 
     HAVE_LANGGRAPH = True
 except ImportError:
     HAVE_LANGGRAPH = False
+    _langgraph_metadata = None
 
-    class CheckpointTuple(NamedTuple):  # type: ignore[no-redef]
+    class CheckpointTuple(NamedTuple):  # type: ignore[no-redef, unused-ignore]
         """A checkpoint and what comes with it; the shape of LangGraph's."""
 
         config: Dict[str, Any]
@@ -82,7 +88,7 @@ except ImportError:
         parent_config: Optional[Dict[str, Any]] = None
         pending_writes: Optional[List[Tuple[str, str, Any]]] = None
 
-    class BaseCheckpointSaver:  # type: ignore[no-redef]
+    class BaseCheckpointSaver:  # type: ignore[no-redef, unused-ignore]
         """Stands in for LangGraph's base class when LangGraph is not installed."""
 
         def __init__(self, *, serde: Any = None) -> None:
@@ -92,11 +98,19 @@ except ImportError:
     # that an error or interrupt written twice replaces itself.
     WRITES_IDX_MAP = {"__error__": -1, "__scheduled__": -2, "__interrupt__": -3, "__resume__": -4}
 
-    def get_checkpoint_id(config: Mapping[str, Any]) -> Optional[str]:
-        return config["configurable"].get("checkpoint_id")
 
-    def get_checkpoint_metadata(config: Any, metadata: Any) -> Any:
-        return metadata
+def _checkpoint_id(config: Optional[Mapping[str, Any]]) -> Optional[str]:
+    if not config:
+        return None
+    value = (config.get("configurable") or {}).get("checkpoint_id")
+    return str(value) if value else None
+
+
+def _metadata(config: Mapping[str, Any], metadata: Mapping[str, Any]) -> Any:
+    """The metadata to store: LangGraph adds the config's own metadata to it."""
+    if _langgraph_metadata is not None:
+        return _langgraph_metadata(config, dict(metadata))
+    return dict(metadata)
 
 
 #: The ``format`` field of the snapshot document.
@@ -277,7 +291,7 @@ def _config(thread_id: str, ns: str, checkpoint_id: str) -> Dict[str, Any]:
     }
 
 
-class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
+class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc, unused-ignore]
     """A LangGraph checkpointer that stores an agent's checkpoints in vigil.
 
     ``client`` talks to the node of this host, which must own ``agent_id``
@@ -418,7 +432,7 @@ class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type
             key = _thread_key(config)
             thread = self._threads.get(key)
             saved = thread.checkpoints if thread else []
-            wanted = get_checkpoint_id(config)  # type: ignore[arg-type]
+            wanted = _checkpoint_id(config)
             if wanted:
                 found = [c for c in saved if c.id == wanted]
                 entry = found[0] if found else None
@@ -457,8 +471,8 @@ class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type
             conf = (config or {}).get("configurable") or {}
             want_tid = conf.get("thread_id") if config else None
             want_ns = conf.get("checkpoint_ns") if config else None
-            want_id = get_checkpoint_id(config) if config else None  # type: ignore[arg-type]
-            before_id = get_checkpoint_id(before) if before else None  # type: ignore[arg-type]
+            want_id = _checkpoint_id(config)
+            before_id = _checkpoint_id(before)
             for (tid, ns), thread in self._threads.items():
                 if want_tid is not None and tid != str(want_tid):
                     continue
@@ -497,7 +511,7 @@ class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type
                 id=str(checkpoint["id"]),
                 parent_id=str(parent) if parent else None,
                 checkpoint=_enc(self.serde.dumps_typed(dict(checkpoint))),
-                metadata=_enc(self.serde.dumps_typed(get_checkpoint_metadata(config, dict(metadata)))),
+                metadata=_enc(self.serde.dumps_typed(_metadata(config, metadata))),
             )
             old = self._threads.get(key) or _Thread([], {})
             saved = [c for c in old.checkpoints if c.id != entry.id]
@@ -519,7 +533,7 @@ class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type
         with self._lock:
             self.load()
             key = _thread_key(config)
-            cid = get_checkpoint_id(config)  # type: ignore[arg-type]
+            cid = _checkpoint_id(config)
             if not cid:
                 raise ValueError('put_writes needs configurable["checkpoint_id"] in the config')
             thread = self._threads.get(key) or _Thread([], {})
@@ -587,7 +601,8 @@ class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type
         metadata: Mapping[str, Any],
         new_versions: Optional[Mapping[str, Any]] = None,
     ) -> Dict[str, Any]:
-        return await self._in_thread(self.put, config, checkpoint, metadata, new_versions)
+        config_out: Dict[str, Any] = await self._in_thread(self.put, config, checkpoint, metadata, new_versions)
+        return config_out
 
     async def aput_writes(
         self,

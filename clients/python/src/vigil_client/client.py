@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Union
 from urllib.parse import quote
 
 from . import _http
@@ -105,7 +105,7 @@ class VigilClient:
         *,
         timeout: Optional[float],
         body: Optional[bytes] = None,
-        headers: Optional[dict] = None,
+        headers: Optional[Dict[str, str]] = None,
         max_body: Optional[int] = None,
     ) -> _http.Response:
         return _http.request(
@@ -119,7 +119,7 @@ class VigilClient:
         )
 
     def _json(self, method: str, url: str, *, timeout: Optional[float], body: Optional[bytes] = None,
-              headers: Optional[dict] = None) -> Any:
+              headers: Optional[Dict[str, str]] = None) -> Any:
         resp = self._call(method, url, timeout=timeout, body=body, headers=headers)
         resp.raise_for_error()
         return resp.json()
