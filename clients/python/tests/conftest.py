@@ -35,7 +35,10 @@ def cluster() -> Iterator[Cluster]:
     c = Cluster(["n1", "n2", "n3", "n4"])
     keep = os.environ.get("VIGIL_PY_KEEP") == "1"
     try:
-        c.start_all([("n1", "az1"), ("n2", "az2"), ("n3", "az3"), ("n4", "az1")], extra=["--max-snapshot", f"{MAX_SNAPSHOT}"])
+        c.start_all(
+            [("n1", "az1"), ("n2", "az2"), ("n3", "az3"), ("n4", "az1")],
+            extra=["--max-snapshot", f"{MAX_SNAPSHOT}"],
+        )
         c.wait_converged()
         yield c
     finally:

@@ -31,9 +31,7 @@ def _steps(saver: VigilCheckpointSaver, n: int, tid: str = "t1") -> list:
     return configs
 
 
-def test_checkpoints_round_trip_through_the_cluster(
-    n1: VigilClient, n2: VigilClient, agent_id: str
-) -> None:
+def test_checkpoints_round_trip_through_the_cluster(n1: VigilClient, n2: VigilClient, agent_id: str) -> None:
     n1.register(agent_id)
     saver = VigilCheckpointSaver(n1, agent_id)
     assert saver.get_tuple(_thread()) is None and saver.restored is None

@@ -51,10 +51,10 @@ def agent_log(node: Node) -> List[Dict[str, Any]]:
 
 
 def first(lines: List[Dict[str, Any]], event: str, **match: Any) -> Optional[Dict[str, Any]]:
-    return next(
-        (l for l in lines if l["event"] == event and all(l.get(k) == v for k, v in match.items())),
-        None,
-    )
+    for line in lines:
+        if line["event"] == event and all(line.get(k) == v for k, v in match.items()):
+            return line
+    return None
 
 
 def counted(client: VigilClient) -> Optional[Tuple[int, int, int]]:
@@ -105,7 +105,7 @@ def test_the_example_agent_resumes_elsewhere_after_its_host_is_killed() -> None:
         acked = counted(n1.client)
         assert acked is not None
         acked_count, acked_seq, acked_epoch = acked
-        printed = [l["count"] for l in agent_log(n1) if l["event"] == "checkpoint"]
+        printed = [line["count"] for line in agent_log(n1) if line["event"] == "checkpoint"]
         assert acked_epoch == 1 and acked_count >= max(printed) >= 10
         c.kill("n1")
 
@@ -138,7 +138,7 @@ def test_the_example_agent_resumes_elsewhere_after_its_host_is_killed() -> None:
 
         count, seq, epoch = wait_for("5 more steps on the new host", WAIT, moved_on)
         assert epoch == 2 and seq > acked_seq
-        steps = [l["count"] for l in agent_log(owner) if l["event"] == "checkpoint"]
+        steps = [line["count"] for line in agent_log(owner) if line["event"] == "checkpoint"]
         assert steps[0] == resumed["count"] + 1, "the first step after the restore continues the count"
         assert steps == sorted(steps) and len(set(steps)) == len(steps)
     finally:

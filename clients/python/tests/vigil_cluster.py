@@ -124,10 +124,22 @@ class Cluster:
         d.mkdir(exist_ok=True)
         node = Node(name, zone, d, d / "vigil.sock", d / "data", d / "node.log")
         cmd = [
-            self.binary, "agent",
-            "--name", name, "--zone", zone, "--bind", "127.0.0.1:0",
-            "--pki", str(self.pki), "--socket", str(node.socket),
-            "--data-dir", str(node.data_dir), "--profile", "lan",
+            self.binary,
+            "agent",
+            "--name",
+            name,
+            "--zone",
+            zone,
+            "--bind",
+            "127.0.0.1:0",
+            "--pki",
+            str(self.pki),
+            "--socket",
+            str(node.socket),
+            "--data-dir",
+            str(node.data_dir),
+            "--profile",
+            "lan",
         ]
         for seed in seeds:
             cmd += ["--seed", seed]
@@ -145,7 +157,9 @@ class Cluster:
         try:
             ready = json.loads(line)
         except ValueError:
-            raise RuntimeError(f"node {name}: unexpected first line {line!r}; log:\n{node.log_tail()}") from None
+            raise RuntimeError(
+                f"node {name}: unexpected first line {line!r}; log:\n{node.log_tail()}"
+            ) from None
         node.addr = ready["addr"]
         node.pid = ready["pid"]
         return node
@@ -161,11 +175,15 @@ class Cluster:
             while b"\n" not in buf:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
-                    raise RuntimeError(f"node {node.name}: not ready after {START_TIMEOUT} s; log:\n{node.log_tail()}")
+                    raise RuntimeError(
+                        f"node {node.name}: not ready after {START_TIMEOUT} s; log:\n{node.log_tail()}"
+                    )
                 piece = os.read(out.fileno(), 4096)
                 if not piece:
                     code = node.proc.wait(5)
-                    raise RuntimeError(f"node {node.name} exited ({code}) before it was ready; log:\n{node.log_tail()}")
+                    raise RuntimeError(
+                        f"node {node.name} exited ({code}) before it was ready; log:\n{node.log_tail()}"
+                    )
                 buf += piece
         finally:
             sel.close()
@@ -189,8 +207,7 @@ class Cluster:
             wait_for(
                 f"{node.name} to see {sorted(names)} alive",
                 timeout,
-                lambda node=node: names
-                <= {m.name for m in node.client.members() if m.state == "alive"},
+                lambda node=node: names <= {m.name for m in node.client.members() if m.state == "alive"},
             )
 
     def kill(self, name: str) -> None:

@@ -13,16 +13,16 @@ with the standard library only:
   vigil snapshots, so a graph resumes on another host after its host dies.
 """
 
+from . import errors as _errors
 from .checkpoint import HAVE_LANGGRAPH, VigilCheckpointSaver, make_checkpoint
 from .client import DEFAULT_SOCKET, EventStream, VigilClient, default_socket
-from . import errors as _errors
 from .errors import *  # noqa: F401,F403 - the exception classes are part of the API
 from .heartbeat import Heartbeater
 from .models import (
     Agent,
     Event,
-    HeartbeatAck,
     Health,
+    HeartbeatAck,
     Holder,
     Member,
     NodeIsolation,

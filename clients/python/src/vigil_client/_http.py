@@ -104,8 +104,7 @@ class Response:
             return json.loads(self.body)
         except ValueError as e:
             raise ProtocolError(
-                f"the node answered {self.status} with a body that is not JSON: {e}: "
-                f"{_preview(self.body)}"
+                f"the node answered {self.status} with a body that is not JSON: {e}: {_preview(self.body)}"
             ) from None
 
     def raise_for_error(self) -> None:
@@ -189,9 +188,7 @@ def request(
             limit = max_body if status < 400 else MAX_ERROR_BODY
             declared = hdrs.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise ResponseTooLarge(
-                    f"{what}: the answer is {declared} bytes, over the limit of {limit}"
-                )
+                raise ResponseTooLarge(f"{what}: the answer is {declared} bytes, over the limit of {limit}")
             chunks: List[bytes] = []
             size = 0
             while True:

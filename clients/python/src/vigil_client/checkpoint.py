@@ -601,7 +601,9 @@ class VigilCheckpointSaver(BaseCheckpointSaver):  # type: ignore[misc, unused-ig
         metadata: Mapping[str, Any],
         new_versions: Optional[Mapping[str, Any]] = None,
     ) -> Dict[str, Any]:
-        config_out: Dict[str, Any] = await self._in_thread(self.put, config, checkpoint, metadata, new_versions)
+        config_out: Dict[str, Any] = await self._in_thread(
+            self.put, config, checkpoint, metadata, new_versions
+        )
         return config_out
 
     async def aput_writes(

@@ -20,8 +20,8 @@ from .errors import Lagged, ProtocolError, api_error
 from .models import (
     Agent,
     Event,
-    HeartbeatAck,
     Health,
+    HeartbeatAck,
     Member,
     NodeIsolation,
     PutResult,
@@ -118,8 +118,15 @@ class VigilClient:
             headers=headers,
         )
 
-    def _json(self, method: str, url: str, *, timeout: Optional[float], body: Optional[bytes] = None,
-              headers: Optional[Dict[str, str]] = None) -> Any:
+    def _json(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: Optional[float],
+        body: Optional[bytes] = None,
+        headers: Optional[Dict[str, str]] = None,
+    ) -> Any:
         resp = self._call(method, url, timeout=timeout, body=body, headers=headers)
         resp.raise_for_error()
         return resp.json()
@@ -230,11 +237,15 @@ class VigilClient:
         """Quarantines the agent: its process is stopped, heartbeats and puts are
         refused with :class:`~vigil_client.errors.AgentIsolated`, and it is not
         recovered if its host dies. Any node forwards this to the owner."""
-        return Agent.from_json(self._json("POST", _agent_path(agent_id, "/isolate"), timeout=timeout, body=b""))
+        return Agent.from_json(
+            self._json("POST", _agent_path(agent_id, "/isolate"), timeout=timeout, body=b"")
+        )
 
     def recover_agent(self, agent_id: str, *, timeout: Optional[float] = None) -> Agent:
         """Ends :meth:`isolate_agent`: the agent runs again on its owner."""
-        return Agent.from_json(self._json("POST", _agent_path(agent_id, "/recover"), timeout=timeout, body=b""))
+        return Agent.from_json(
+            self._json("POST", _agent_path(agent_id, "/recover"), timeout=timeout, body=b"")
+        )
 
     # --- snapshots ----------------------------------------------------------
 
@@ -292,9 +303,7 @@ class VigilClient:
             epoch = int(resp.headers["x-vigil-epoch"])
             got_seq = int(resp.headers["x-vigil-seq"])
         except (KeyError, ValueError):
-            raise ProtocolError(
-                "snapshot answer without valid x-vigil-epoch / x-vigil-seq headers"
-            ) from None
+            raise ProtocolError("snapshot answer without valid x-vigil-epoch / x-vigil-seq headers") from None
         return Snapshot(
             body=resp.body,
             epoch=epoch,
@@ -328,9 +337,7 @@ class VigilClient:
         )
         return EventStream(stream, since, idle_timeout)
 
-    def watch(
-        self, since: Optional[int] = None, *, idle_timeout: Optional[float] = None
-    ) -> Iterator[Event]:
+    def watch(self, since: Optional[int] = None, *, idle_timeout: Optional[float] = None) -> Iterator[Event]:
         """Events after ``since``, resubscribing after the last one seen whenever
         the node cuts the stream off as too slow (:class:`Lagged`), so none is
         missed. Ends when the node closes the stream (it stopped)."""
@@ -364,7 +371,9 @@ class EventStream:
     :class:`~vigil_client.errors.Lagged` carrying the last index received; resume
     with ``since=`` that index (:meth:`VigilClient.watch` does)."""
 
-    def __init__(self, stream: "_http.LineStream", since: Optional[int], idle_timeout: Optional[float]) -> None:
+    def __init__(
+        self, stream: "_http.LineStream", since: Optional[int], idle_timeout: Optional[float]
+    ) -> None:
         self._stream = stream
         self.idle_timeout = idle_timeout
         #: The index of the last event returned (``since`` before the first).
@@ -414,4 +423,3 @@ class EventStream:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
