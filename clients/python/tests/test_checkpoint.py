@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from vigil_cluster import wait_for
+from vigil_cluster import SETTLE, wait_for
 
 from vigil_client import VigilCheckpointSaver, VigilClient, make_checkpoint
 from vigil_client import errors as E
@@ -128,7 +128,7 @@ def test_a_failed_put_leaves_the_saver_as_it_was(n1: VigilClient, n2: VigilClien
         except E.MustStop as e:
             return e
 
-    err = wait_for("n1 to refuse puts for the taken-over agent", 10, refused)
+    err = wait_for("n1 to refuse puts for the taken-over agent", SETTLE, refused)
     assert err.code in ("not_owner", "stale_epoch")
     latest = saver.get_tuple(_thread())
     assert latest is not None and latest.metadata["step"] == 2

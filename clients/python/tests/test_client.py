@@ -6,7 +6,7 @@ import re
 
 import pytest
 from conftest import MAX_SNAPSHOT
-from vigil_cluster import wait_for
+from vigil_cluster import SETTLE, wait_for
 
 from vigil_client import Agent, Heartbeater, VigilClient
 from vigil_client import errors as E
@@ -61,7 +61,7 @@ def test_register_heartbeat_put_and_get_from_another_node(
     assert len(view.holders) == 3 and {h.zone for h in view.holders} >= {"az2", "az3"}
     assert any(a.id == agent_id and a.owned_here for a in n1.agents())
     # The catalog spreads: the others learn the owner.
-    seen = wait_for("n3 to learn the agent", 10, lambda: _known(n3, agent_id))
+    seen = wait_for("n3 to learn the agent", SETTLE, lambda: _known(n3, agent_id))
     assert seen.owner == "n1" and not seen.owned_here and seen.state == "remote"
 
 
@@ -88,8 +88,8 @@ def test_heartbeater_beats_in_the_background_and_stops_cleanly(n1: VigilClient, 
     n1.register(agent_id)
     with Heartbeater(n1, agent_id, interval=0.05) as hb:
         assert hb.running and hb.beats == 1 and hb.last_ack is not None
-        wait_for("5 heartbeats", 10, lambda: hb.beats >= 5)
-        wait_for("the owner to see the agent running", 10, lambda: n1.agent(agent_id).state == "running")
+        wait_for("5 heartbeats", SETTLE, lambda: hb.beats >= 5)
+        wait_for("the owner to see the agent running", SETTLE, lambda: n1.agent(agent_id).state == "running")
     assert not hb.running, "stop() joins the thread: no heartbeat goes out after it"
     assert not hb.must_stop.is_set() and hb.reason is None
     hb.stop()  # idempotent
@@ -104,10 +104,10 @@ def test_heartbeater_stops_by_itself_when_the_agent_is_isolated(
     try:
         view = n2.isolate_agent(agent_id)  # any node forwards it to the owner
         assert view.id == agent_id
-        assert hb.must_stop.wait(10), "the heartbeater noticed the isolation"
+        assert hb.must_stop.wait(SETTLE), "the heartbeater noticed the isolation"
         assert isinstance(hb.reason, E.AgentIsolated) and isinstance(hb.reason, E.MustStop)
         assert stopped == [hb.reason]
-        wait_for("the thread to end", 5, lambda: not hb.running)
+        wait_for("the thread to end", SETTLE, lambda: not hb.running)
         with pytest.raises(E.AgentIsolated):
             hb.check()
         with pytest.raises(E.AgentIsolated) as err:
@@ -117,7 +117,7 @@ def test_heartbeater_stops_by_itself_when_the_agent_is_isolated(
     finally:
         hb.stop()
     n1.recover_agent(agent_id)
-    wait_for("heartbeats accepted again", 10, lambda: _beats(n1, agent_id))
+    wait_for("heartbeats accepted again", SETTLE, lambda: _beats(n1, agent_id))
     assert not n1.agent(agent_id).isolated
 
 
@@ -146,7 +146,7 @@ def test_a_takeover_makes_the_old_owner_say_not_owner(
         except E.MustStop as e:
             return e
 
-    err = wait_for("n1 to refuse the old copy's heartbeat", 10, refused)
+    err = wait_for("n1 to refuse the old copy's heartbeat", SETTLE, refused)
     assert isinstance(err, E.NotOwner) and isinstance(err, E.Conflict)
     assert (err.status, err.code) == (409, "not_owner") and "n2" in err.message
     assert not err.retryable

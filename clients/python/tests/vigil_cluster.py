@@ -27,8 +27,10 @@ T = TypeVar("T")
 
 #: How long a node may take to print its ready line.
 START_TIMEOUT = 20.0
-#: Bounds for convergence and detection: they only cap how long a broken build hangs.
-CONVERGE = 20.0
+#: Bounds for convergence and for a change to spread or settle (a takeover learned, a
+#: heartbeat refused): they only cap how long a broken build hangs, on a busy machine.
+CONVERGE = 30.0
+SETTLE = 20.0
 
 
 def vigil_bin() -> str:
