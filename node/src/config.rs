@@ -67,6 +67,11 @@ pub const DEFAULT_CAPACITY: u32 = 1000;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_AGENT_RESTARTS: u32 = 3;
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bounds shared with the live settings (crate::runtime).
+pub const MAX_CAPACITY: u32 = 1_000_000;
+pub const MAX_AGENT_RESTARTS: u32 = 100;
+pub const HEARTBEAT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(200), Duration::from_secs(3600));
 
 impl Default for Recovery {
     fn default() -> Self {
@@ -707,7 +712,11 @@ fn resolve_recovery(
         args.capacity.clone(),
         capacity,
     ) {
-        r.capacity = whole(&raw, 1_000_000, "the agents this host can run at once")?;
+        r.capacity = whole(
+            &raw,
+            u64::from(MAX_CAPACITY),
+            "the agents this host can run at once",
+        )?;
     }
     if let Some(raw) = src.pick(
         "lease",
@@ -741,7 +750,11 @@ fn resolve_recovery(
         args.agent_restarts.clone(),
         restarts,
     ) {
-        r.agent_restarts = whole(&raw, 100, "a few restarts (the default is 3)")?;
+        r.agent_restarts = whole(
+            &raw,
+            u64::from(MAX_AGENT_RESTARTS),
+            "a few restarts (the default is 3)",
+        )?;
     }
     if let Some(raw) = src.pick(
         "heartbeat_timeout",
@@ -750,8 +763,8 @@ fn resolve_recovery(
         args.heartbeat_timeout.clone(),
         file.heartbeat_timeout.take(),
     ) {
-        r.heartbeat_timeout =
-            duration(&raw, Duration::from_millis(200), Duration::from_secs(3600))?;
+        let (lo, hi) = HEARTBEAT_TIMEOUT_RANGE;
+        r.heartbeat_timeout = duration(&raw, lo, hi)?;
     }
     Ok(r)
 }
