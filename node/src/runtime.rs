@@ -520,7 +520,15 @@ fn read_file(path: &Path) -> Result<Overrides, RuntimeFileError> {
     };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overrides::default()),
+        // No file, or no data directory yet (opening it reports what is wrong there).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(Overrides::default());
+        }
         Err(e) => return Err(fail(e.to_string())),
     };
     if meta.len() > MAX_FILE {
