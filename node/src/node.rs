@@ -679,7 +679,14 @@ impl Owner {
                 );
             }
             Event::MemberDown { member } => {
-                tracing::warn!(member = %member.name, zone = %member.zone, "member declared down")
+                // `dead_node`: the field the recovery lines carry too.
+                tracing::warn!(
+                    member = %member.name,
+                    dead_node = %member.name,
+                    zone = %member.zone,
+                    generation = member.generation,
+                    "member declared down"
+                )
             }
             Event::MemberSuspected { member, .. } => {
                 tracing::info!(member = %member.name, "member suspected")
@@ -1120,6 +1127,8 @@ impl Owner {
             v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
         };
         let (mut epoch, mut seq) = (None, None);
+        // The owner an election replaces (the dead node, in a recovery).
+        let mut previous_owner = None;
         let detail = match &e {
             ReplEvent::AgentOwned { agent, epoch: ep } => {
                 epoch = Some(*ep);
@@ -1173,17 +1182,21 @@ impl Owner {
                 agent,
                 epoch: ep,
                 kind,
+                previous,
             } => {
                 epoch = Some(*ep);
+                previous_owner = Some(previous.clone());
                 format!("agent {agent}: proposing a new owner for epoch {ep} ({kind:?})")
             }
             ReplEvent::CoordinatorElected {
                 agent,
                 epoch: ep,
                 target,
+                previous,
                 elapsed,
             } => {
                 epoch = Some(*ep);
+                previous_owner = Some(previous.clone());
                 format!(
                     "agent {agent}: this node coordinates epoch {ep}, adopted by {target} (elected in {} ms)",
                     elapsed.as_millis()
@@ -1198,6 +1211,7 @@ impl Owner {
             } => {
                 epoch = Some(*ep);
                 seq = Some(*s);
+                previous_owner = Some(previous.clone());
                 format!(
                     "agent {agent} adopted from {previous} at epoch {ep}, restoring seq {s} (coordinator {coordinator})"
                 )
@@ -1205,9 +1219,11 @@ impl Owner {
             ReplEvent::AgentPending {
                 agent,
                 epoch: ep,
+                previous,
                 reason,
             } => {
                 epoch = Some(*ep);
+                previous_owner = Some(previous.clone());
                 format!("agent {agent} waits for a host: {reason}")
             }
             ReplEvent::AgentFenced { agent, epoch: ep } => {
@@ -1228,17 +1244,52 @@ impl Owner {
                 }
             }
         };
+        let agent = e.agent().clone();
+        // Every line about an agent carries `agent` and `epoch`; the lines of an
+        // election and adoption sit in a `recovery` span that adds the replaced owner,
+        // and `dead_node` when this node sees that owner down, as the `member_down`
+        // line does: one recovery can be followed from detection to adoption across
+        // the nodes' logs (docs/OPERATIONS.md), and the OpenTelemetry export (feature
+        // `otel`) gets one span per step.
+        let span = match &previous_owner {
+            Some(p) => {
+                let dead = !self.replicator.live_members().any(|m| &m.name == p);
+                tracing::info_span!(
+                    "recovery",
+                    agent = %agent,
+                    epoch,
+                    previous_owner = %p,
+                    dead_node = dead.then_some(p.as_str()),
+                )
+            }
+            None => tracing::Span::none(),
+        };
+        let _entered = span.enter();
+        let (field_agent, field_epoch) = if previous_owner.is_some() {
+            (None, None) // in the span already
+        } else {
+            (Some(agent.as_str()), epoch)
+        };
         match &e {
             ReplEvent::SnapshotCorrupt { .. }
             | ReplEvent::AgentLost { .. }
             | ReplEvent::AgentDegraded { .. }
             | ReplEvent::AgentFenced { .. }
             | ReplEvent::AgentPending { .. } => {
-                tracing::warn!(event = e.kind(), "{detail}")
+                tracing::warn!(
+                    event = e.kind(),
+                    agent = field_agent,
+                    epoch = field_epoch,
+                    "{detail}"
+                )
             }
-            _ => tracing::info!(event = e.kind(), "{detail}"),
+            _ => tracing::info!(
+                event = e.kind(),
+                agent = field_agent,
+                epoch = field_epoch,
+                "{detail}"
+            ),
         }
-        let agent = e.agent().clone();
         let record = self.agent_event(e.kind(), agent.as_str(), epoch, seq, detail);
         self.metrics
             .events
