@@ -82,13 +82,17 @@ pub fn run(args: AgentArgs, matches: &ArgMatches, out: &mut impl Write) -> bool 
 }
 
 fn check(args: AgentArgs, matches: &ArgMatches, out: &mut impl Write) -> io::Result<bool> {
-    let config = match AgentConfig::resolve(args, matches) {
+    let config = match AgentConfig::resolve_all(args, matches) {
         Ok(c) => c,
-        Err(e) => {
-            writeln!(out, "error settings: {e}")?;
+        Err(errors) => {
+            for e in &errors {
+                writeln!(out, "error {e}")?;
+            }
             writeln!(
                 out,
-                "vigil config check: the settings do not resolve (fix this one and run the check again)"
+                "vigil config check: {} setting{} to fix before the node can start",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
             )?;
             return Ok(false);
         }

@@ -33,10 +33,12 @@ pub fn main_entry() -> ExitCode {
             let Some(sub) = matches.subcommand_matches("agent") else {
                 return ExitCode::from(EXIT_USAGE);
             };
-            let config = match AgentConfig::resolve(args, sub) {
+            let config = match AgentConfig::resolve_all(args, sub) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("vigil: {e}");
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("vigil: {e}");
+                    }
                     return ExitCode::from(EXIT_USAGE);
                 }
             };

@@ -374,13 +374,25 @@ fn config_check_shows_the_effective_settings_and_names_each_problem() {
         assert!(text.contains(expected), "{expected}: {text}");
     }
 
-    // A bad value stops the check like it stops the node, naming where it came from.
+    // Bad values: every one named with where it came from.
     let out = vigil(
-        &["config", "check", "--config", f, "--capacity", "many"],
-        &[],
+        &[
+            "config",
+            "check",
+            "--config",
+            f,
+            "--capacity",
+            "many",
+            "--profile",
+            "fast",
+        ],
+        &[("VIGIL_BIND", "nowhere")],
     );
+    let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("--capacity"), "{}", stdout(&out));
+    for source in ["--capacity", "--profile", "VIGIL_BIND", "3 settings to fix"] {
+        assert!(text.contains(source), "{source}: {text}");
+    }
     std::fs::write(data.join("runtime.toml"), "capacity = \"x\"\n").unwrap();
     let out = vigil(&["config", "check", "--config", f], &[]);
     assert_eq!(out.status.code(), Some(1));
