@@ -643,35 +643,32 @@ fn resolve_replication(
         "copies",
         args.copies.clone(),
         file.copies,
-    ) {
-        if let Some(v) = errs.ok(whole(
-            &raw,
-            1,
-            MAX_COPIES,
-            "3 copies in 3 zones survive the loss of any zone",
-        )) {
-            r.copies = v;
-        }
+    ) && let Some(v) = errs.ok(whole(
+        &raw,
+        1,
+        MAX_COPIES,
+        "3 copies in 3 zones survive the loss of any zone",
+    )) {
+        r.copies = v;
     }
-    if let Some(raw) = src.pick("keep", "VIGIL_KEEP", "keep", args.keep.clone(), file.keep) {
-        if let Some(v) = errs.ok(whole(
+    if let Some(raw) = src.pick("keep", "VIGIL_KEEP", "keep", args.keep.clone(), file.keep)
+        && let Some(v) = errs.ok(whole(
             &raw,
             1,
             MAX_KEEP,
             "keep a few versions (the default is 5)",
-        )) {
-            r.keep = v;
-        }
+        ))
+    {
+        r.keep = v;
     }
-    if let Some(raw) = src.pick("ack", "VIGIL_ACK", "ack", args.ack.clone(), file.ack) {
-        if let Some(v) = errs.ok(raw
+    if let Some(raw) = src.pick("ack", "VIGIL_ACK", "ack", args.ack.clone(), file.ack)
+        && let Some(v) = errs.ok(raw
             .value
             .trim()
             .parse::<AckMode>()
             .map_err(|problem| raw.invalid(problem, "quorum is the safe default")))
-        {
-            r.ack = v;
-        }
+    {
+        r.ack = v;
     }
     if let Some(raw) = src.pick(
         "owner_counts_as_copy",
@@ -703,10 +700,9 @@ fn resolve_replication(
         "max_snapshot",
         args.max_snapshot.clone(),
         file.max_snapshot,
-    ) {
-        if let Some(v) = errs.ok(size(&raw, 1, 1 << 30)) {
-            r.max_snapshot = v;
-        }
+    ) && let Some(v) = errs.ok(size(&raw, 1, 1 << 30))
+    {
+        r.max_snapshot = v;
     }
     if let Some(raw) = src.pick(
         "snapshot_memory",
@@ -714,10 +710,9 @@ fn resolve_replication(
         "snapshot_memory",
         args.snapshot_memory.clone(),
         file.snapshot_memory,
-    ) {
-        if let Some(v) = errs.ok(size(&raw, 1 << 20, 1 << 40)) {
-            r.memory = v;
-        }
+    ) && let Some(v) = errs.ok(size(&raw, 1 << 20, 1 << 40))
+    {
+        r.memory = v;
     }
     if let Some(raw) = src.pick(
         "repair_rate",
@@ -725,10 +720,9 @@ fn resolve_replication(
         "repair_rate",
         args.repair_rate.clone(),
         file.repair_rate,
-    ) {
-        if let Some(v) = errs.ok(size(&raw, 1 << 10, 1 << 40)) {
-            r.repair_rate = v;
-        }
+    ) && let Some(v) = errs.ok(size(&raw, 1 << 10, 1 << 40))
+    {
+        r.repair_rate = v;
     }
     if r.memory < r.max_snapshot {
         errs.0.push(ConfigError::Invalid {
@@ -778,14 +772,12 @@ fn resolve_recovery(
         "capacity",
         args.capacity.clone(),
         capacity,
-    ) {
-        if let Some(v) = errs.ok(whole(
-            &raw,
-            u64::from(MAX_CAPACITY),
-            "the agents this host can run at once",
-        )) {
-            r.capacity = v;
-        }
+    ) && let Some(v) = errs.ok(whole(
+        &raw,
+        u64::from(MAX_CAPACITY),
+        "the agents this host can run at once",
+    )) {
+        r.capacity = v;
     }
     if let Some(raw) = src.pick(
         "lease",
@@ -793,14 +785,12 @@ fn resolve_recovery(
         "lease",
         args.lease.clone(),
         file.lease.take(),
-    ) {
-        if let Some(v) = errs.ok(duration(
-            &raw,
-            Duration::from_millis(100),
-            Duration::from_secs(60),
-        )) {
-            r.lease = v;
-        }
+    ) && let Some(v) = errs.ok(duration(
+        &raw,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )) {
+        r.lease = v;
     }
     if let Some(raw) = src.pick(
         "agent_command",
@@ -825,14 +815,12 @@ fn resolve_recovery(
         "agent_restarts",
         args.agent_restarts.clone(),
         restarts,
-    ) {
-        if let Some(v) = errs.ok(whole(
-            &raw,
-            u64::from(MAX_AGENT_RESTARTS),
-            "a few restarts (the default is 3)",
-        )) {
-            r.agent_restarts = v;
-        }
+    ) && let Some(v) = errs.ok(whole(
+        &raw,
+        u64::from(MAX_AGENT_RESTARTS),
+        "a few restarts (the default is 3)",
+    )) {
+        r.agent_restarts = v;
     }
     if let Some(raw) = src.pick(
         "heartbeat_timeout",
