@@ -469,7 +469,16 @@ impl Owner {
                 _ = sigint.recv() => break,
                 // In this loop on purpose: if it wedges, the pings stop and systemd
                 // restarts the node (WatchdogSec=).
-                () = sleep_until_opt(ping_at) => self.notify.ping(),
+                () = sleep_until_opt(ping_at) => {
+                    self.notify.ping();
+                    if self.notify.is_ready() && self.core.local_state() == LocalState::Active {
+                        let status = format!(
+                            "member of the cluster ({} live members)",
+                            self.core.live_count()
+                        );
+                        self.notify.refresh_status(&status);
+                    }
+                }
                 Some(event) = inbound.recv() => self.on_inbound(event),
                 Some(request) = api_rx.recv() => self.on_api(request),
                 Some(done) = disk_rx.recv() => self.on_disk(done),

@@ -21,6 +21,8 @@ pub struct Notifier {
     ping_every: Option<Duration>,
     next_ping: Option<Instant>,
     ready: bool,
+    /// The last STATUS= sent.
+    status: String,
     /// A send failed already (logged once, not on every ping).
     failed: bool,
 }
@@ -37,6 +39,7 @@ impl Notifier {
             ping_every: ping_every.filter(|_| enabled),
             next_ping: None,
             ready: false,
+            status: String::new(),
             failed: false,
         }
     }
@@ -66,14 +69,26 @@ impl Notifier {
             return;
         }
         self.ready = true;
-        self.send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
+        self.status = one_line(status);
+        let line = self.status.clone();
+        self.send(&[NotifyState::Ready, NotifyState::Status(&line)]);
         if self.enabled {
             tracing::info!("told systemd the node is ready: {status}");
         }
     }
 
     pub fn status(&mut self, status: &str) {
-        self.send(&[NotifyState::Status(&one_line(status))]);
+        self.status = one_line(status);
+        let line = self.status.clone();
+        self.send(&[NotifyState::Status(&line)]);
+    }
+
+    /// Sends `status` unless it is the one shown already (refreshed with the pings,
+    /// not on every membership change, which can be many per second).
+    pub fn refresh_status(&mut self, status: &str) {
+        if one_line(status) != self.status {
+            self.status(status);
+        }
     }
 
     pub fn stopping(&mut self) {
