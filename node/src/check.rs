@@ -2,7 +2,9 @@
 //! `VIGIL_*`, the `--config` file, the data directory's runtime.toml), checks what
 //! they name on this host (certificates, data directory, socket, addresses, agent
 //! command), and prints the effective settings and every finding. It changes
-//! nothing: no directory is created, no lock taken, no socket bound.
+//! nothing: no directory is created and no lock taken; writability is probed with a
+//! temporary file that is removed at once, the bind address with a socket that is
+//! closed at once.
 
 use std::io::{self, Write};
 use std::net::{ToSocketAddrs, UdpSocket};
