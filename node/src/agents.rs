@@ -78,6 +78,13 @@ impl Supervisor {
         }
     }
 
+    /// New limits (`PUT /v1/config`): the timeout applies from each agent's next
+    /// heartbeat, the restart budget to the next failure.
+    pub fn set_limits(&mut self, timeout: Duration, max_restarts: u32) {
+        self.timeout = timeout;
+        self.max_restarts = max_restarts;
+    }
+
     pub fn status(&self, agent: &str) -> Option<Status> {
         self.agents.get(agent).map(|l| l.status)
     }

@@ -29,7 +29,8 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::events::{SinceError, Subscription};
 use crate::metrics::{Metrics, RouteLabel};
-use crate::transport::SnapshotBudget;
+use crate::runtime::{MAX_PATCH_BODY, Patch, SettingsJson};
+use crate::transport::{LogLimiter, SnapshotBudget};
 use vigil_protocol::replication::MAX_META_LEN;
 use vigil_protocol::{AckMode, AgentId};
 
@@ -83,6 +84,9 @@ pub struct HealthJson {
 pub struct ErrorJson {
     pub error: String,
     pub code: String,
+    /// The setting a refused `PUT /v1/config` is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// A copy holder.
@@ -255,6 +259,13 @@ pub enum ApiRequest {
         reply: oneshot::Sender<Result<SnapshotReply, ApiFailure>>,
     },
     Health(oneshot::Sender<HealthJson>),
+    /// The effective settings (`GET /v1/config`).
+    Config(oneshot::Sender<SettingsJson>),
+    /// Change live settings (`PUT /v1/config`), validated already.
+    SetConfig {
+        patch: Patch,
+        reply: oneshot::Sender<Result<SettingsJson, ApiFailure>>,
+    },
     Subscribe {
         since: Option<u64>,
         reply: oneshot::Sender<Result<Subscription, SinceError>>,
@@ -267,6 +278,7 @@ struct ApiState {
     limits: ApiLimits,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    log_limit: Arc<LogLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -334,6 +346,7 @@ pub async fn serve(
         limits,
         metrics,
         registry,
+        log_limit: Arc::new(LogLimiter::default()),
     };
     let app = router(state);
     axum::serve(listener, app)
@@ -373,6 +386,7 @@ fn router(state: ApiState) -> Router {
             "/v1/agents/{id}/snapshot",
             put(put_snapshot).get(get_snapshot),
         )
+        .route("/v1/config", get(show_config).put(set_config))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -404,6 +418,7 @@ pub fn error_response(status: StatusCode, code: &str, error: impl Into<String>) 
     let body = ErrorJson {
         error: error.into(),
         code: code.into(),
+        field: None,
     };
     (status, axum::Json(body)).into_response()
 }
@@ -412,7 +427,7 @@ async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see docs/API.md (GET /v1/health, /v1/members, /v1/events, /v1/agents, /metrics)",
+        "no such endpoint; see docs/API.md (GET /v1/health, /v1/members, /v1/events, /v1/agents, /v1/config, /metrics)",
     )
 }
 
@@ -637,6 +652,45 @@ async fn isolate_node(state: ApiState, isolated: bool) -> Response {
     }
 }
 
+async fn show_config(State(state): State<ApiState>) -> Response {
+    match ask(&state, ApiRequest::Config).await {
+        Ok(settings) => axum::Json(settings).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `PUT /v1/config`: a JSON object of live settings (`null` drops a runtime change).
+/// Validated here, whole, before the owner applies and persists it.
+async fn set_config(State(state): State<ApiState>, body: Body) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PATCH_BODY).await else {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a settings patch is limited to {MAX_PATCH_BODY} bytes"),
+        );
+    };
+    let patch = match Patch::from_json(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            state.log_limit.warn(
+                "config_patch",
+                format_args!("refused a settings change: {e}"),
+            );
+            let body = ErrorJson {
+                error: e.to_string(),
+                code: e.code().into(),
+                field: e.field().map(str::to_string),
+            };
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    match ask(&state, |reply| ApiRequest::SetConfig { patch, reply }).await {
+        Ok(Ok(settings)) => axum::Json(settings).into_response(),
+        Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
+}
+
 /// Parses the snapshot endpoints' query: `ack=` for a put, `seq=` for a get.
 fn snapshot_query(
     query: Option<&str>,
@@ -845,6 +899,7 @@ async fn events(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Res
                             "this client fell {missed} events behind and was cut off; resume with ?since=<last index seen>"
                         ),
                         code: "lagged".into(),
+                        field: None,
                     })
                     .unwrap_or_default();
                     line.push(b'\n');

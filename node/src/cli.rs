@@ -57,6 +57,55 @@ pub enum Command {
     Cert(CertCommand),
     /// Start a local 5-node cluster, kill one node, and print how fast it was detected.
     Demo(DemoArgs),
+    /// Check a node's settings, or read and change the live ones of a running node.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script, e.g. `vigil completions bash >
+    /// /etc/bash_completion.d/vigil`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+// Parsed once per process; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the settings exactly as `vigil agent` would (flags, VIGIL_* variables,
+    /// --config file, and the runtime.toml a running node persisted in its data
+    /// directory), check the files and directories they name, and print the
+    /// effective settings. Exit status 0 when the node could start with them, 1
+    /// otherwise.
+    Check(AgentArgs),
+    /// Show a running node's effective settings (GET /v1/config).
+    Get(ConfigGetArgs),
+    /// Change settings of a running node that apply without a restart
+    /// (PUT /v1/config), e.g. `vigil config set capacity=50 log_filter=debug`.
+    /// `KEY=null` drops a runtime change (back to the value from the config file,
+    /// flags or environment). Changes are persisted in the node's data directory.
+    Set(ConfigSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigGetArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// Only this setting's value.
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigSetArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// KEY=VALUE pairs; VALUE is read as JSON when it parses (true, 50, null),
+    /// else as a string.
+    #[arg(required = true, value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
 }
 
 /// Settings of a node. Each may also be set by the environment variable shown, or by

@@ -384,3 +384,18 @@ pub async fn recover_node(socket: &Path) -> Result<crate::api::NodeIsolationJson
 pub async fn agent(socket: &Path, agent: &str) -> Result<AgentJson, ClientError> {
     get_json(socket, &format!("/v1/agents/{agent}")).await
 }
+
+/// The node's effective settings (`GET /v1/config`).
+pub async fn config(socket: &Path) -> Result<crate::runtime::SettingsJson, ClientError> {
+    get_json(socket, "/v1/config").await
+}
+
+/// Changes live settings (`PUT /v1/config`); a refusal is a 400 naming the setting.
+pub async fn set_config(
+    socket: &Path,
+    patch: &serde_json::Value,
+) -> Result<crate::runtime::SettingsJson, ClientError> {
+    let body = Bytes::from(patch.to_string());
+    let reply = call(socket, Method::PUT, "/v1/config", body).await?;
+    json_reply(&reply)
+}

@@ -8,12 +8,15 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::api::{AgentJson, MemberJson};
 use crate::cli::{
-    AgentsArgs, CertCommand, Cli, Command, EventsArgs, ExampleAgentArgs, HealthArgs, HeartbeatArgs,
-    IsolationArgs, MembersArgs, RegisterArgs, SnapshotCommand,
+    AgentsArgs, CertCommand, Cli, Command, ConfigCommand, ConfigGetArgs, ConfigSetArgs, EventsArgs,
+    ExampleAgentArgs, HealthArgs, HeartbeatArgs, IsolationArgs, MembersArgs, RegisterArgs,
+    SnapshotCommand,
 };
 use crate::client::{self, StreamItem};
-use crate::config::{self, AgentConfig, LogFormat};
+use crate::config::{self, AgentConfig};
 use crate::example_agent::{self, ExampleAgentConfig};
+use crate::runtime::{LiveValues, RuntimeConfig};
+use crate::{check, logging};
 use crate::{demo, tls};
 
 /// Exit status for bad settings or arguments.
@@ -30,19 +33,36 @@ pub fn main_entry() -> ExitCode {
             let Some(sub) = matches.subcommand_matches("agent") else {
                 return ExitCode::from(EXIT_USAGE);
             };
-            let config = match AgentConfig::resolve(args, sub) {
+            let config = match AgentConfig::resolve_all(args, sub) {
                 Ok(c) => c,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("vigil: {e}");
+                    }
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            // The runtime changes saved by a previous run win over flags and file.
+            let base = LiveValues::from_config(&config, logging::startup_filter());
+            let live = match RuntimeConfig::load(&config.data_dir, base) {
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("vigil: {e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            init_logging(config.log_format);
+            let logs = logging::init(config.log_format, &live.effective().log_filter);
+            if let Some(problem) = &logs.filter_problem {
+                tracing::warn!("{problem}");
+            }
             let runtime = match runtime(true) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            match runtime.block_on(crate::node::run_agent(config)) {
+            let control = logs.control.clone();
+            let result = runtime.block_on(crate::node::run_agent(config, live, control));
+            logs.shutdown();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -50,6 +70,27 @@ pub fn main_entry() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            let Some(sub) = matches
+                .subcommand_matches("config")
+                .and_then(|m| m.subcommand_matches("check"))
+            else {
+                return ExitCode::from(EXIT_USAGE);
+            };
+            let mut out = std::io::stdout().lock();
+            if check::run(args, sub, &mut out) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Config(ConfigCommand::Get(args)) => run_client(config_get(args)),
+        Command::Config(ConfigCommand::Set(args)) => run_client(config_set(args)),
+        Command::Completions(args) => {
+            let mut command = Cli::command();
+            clap_complete::generate(args.shell, &mut command, "vigil", &mut std::io::stdout());
+            ExitCode::SUCCESS
         }
         Command::Members(args) => run_client(members(args)),
         Command::Events(args) => run_client(events(args)),
@@ -82,20 +123,6 @@ pub fn main_entry() -> ExitCode {
             }
         }
     }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// A client command's failure, already worded for the user.
@@ -490,6 +517,59 @@ fn cert_command(cert: CertCommand) -> Result<(), Failure> {
             let files = tls::issue_node_cert(&ca, &name, &out, days, force)?;
             println!("wrote {} and {}", files.cert.display(), files.key.display());
         }
+    }
+    Ok(())
+}
+
+/// `vigil config get [KEY]`: the running node's settings as JSON, or one value.
+async fn config_get(args: ConfigGetArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let settings = client::config(&socket).await?;
+    let mut out = std::io::stdout().lock();
+    match &args.key {
+        None => serde_json::to_writer_pretty(&mut out, &settings)?,
+        Some(key) => {
+            let value = serde_json::to_value(&settings)?;
+            let Some(v) = value.get(key) else {
+                return Err(Failure {
+                    message: format!("no setting named {key:?}; `vigil config get` lists them all"),
+                    code: EXIT_USAGE,
+                });
+            };
+            match v {
+                // Plain text for scripts: `vigil config get capacity`.
+                serde_json::Value::String(text) => write!(out, "{text}")?,
+                other => serde_json::to_writer(&mut out, other)?,
+            }
+        }
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `vigil config set KEY=VALUE...`: one `PUT /v1/config` with all pairs.
+async fn config_set(args: ConfigSetArgs) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&args.socket)?;
+    let mut patch = serde_json::Map::new();
+    for pair in &args.settings {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(Failure {
+                message: format!("{pair:?} is not KEY=VALUE, e.g. capacity=50"),
+                code: EXIT_USAGE,
+            });
+        };
+        // `50`, `true` and `null` as JSON; anything else (`debug`, `2s`) as text.
+        let value = serde_json::from_str(value.trim())
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        patch.insert(key.trim().to_string(), value);
+    }
+    let settings = client::set_config(&socket, &serde_json::Value::Object(patch)).await?;
+    let mut out = std::io::stdout().lock();
+    if settings.changed.is_empty() {
+        writeln!(out, "nothing changed")?;
+    }
+    for c in &settings.changed {
+        writeln!(out, "{}: {} -> {}", c.field, c.old, c.new)?;
     }
     Ok(())
 }

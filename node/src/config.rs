@@ -67,6 +67,11 @@ pub const DEFAULT_CAPACITY: u32 = 1000;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_AGENT_RESTARTS: u32 = 3;
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bounds shared with the live settings (crate::runtime).
+pub const MAX_CAPACITY: u32 = 1_000_000;
+pub const MAX_AGENT_RESTARTS: u32 = 100;
+pub const HEARTBEAT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(200), Duration::from_secs(3600));
 
 impl Default for Recovery {
     fn default() -> Self {
@@ -333,12 +338,38 @@ fn path_string(p: Option<PathBuf>) -> Option<String> {
     p.map(|p| p.to_string_lossy().into_owned())
 }
 
+/// The refusals found while resolving: the node stops at the first, `vigil config
+/// check` reports them all. Each setting is still resolved after another failed.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn ok<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+}
+
 impl AgentConfig {
     /// Resolves `vigil agent` settings. `matches` are the agent subcommand's matches
-    /// (they tell a flag from an environment variable).
+    /// (they tell a flag from an environment variable). Returns the first refusal.
     pub fn resolve(args: AgentArgs, matches: &ArgMatches) -> Result<AgentConfig, ConfigError> {
+        Self::resolve_all(args, matches).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Like [`AgentConfig::resolve`], with every refusal (never an empty list).
+    pub fn resolve_all(
+        args: AgentArgs,
+        matches: &ArgMatches,
+    ) -> Result<AgentConfig, Vec<ConfigError>> {
+        let mut errs = Errors::default();
         let mut file = match &args.config {
-            Some(path) => read_file(path)?,
+            Some(path) => read_file(path).map_err(|e| vec![e])?,
             None => FileConfig::default(),
         };
         let file_repl = ReplArgs {
@@ -363,20 +394,22 @@ impl AgentConfig {
             matches,
             file_path: args.config.clone(),
         };
-        let recovery = resolve_recovery(&src, &args, &mut file)?;
+        let recovery = resolve_recovery(&src, &args, &mut file, &mut errs);
 
         let name = src
             .pick("name", "VIGIL_NAME", "name", args.name, file.name)
             .ok_or_else(|| ConfigError::Missing {
                 field: "node name",
                 fix: "pass --name NAME, set VIGIL_NAME, or add name = \"NAME\" to the config file; it must match the name in the node's certificate".into(),
-            })?;
-        let name = NodeName::new(&name.value).map_err(|e| {
-            name.invalid(
-                format!("the name {e}"),
-                "pick a DNS label such as \"web-3\" and issue its certificate with `vigil cert issue --name`",
-            )
-        })?;
+            });
+        let name = errs.ok(name.and_then(|name| {
+            NodeName::new(&name.value).map_err(|e| {
+                name.invalid(
+                    format!("the name {e}"),
+                    "pick a DNS label such as \"web-3\" and issue its certificate with `vigil cert issue --name`",
+                )
+            })
+        }));
 
         let zone = src
             .pick("zone", "VIGIL_ZONE", "zone", args.zone, file.zone)
@@ -384,12 +417,12 @@ impl AgentConfig {
                 value: DEFAULT_ZONE.into(),
                 origin: Origin::Default,
             });
-        let zone = Zone::new(&zone.value).map_err(|e| {
+        let zone = errs.ok(Zone::new(&zone.value).map_err(|e| {
             zone.invalid(
                 format!("the zone {e}"),
                 "use the availability zone's label, e.g. \"eu-west-1a\"",
             )
-        })?;
+        }));
 
         let bind = src
             .pick("bind", "VIGIL_BIND", "bind", args.bind, file.bind)
@@ -397,7 +430,7 @@ impl AgentConfig {
                 value: DEFAULT_BIND.into(),
                 origin: Origin::Default,
             });
-        let bind_addr = parse_socket_addr(&bind)?;
+        let bind_addr = errs.ok(parse_socket_addr(&bind));
 
         let advertise = match src.pick(
             "advertise",
@@ -406,26 +439,30 @@ impl AgentConfig {
             args.advertise,
             file.advertise,
         ) {
-            Some(raw) => {
-                let addr = parse_socket_addr(&raw)?;
+            Some(raw) => errs.ok(parse_socket_addr(&raw).and_then(|addr| {
                 if addr.ip().is_unspecified() || addr.ip().is_multicast() {
-                    return Err(raw.invalid(
+                    Err(raw.invalid(
                         "peers cannot reach an unspecified or multicast address",
                         "advertise this host's own address, e.g. 10.0.0.5:7946",
-                    ));
+                    ))
+                } else {
+                    Ok(addr)
                 }
-                Some(addr)
+            })),
+            None => {
+                if let Some(bind_addr) = bind_addr
+                    && bind_addr.ip().is_unspecified()
+                {
+                    errs.0.push(ConfigError::Missing {
+                        field: "advertise address",
+                        fix: format!(
+                            "--bind is {bind_addr}, which peers cannot dial; pass --advertise with this host's reachable address (e.g. 10.0.0.5:{}), or bind a specific address",
+                            bind_addr.port()
+                        ),
+                    });
+                }
+                None
             }
-            None if bind_addr.ip().is_unspecified() => {
-                return Err(ConfigError::Missing {
-                    field: "advertise address",
-                    fix: format!(
-                        "--bind is {bind_addr}, which peers cannot dial; pass --advertise with this host's reachable address (e.g. 10.0.0.5:{}), or bind a specific address",
-                        bind_addr.port()
-                    ),
-                });
-            }
-            None => None,
         };
 
         let (seed_values, seed_origin) = if !args.seeds.is_empty() {
@@ -449,8 +486,9 @@ impl AgentConfig {
                 value: value.trim().to_string(),
                 origin: seed_origin.clone(),
             };
-            validate_seed(&raw)?;
-            seeds.push(raw.value);
+            if errs.ok(validate_seed(&raw)).is_some() {
+                seeds.push(raw.value);
+            }
         }
 
         let path_or = |raw: Option<Raw>, default: &str| -> PathBuf {
@@ -494,12 +532,14 @@ impl AgentConfig {
             args.profile,
             file.profile,
         ) {
-            Some(raw) => raw.value.parse::<Profile>().map_err(|problem| {
-                raw.invalid(
-                    problem,
-                    "use --profile lan within a datacenter, wan across regions",
-                )
-            })?,
+            Some(raw) => errs
+                .ok(raw.value.parse::<Profile>().map_err(|problem| {
+                    raw.invalid(
+                        problem,
+                        "use --profile lan within a datacenter, wan across regions",
+                    )
+                }))
+                .unwrap_or(Profile::Lan),
             None => Profile::Lan,
         };
 
@@ -514,10 +554,11 @@ impl AgentConfig {
                 match raw.value.parse::<usize>() {
                     Ok(n) if (1..=MAX_CONNECTION_CACHE).contains(&n) => n,
                     _ => {
-                        return Err(raw.invalid(
+                        errs.0.push(raw.invalid(
                         format!("must be a whole number from 1 to {MAX_CONNECTION_CACHE}"),
                         format!("the default, {DEFAULT_CONNECTION_CACHE}, suits clusters of any size"),
                     ));
+                        DEFAULT_CONNECTION_CACHE
                     }
                 }
             }
@@ -534,13 +575,22 @@ impl AgentConfig {
             Some(raw) => match raw.value.as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
-                _ => return Err(raw.invalid("unknown log format", "use text or json")),
+                _ => {
+                    errs.0
+                        .push(raw.invalid("unknown log format", "use text or json"));
+                    LogFormat::Text
+                }
             },
             None => LogFormat::Text,
         };
 
-        let replication = resolve_replication(&src, &args_repl, file_repl)?;
+        let replication = resolve_replication(&src, &args_repl, file_repl, &mut errs);
 
+        let (Some(name), Some(zone), Some(bind_addr), true) =
+            (name, zone, bind_addr, errs.0.is_empty())
+        else {
+            return Err(errs.0);
+        };
         Ok(AgentConfig {
             name,
             zone,
@@ -578,7 +628,8 @@ fn resolve_replication(
     src: &Sources<'_>,
     args: &ReplArgs,
     file: ReplArgs,
-) -> Result<Replication, ConfigError> {
+    errs: &mut Errors,
+) -> Replication {
     let mut r = Replication::default();
     let whole = |raw: &Raw, lo: usize, hi: usize, fix: &str| -> Result<usize, ConfigError> {
         match raw.value.trim().parse::<usize>() {
@@ -592,23 +643,32 @@ fn resolve_replication(
         "copies",
         args.copies.clone(),
         file.copies,
-    ) {
-        r.copies = whole(
+    ) && let Some(v) = errs.ok(whole(
+        &raw,
+        1,
+        MAX_COPIES,
+        "3 copies in 3 zones survive the loss of any zone",
+    )) {
+        r.copies = v;
+    }
+    if let Some(raw) = src.pick("keep", "VIGIL_KEEP", "keep", args.keep.clone(), file.keep)
+        && let Some(v) = errs.ok(whole(
             &raw,
             1,
-            MAX_COPIES,
-            "3 copies in 3 zones survive the loss of any zone",
-        )?;
+            MAX_KEEP,
+            "keep a few versions (the default is 5)",
+        ))
+    {
+        r.keep = v;
     }
-    if let Some(raw) = src.pick("keep", "VIGIL_KEEP", "keep", args.keep.clone(), file.keep) {
-        r.keep = whole(&raw, 1, MAX_KEEP, "keep a few versions (the default is 5)")?;
-    }
-    if let Some(raw) = src.pick("ack", "VIGIL_ACK", "ack", args.ack.clone(), file.ack) {
-        r.ack = raw
+    if let Some(raw) = src.pick("ack", "VIGIL_ACK", "ack", args.ack.clone(), file.ack)
+        && let Some(v) = errs.ok(raw
             .value
             .trim()
             .parse::<AckMode>()
-            .map_err(|problem| raw.invalid(problem, "quorum is the safe default"))?;
+            .map_err(|problem| raw.invalid(problem, "quorum is the safe default")))
+    {
+        r.ack = v;
     }
     if let Some(raw) = src.pick(
         "owner_counts_as_copy",
@@ -617,11 +677,13 @@ fn resolve_replication(
         args.owner_counts_as_copy.clone(),
         file.owner_counts_as_copy,
     ) {
-        r.owner_counts_as_copy = match raw.value.trim() {
-            "true" => true,
-            "false" => false,
-            _ => return Err(raw.invalid("must be true or false", "use true or false")),
-        };
+        match raw.value.trim() {
+            "true" => r.owner_counts_as_copy = true,
+            "false" => r.owner_counts_as_copy = false,
+            _ => errs
+                .0
+                .push(raw.invalid("must be true or false", "use true or false")),
+        }
     }
     let size = |raw: &Raw, lo: u64, hi: u64| -> Result<u64, ConfigError> {
         match parse_size(&raw.value) {
@@ -638,8 +700,9 @@ fn resolve_replication(
         "max_snapshot",
         args.max_snapshot.clone(),
         file.max_snapshot,
-    ) {
-        r.max_snapshot = size(&raw, 1, 1 << 30)?;
+    ) && let Some(v) = errs.ok(size(&raw, 1, 1 << 30))
+    {
+        r.max_snapshot = v;
     }
     if let Some(raw) = src.pick(
         "snapshot_memory",
@@ -647,8 +710,9 @@ fn resolve_replication(
         "snapshot_memory",
         args.snapshot_memory.clone(),
         file.snapshot_memory,
-    ) {
-        r.memory = size(&raw, 1 << 20, 1 << 40)?;
+    ) && let Some(v) = errs.ok(size(&raw, 1 << 20, 1 << 40))
+    {
+        r.memory = v;
     }
     if let Some(raw) = src.pick(
         "repair_rate",
@@ -656,11 +720,12 @@ fn resolve_replication(
         "repair_rate",
         args.repair_rate.clone(),
         file.repair_rate,
-    ) {
-        r.repair_rate = size(&raw, 1 << 10, 1 << 40)?;
+    ) && let Some(v) = errs.ok(size(&raw, 1 << 10, 1 << 40))
+    {
+        r.repair_rate = v;
     }
     if r.memory < r.max_snapshot {
-        return Err(ConfigError::Invalid {
+        errs.0.push(ConfigError::Invalid {
             origin: Origin::Default,
             value: r.memory.to_string(),
             problem: format!(
@@ -672,14 +737,15 @@ fn resolve_replication(
                     .into(),
         });
     }
-    Ok(r)
+    r
 }
 
 fn resolve_recovery(
     src: &Sources<'_>,
     args: &AgentArgs,
     file: &mut FileConfig,
-) -> Result<Recovery, ConfigError> {
+    errs: &mut Errors,
+) -> Recovery {
     let mut r = Recovery {
         standby: args.standby || file.standby.unwrap_or(false),
         ..Recovery::default()
@@ -706,8 +772,12 @@ fn resolve_recovery(
         "capacity",
         args.capacity.clone(),
         capacity,
-    ) {
-        r.capacity = whole(&raw, 1_000_000, "the agents this host can run at once")?;
+    ) && let Some(v) = errs.ok(whole(
+        &raw,
+        u64::from(MAX_CAPACITY),
+        "the agents this host can run at once",
+    )) {
+        r.capacity = v;
     }
     if let Some(raw) = src.pick(
         "lease",
@@ -715,8 +785,12 @@ fn resolve_recovery(
         "lease",
         args.lease.clone(),
         file.lease.take(),
-    ) {
-        r.lease = duration(&raw, Duration::from_millis(100), Duration::from_secs(60))?;
+    ) && let Some(v) = errs.ok(duration(
+        &raw,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    )) {
+        r.lease = v;
     }
     if let Some(raw) = src.pick(
         "agent_command",
@@ -726,12 +800,13 @@ fn resolve_recovery(
         file.agent_command.take(),
     ) {
         if raw.value.trim().is_empty() {
-            return Err(raw.invalid(
+            errs.0.push(raw.invalid(
                 "is empty",
                 "give the command that runs one agent, or leave it out",
             ));
+        } else {
+            r.agent_command = Some(raw.value);
         }
-        r.agent_command = Some(raw.value);
     }
     let restarts = file.agent_restarts.take().map(|n| n.to_string());
     if let Some(raw) = src.pick(
@@ -740,8 +815,12 @@ fn resolve_recovery(
         "agent_restarts",
         args.agent_restarts.clone(),
         restarts,
-    ) {
-        r.agent_restarts = whole(&raw, 100, "a few restarts (the default is 3)")?;
+    ) && let Some(v) = errs.ok(whole(
+        &raw,
+        u64::from(MAX_AGENT_RESTARTS),
+        "a few restarts (the default is 3)",
+    )) {
+        r.agent_restarts = v;
     }
     if let Some(raw) = src.pick(
         "heartbeat_timeout",
@@ -750,10 +829,12 @@ fn resolve_recovery(
         args.heartbeat_timeout.clone(),
         file.heartbeat_timeout.take(),
     ) {
-        r.heartbeat_timeout =
-            duration(&raw, Duration::from_millis(200), Duration::from_secs(3600))?;
+        let (lo, hi) = HEARTBEAT_TIMEOUT_RANGE;
+        if let Some(v) = errs.ok(duration(&raw, lo, hi)) {
+            r.heartbeat_timeout = v;
+        }
     }
-    Ok(r)
+    r
 }
 
 fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {
@@ -948,6 +1029,40 @@ mod tests {
         std::fs::write(&path, "nmae = \"n7\"\n").unwrap();
         let err = resolve(&["--config", p]).unwrap_err().to_string();
         assert!(err.contains("nmae") && err.contains("valid keys"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_not_only_the_first() {
+        let mut full = vec!["vigil", "agent"];
+        full.extend_from_slice(&[
+            "--name",
+            "Bad_Name",
+            "--bind",
+            "nope",
+            "--capacity",
+            "many",
+            "--keep",
+            "0",
+            "--seed",
+            "10.0.0.2",
+        ]);
+        let matches = Cli::command().try_get_matches_from(full).unwrap();
+        let sub = matches.subcommand_matches("agent").unwrap().clone();
+        let Command::Agent(args) = Cli::from_arg_matches(&matches).unwrap().command else {
+            unreachable!()
+        };
+        let errors: Vec<String> = AgentConfig::resolve_all(args, &sub)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        for flag in ["--name", "--bind", "--capacity", "--keep", "--seed"] {
+            assert!(
+                errors.iter().any(|e| e.contains(flag)),
+                "{flag}: {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), 5, "{errors:#?}");
     }
 
     #[test]

@@ -112,11 +112,18 @@ impl DataDir {
 
     /// Writes the generation durably: temporary file, fsync, rename, fsync directory.
     pub fn persist_generation(&self, generation: u64) -> Result<(), DataDirError> {
+        self.write_file(GENERATION_FILE, format!("{generation}\n").as_bytes())
+    }
+
+    /// Replaces `name` in the directory with `content`, durably and atomically (a
+    /// crash leaves the old file or the new one, never a mix): temporary file, fsync,
+    /// rename, fsync of the directory.
+    pub fn write_file(&self, name: &str, content: &[u8]) -> Result<(), DataDirError> {
         let io_err = |source| DataDirError::Io {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.join(format!("{GENERATION_FILE}.tmp"));
+        let tmp = self.path.join(format!("{name}.tmp"));
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -124,9 +131,9 @@ impl DataDir {
             .mode(0o600)
             .open(&tmp)
             .map_err(io_err)?;
-        writeln!(file, "{generation}").map_err(io_err)?;
+        file.write_all(content).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
-        fs::rename(&tmp, self.path.join(GENERATION_FILE)).map_err(io_err)?;
+        fs::rename(&tmp, self.path.join(name)).map_err(io_err)?;
         File::open(&self.path)
             .and_then(|d| d.sync_all())
             .map_err(io_err)?;

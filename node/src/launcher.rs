@@ -130,6 +130,11 @@ impl LaunchTemplate {
         }
     }
 
+    /// The program as written (before placeholders are replaced).
+    pub fn program(&self) -> Option<&str> {
+        self.argv.first().map(String::as_str)
+    }
+
     /// The argv for one start: every placeholder replaced in each argument.
     pub fn render(&self, values: &Substitution<'_>) -> Vec<String> {
         self.argv.iter().map(|arg| values.apply(arg)).collect()
@@ -285,6 +290,10 @@ impl Launcher {
             // terminal's Ctrl-C aimed at the node does not hit the agents directly.
             .process_group(0)
             .kill_on_drop(true);
+        // systemd's notify socket and watchdog are the node's, not the agents'.
+        for var in crate::systemd::ENV_VARS {
+            cmd.env_remove(var);
+        }
         if let Some(snapshot) = &spec.snapshot {
             cmd.env("VIGIL_SNAPSHOT", snapshot);
         }

@@ -5,7 +5,11 @@
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS configuration.
 //! - [`api`] and [`client`]: the HTTP/JSON API on the Unix socket, and its client.
 //! - [`events`]: the indexed, resumable event log.
-//! - [`config`] and [`cli`]: settings from flags, environment and TOML.
+//! - [`config`] and [`cli`]: settings from flags, environment and TOML;
+//!   [`runtime`]: the settings that change while the node runs (`/v1/config`);
+//!   [`check`]: `vigil config check`.
+//! - [`logging`]: tracing with a reloadable filter (optional OTLP export);
+//!   [`systemd`]: `Type=notify` readiness and watchdog.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`store`]: the durable on-disk snapshot store of a replica host.
 //! - [`harness`] and [`demo`]: local clusters of child processes (demo, tests, benches).
@@ -16,6 +20,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod cmd;
@@ -26,18 +31,27 @@ pub mod events;
 pub mod example_agent;
 pub mod harness;
 pub mod launcher;
+pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod runtime;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod transport;
 
-/// `vigil --version`: the build and the wire protocol it speaks.
+/// The git commit the binary was built from, when the build could tell (node/build.rs).
+pub const GIT_COMMIT: Option<&str> = option_env!("VIGIL_GIT_COMMIT");
+
+/// `vigil --version`: the build, the wire protocol it speaks and, when known, the
+/// commit. Nodes of different builds interoperate as long as the wire version is the
+/// same (docs/OPERATIONS.md, "Upgrades").
 pub fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LINE.get_or_init(|| {
+        let commit = GIT_COMMIT.map_or(String::new(), |c| format!(", commit {c}"));
         format!(
-            "{} (wire protocol {})",
+            "{} (wire protocol {}{commit})",
             env!("CARGO_PKG_VERSION"),
             vigil_protocol::wire::WIRE_VERSION
         )

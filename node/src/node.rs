@@ -32,8 +32,11 @@ use crate::datadir::{DataDir, DataDirError};
 use crate::events::AgentRef;
 use crate::events::{self, EventLog};
 use crate::launcher::{LaunchEvent, LaunchSpec, Launcher, LauncherConfig};
+use crate::logging::LogControl;
 use crate::metrics::{Metrics, StateLabel, TypeLabel};
+use crate::runtime::{self, Patch, RuntimeConfig, SettingsJson};
 use crate::store::{SnapshotStore, StoreError, VersionMeta};
+use crate::systemd::Notifier;
 use crate::tls;
 use crate::transport::{
     Inbound, LogLimiter, SeedOutcome, SnapshotBudget, StreamLimits, Transport, TransportConfig,
@@ -110,7 +113,13 @@ pub struct ReadyLine {
     pub pid: u32,
 }
 
-pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
+/// Runs a node until SIGTERM or SIGINT. `runtime` holds the live settings (already
+/// read from the data directory's runtime.toml); `log` changes the log filter.
+pub async fn run_agent(
+    config: AgentConfig,
+    runtime: RuntimeConfig,
+    log: LogControl,
+) -> Result<(), AgentError> {
     let data_dir = DataDir::open(&config.data_dir)?;
     let generation = data_dir.next_generation()?;
     let node_tls = tls::load_node_tls(&config.pki, &config.name)?;
@@ -180,7 +189,8 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
     let mut protocol_config = repl.protocol_config();
     protocol_config.lease = config.recovery.lease;
     let mut replicator = Replicator::new(identity.clone(), protocol_config, rand::random());
-    replicator.set_node_settings(config.recovery.standby, config.recovery.capacity);
+    let live = runtime.effective();
+    replicator.set_node_settings(live.standby, live.capacity);
     let mut startup_problems = Vec::new();
     let versions = opened
         .versions
@@ -233,8 +243,8 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
         None => None,
     };
     let supervisor = Supervisor::new(
-        config.recovery.heartbeat_timeout,
-        config.recovery.agent_restarts,
+        live.heartbeat_timeout,
+        live.agent_restarts,
         launcher.is_some(),
     );
     let (disk_tx, disk_rx) = mpsc::channel(DISK_QUEUE);
@@ -260,8 +270,19 @@ pub async fn run_agent(config: AgentConfig) -> Result<(), AgentError> {
         data_dir,
         config,
         advertise,
+        runtime,
+        log,
+        notify: Notifier::from_env(),
     };
     owner.events.push_local("local_started", None);
+    let changed = owner.runtime.overrides().to_json();
+    if !changed.is_empty() {
+        tracing::info!(
+            file = %owner.runtime.path().display(),
+            "runtime settings win over the config file: {}",
+            serde_json::Value::Object(changed)
+        );
+    }
     for problem in startup_problems {
         tracing::warn!("snapshot store: {problem}");
         owner.events.push_local("store_problem", Some(problem));
@@ -392,6 +413,9 @@ struct Owner {
     data_dir: DataDir,
     config: AgentConfig,
     advertise: SocketAddr,
+    runtime: RuntimeConfig,
+    log: LogControl,
+    notify: Notifier,
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -421,7 +445,16 @@ impl Owner {
         let mut sigint = signal(SignalKind::interrupt()).map_err(signal_err)?;
         let (resolved_tx, mut resolved_rx) = mpsc::channel::<Vec<SocketAddr>>(16);
         self.update_member_gauges();
+        if self.config.seeds.is_empty() {
+            // A founding node is ready at once: others join through it.
+            self.notify
+                .ready("founding node (no seeds): serving, waiting for members to join");
+        } else {
+            let status = format!("joining through {} seed(s)", self.config.seeds.len());
+            self.notify.status(&status);
+        }
         loop {
+            let ping_at = self.notify.next_ping();
             let timer_at = self.core.poll_timeout().map(|t| self.start + t);
             let repl_at = self.replicator.poll_timeout().map(|t| self.start + t);
             let join_at = self.join.next_attempt;
@@ -434,6 +467,18 @@ impl Owner {
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
+                // In this loop on purpose: if it wedges, the pings stop and systemd
+                // restarts the node (WatchdogSec=).
+                () = sleep_until_opt(ping_at) => {
+                    self.notify.ping();
+                    if self.notify.is_ready() && self.core.local_state() == LocalState::Active {
+                        let status = format!(
+                            "member of the cluster ({} live members)",
+                            self.core.live_count()
+                        );
+                        self.notify.refresh_status(&status);
+                    }
+                }
                 Some(event) = inbound.recv() => self.on_inbound(event),
                 Some(request) = api_rx.recv() => self.on_api(request),
                 Some(done) = disk_rx.recv() => self.on_disk(done),
@@ -459,6 +504,7 @@ impl Owner {
                 () = sleep_until_opt(join_at) => self.join_attempt(&resolved_tx),
             }
         }
+        self.notify.stopping();
         if let Some(launcher) = self.launcher.as_mut() {
             launcher.stop_all(AGENT_STOP_GRACE).await;
         }
@@ -504,8 +550,11 @@ impl Owner {
                     self.drain();
                 }
                 Some(SeedOutcome::Failed { addr, error }) => {
-                    self.events
-                        .push_local("join_failed", Some(format!("seed {addr}: {error}")));
+                    let detail = format!("seed {addr}: {error}");
+                    if !self.notify.is_ready() {
+                        self.notify.status(&format!("joining: {detail}"));
+                    }
+                    self.events.push_local("join_failed", Some(detail));
                 }
                 None => {}
             },
@@ -611,9 +660,16 @@ impl Owner {
                 self.join.next_attempt = None;
                 self.join.backoff = JOIN_BACKOFF_MIN;
                 tracing::info!(members = self.core.live_count(), "joined the cluster");
+                let status = format!(
+                    "member of the cluster ({} live members)",
+                    self.core.live_count()
+                );
+                self.notify.ready(&status);
             }
             Event::LocalIsolated => {
                 tracing::warn!("no live member left in view; trying seeds and known members");
+                self.notify
+                    .status("isolated: no live member in view; trying seeds and known members");
                 self.join.next_attempt = Some(Instant::now());
             }
             Event::LocalRejoined { identity, .. } => {
@@ -632,7 +688,14 @@ impl Owner {
                 );
             }
             Event::MemberDown { member } => {
-                tracing::warn!(member = %member.name, zone = %member.zone, "member declared down")
+                // `dead_node`: the field the recovery lines carry too.
+                tracing::warn!(
+                    member = %member.name,
+                    dead_node = %member.name,
+                    zone = %member.zone,
+                    generation = member.generation,
+                    "member declared down"
+                )
             }
             Event::MemberSuspected { member, .. } => {
                 tracing::info!(member = %member.name, "member suspected")
@@ -825,10 +888,78 @@ impl Owner {
             ApiRequest::Health(reply) => {
                 let _ = reply.send(self.health());
             }
+            ApiRequest::Config(reply) => {
+                let _ = reply.send(self.settings());
+            }
+            ApiRequest::SetConfig { patch, reply } => {
+                let _ = reply.send(self.set_config(&patch));
+            }
             ApiRequest::Subscribe { since, reply } => {
                 let _ = reply.send(self.events.subscribe(since));
             }
         }
+    }
+
+    fn settings(&self) -> SettingsJson {
+        let mut s = SettingsJson::new(&self.config, &self.runtime);
+        s.isolated = Some(self.replicator.node_isolated());
+        s
+    }
+
+    /// `PUT /v1/config`: persists the new runtime settings first (a node that cannot
+    /// save them changes nothing, so what runs and what a restart applies agree), then
+    /// applies them and logs each change.
+    fn set_config(&mut self, patch: &Patch) -> Result<SettingsJson, ApiFailure> {
+        let (next, changes) = self.runtime.preview(patch);
+        if &next != self.runtime.overrides() {
+            // A few hundred bytes, rarely: written here, in order with other changes.
+            if let Err(e) = self
+                .data_dir
+                .write_file(runtime::RUNTIME_FILE, next.file_text().as_bytes())
+            {
+                tracing::error!("cannot save the runtime settings: {e}");
+                return Err(ApiFailure {
+                    status: 500,
+                    code: "not_saved".into(),
+                    error: format!("settings not changed: {e}"),
+                });
+            }
+        }
+        self.runtime.commit(next);
+        let live = self.runtime.effective();
+        for change in &changes {
+            let field = change.field.as_str();
+            let detail = format!("{field}: {} -> {}", change.old, change.new);
+            if field == "log_filter" {
+                // Logged under the more verbose of the two filters: before the switch,
+                // and again after it if the old filter hid the line.
+                let shown = tracing::enabled!(tracing::Level::INFO);
+                tracing::info!(setting = field, old = %change.old, new = %change.new, "runtime setting changed");
+                if let Err(e) = self.log.set_filter(&live.log_filter) {
+                    tracing::error!("cannot change the log filter: {e}");
+                }
+                if !shown {
+                    tracing::info!(setting = field, old = %change.old, new = %change.new, "runtime setting changed");
+                }
+            } else {
+                tracing::info!(setting = field, old = %change.old, new = %change.new, "runtime setting changed");
+            }
+            self.events.push_local("config_changed", Some(detail));
+        }
+        let touched = |f: &str| changes.iter().any(|c| c.field == f);
+        if touched("standby") || touched("capacity") {
+            // Announced to every member at once.
+            self.replicator
+                .set_node_settings(live.standby, live.capacity);
+            self.drain_repl();
+        }
+        if touched("heartbeat_timeout") || touched("agent_restarts") {
+            self.supervisor
+                .set_limits(live.heartbeat_timeout, live.agent_restarts);
+        }
+        let mut settings = self.settings();
+        settings.changed = changes;
+        Ok(settings)
     }
 
     fn agent_json(&self, v: &AgentView) -> AgentJson {
@@ -1005,6 +1136,8 @@ impl Owner {
             v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
         };
         let (mut epoch, mut seq) = (None, None);
+        // The owner an election replaces (the dead node, in a recovery).
+        let mut previous_owner = None;
         let detail = match &e {
             ReplEvent::AgentOwned { agent, epoch: ep } => {
                 epoch = Some(*ep);
@@ -1058,17 +1191,21 @@ impl Owner {
                 agent,
                 epoch: ep,
                 kind,
+                previous,
             } => {
                 epoch = Some(*ep);
+                previous_owner = Some(previous.clone());
                 format!("agent {agent}: proposing a new owner for epoch {ep} ({kind:?})")
             }
             ReplEvent::CoordinatorElected {
                 agent,
                 epoch: ep,
                 target,
+                previous,
                 elapsed,
             } => {
                 epoch = Some(*ep);
+                previous_owner = Some(previous.clone());
                 format!(
                     "agent {agent}: this node coordinates epoch {ep}, adopted by {target} (elected in {} ms)",
                     elapsed.as_millis()
@@ -1083,6 +1220,7 @@ impl Owner {
             } => {
                 epoch = Some(*ep);
                 seq = Some(*s);
+                previous_owner = Some(previous.clone());
                 format!(
                     "agent {agent} adopted from {previous} at epoch {ep}, restoring seq {s} (coordinator {coordinator})"
                 )
@@ -1090,9 +1228,11 @@ impl Owner {
             ReplEvent::AgentPending {
                 agent,
                 epoch: ep,
+                previous,
                 reason,
             } => {
                 epoch = Some(*ep);
+                previous_owner = Some(previous.clone());
                 format!("agent {agent} waits for a host: {reason}")
             }
             ReplEvent::AgentFenced { agent, epoch: ep } => {
@@ -1113,17 +1253,52 @@ impl Owner {
                 }
             }
         };
+        let agent = e.agent().clone();
+        // Every line about an agent carries `agent` and `epoch`; the lines of an
+        // election and adoption sit in a `recovery` span that adds the replaced owner,
+        // and `dead_node` when this node sees that owner down, as the `member_down`
+        // line does: one recovery can be followed from detection to adoption across
+        // the nodes' logs (docs/OPERATIONS.md), and the OpenTelemetry export (feature
+        // `otel`) gets one span per step.
+        let span = match &previous_owner {
+            Some(p) => {
+                let dead = !self.replicator.live_members().any(|m| &m.name == p);
+                tracing::info_span!(
+                    "recovery",
+                    agent = %agent,
+                    epoch,
+                    previous_owner = %p,
+                    dead_node = dead.then_some(p.as_str()),
+                )
+            }
+            None => tracing::Span::none(),
+        };
+        let _entered = span.enter();
+        let (field_agent, field_epoch) = if previous_owner.is_some() {
+            (None, None) // in the span already
+        } else {
+            (Some(agent.as_str()), epoch)
+        };
         match &e {
             ReplEvent::SnapshotCorrupt { .. }
             | ReplEvent::AgentLost { .. }
             | ReplEvent::AgentDegraded { .. }
             | ReplEvent::AgentFenced { .. }
             | ReplEvent::AgentPending { .. } => {
-                tracing::warn!(event = e.kind(), "{detail}")
+                tracing::warn!(
+                    event = e.kind(),
+                    agent = field_agent,
+                    epoch = field_epoch,
+                    "{detail}"
+                )
             }
-            _ => tracing::info!(event = e.kind(), "{detail}"),
+            _ => tracing::info!(
+                event = e.kind(),
+                agent = field_agent,
+                epoch = field_epoch,
+                "{detail}"
+            ),
         }
-        let agent = e.agent().clone();
         let record = self.agent_event(e.kind(), agent.as_str(), epoch, seq, detail);
         self.metrics
             .events

@@ -675,12 +675,16 @@ pub enum ReplEvent {
         agent: AgentId,
         epoch: u64,
         kind: ElectionKind,
+        /// The owner being replaced (down, for a recovery).
+        previous: NodeName,
     },
     /// This node's decree was chosen: it coordinates the adoption by `target`.
     CoordinatorElected {
         agent: AgentId,
         epoch: u64,
         target: NodeName,
+        /// The owner being replaced.
+        previous: NodeName,
         /// Since this node started the election.
         elapsed: Duration,
     },
@@ -696,6 +700,8 @@ pub enum ReplEvent {
     AgentPending {
         agent: AgentId,
         epoch: u64,
+        /// The owner being replaced.
+        previous: NodeName,
         reason: String,
     },
     /// This node lost the lease of the agent's holders: the agent must

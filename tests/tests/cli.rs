@@ -52,7 +52,16 @@ fn version_names_the_wire_protocol() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["agent", "members", "events", "health", "cert", "demo"] {
+    for sub in [
+        "agent",
+        "members",
+        "events",
+        "health",
+        "cert",
+        "demo",
+        "config",
+        "completions",
+    ] {
         let out = vigil(&[sub, "--help"]);
         assert!(out.status.success(), "{sub}: {}", stderr(&out));
     }

@@ -147,6 +147,27 @@ async fn a_killed_hosts_agents_are_adopted_once_each_from_their_latest_snapshot(
         assert_owned_once_serving_latest(&c, &SIX[1..], &view[id], *seq).await;
     }
     c.stop_all().await;
+    // The survivors' logs follow each recovery from detection to adoption with the
+    // same fields: the dead node, then per agent its election, coordinator and
+    // adoption in a `recovery` span naming the agent, the epoch and the dead owner.
+    let logs: String = SIX[1..]
+        .iter()
+        .map(|n| std::fs::read_to_string(&c.node(n).unwrap().log).unwrap())
+        .collect();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("member declared down") && l.contains("dead_node=n1")),
+        "{logs}"
+    );
+    for id in acked.keys() {
+        for step in ["election_started", "coordinator_elected", "agent_adopted"] {
+            assert!(
+                logs.lines().any(|l| l.contains(step)
+                    && l.contains(&format!("recovery{{agent={id} epoch=2 previous_owner=n1"))),
+                "{id} {step}: {logs}"
+            );
+        }
+    }
 }
 
 /// The holder that proposes first for `agent` when its owner dies: the best rendezvous

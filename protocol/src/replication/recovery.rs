@@ -792,11 +792,13 @@ impl Replicator {
         };
         let acceptors = e.acceptors.clone();
         let (kind, epoch, round) = (e.kind, e.epoch, e.ballot.round);
+        let previous = e.base.owner.clone();
         if round == 1 || kind != ElectionKind::Recover {
             self.emit(ReplEvent::ElectionStarted {
                 agent: agent.clone(),
                 epoch,
                 kind,
+                previous,
             });
         }
         self.recovery.highest_round.insert(agent.clone(), round);
@@ -1121,11 +1123,12 @@ impl Replicator {
         e.phase = Phase::Waiting {
             at: now + PENDING_RETRY,
         };
-        let (epoch, reg) = (e.epoch, e.reg);
+        let (epoch, reg, previous) = (e.epoch, e.reg, e.base.owner.clone());
         if first {
             self.emit(ReplEvent::AgentPending {
                 agent: agent.clone(),
                 epoch,
+                previous,
                 reason: "no live, non-isolated host with free capacity".into(),
             });
         }
@@ -1210,6 +1213,7 @@ impl Replicator {
             resend: now,
         };
         let elapsed = now.saturating_sub(e.started);
+        let previous = e.base.owner.clone();
         *self
             .recovery
             .planned
@@ -1219,6 +1223,7 @@ impl Replicator {
             agent: agent.clone(),
             epoch,
             target: decree.target.clone(),
+            previous,
             elapsed,
         });
         if decree.target != self.me.name && !self.live.contains_key(&decree.target) {

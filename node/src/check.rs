@@ -1,0 +1,503 @@
+//! `vigil config check`: resolves the settings exactly as `vigil agent` does (flags,
+//! `VIGIL_*`, the `--config` file, the data directory's runtime.toml), checks what
+//! they name on this host (certificates, data directory, socket, addresses, agent
+//! command), and prints the effective settings and every finding. It changes
+//! nothing: no directory is created and no lock taken; writability is probed with a
+//! temporary file that is removed at once, the bind address with a socket that is
+//! closed at once.
+
+use std::io::{self, Write};
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clap::ArgMatches;
+
+use crate::cli::AgentArgs;
+use crate::config::AgentConfig;
+use crate::launcher::LaunchTemplate;
+use crate::logging;
+use crate::runtime::{LiveValues, RUNTIME_FILE, RuntimeConfig, SettingsJson};
+use crate::tls;
+
+/// Unix socket paths longer than this do not fit `sockaddr_un` (108 bytes with the
+/// terminating NUL on Linux).
+const MAX_SOCKET_PATH: usize = 107;
+/// A certificate expiring sooner than this is reported.
+const CERT_WARN: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    /// Worth knowing, but the node would start.
+    Note,
+    /// The node would not start, or would not work.
+    Error,
+}
+
+struct Finding {
+    level: Level,
+    field: &'static str,
+    message: String,
+}
+
+#[derive(Default)]
+struct Report {
+    findings: Vec<Finding>,
+}
+
+impl Report {
+    fn ok(&mut self, field: &'static str, message: impl Into<String>) {
+        self.push(Level::Ok, field, message.into());
+    }
+    fn note(&mut self, field: &'static str, message: impl Into<String>) {
+        self.push(Level::Note, field, message.into());
+    }
+    fn error(&mut self, field: &'static str, message: impl Into<String>) {
+        self.push(Level::Error, field, message.into());
+    }
+    fn push(&mut self, level: Level, field: &'static str, message: String) {
+        self.findings.push(Finding {
+            level,
+            field,
+            message,
+        });
+    }
+    fn errors(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .count()
+    }
+}
+
+/// Runs the check, writes the report to `out`; `true` when the node could start.
+pub fn run(args: AgentArgs, matches: &ArgMatches, out: &mut impl Write) -> bool {
+    match check(args, matches, out) {
+        Ok(ok) => ok,
+        Err(e) => {
+            eprintln!("vigil: cannot write the report: {e}");
+            false
+        }
+    }
+}
+
+fn check(args: AgentArgs, matches: &ArgMatches, out: &mut impl Write) -> io::Result<bool> {
+    let config = match AgentConfig::resolve_all(args, matches) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                writeln!(out, "error {e}")?;
+            }
+            writeln!(
+                out,
+                "vigil config check: {} setting{} to fix before the node can start",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            )?;
+            return Ok(false);
+        }
+    };
+    let mut report = Report::default();
+    let base = LiveValues::from_config(&config, logging::startup_filter());
+    let runtime = match RuntimeConfig::load(&config.data_dir, base.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            report.error("runtime", e.to_string());
+            RuntimeConfig::without_changes(&config.data_dir, base)
+        }
+    };
+    check_all(&config, &runtime, &mut report);
+
+    let mut settings = SettingsJson::new(&config, &runtime);
+    let overridden: Vec<String> = runtime.overrides().to_json().keys().cloned().collect();
+    settings.live = None;
+    settings.runtime = None;
+    settings.runtime_file = None;
+    writeln!(
+        out,
+        "# Effective settings of `vigil agent` (flags > VIGIL_* > config file > defaults)"
+    )?;
+    if !overridden.is_empty() {
+        writeln!(
+            out,
+            "# {} from {} (changed at run time; it wins over everything else)",
+            overridden.join(", "),
+            config.data_dir.join(RUNTIME_FILE).display()
+        )?;
+    }
+    match toml::to_string(&settings) {
+        Ok(text) => write!(out, "{text}")?,
+        Err(e) => writeln!(out, "# (cannot show the settings as TOML: {e})")?,
+    }
+    writeln!(out, "\n# Checks")?;
+    for f in &report.findings {
+        let level = match f.level {
+            Level::Ok => "ok   ",
+            Level::Note => "note ",
+            Level::Error => "error",
+        };
+        writeln!(out, "{level} {}: {}", f.field, f.message)?;
+    }
+    let errors = report.errors();
+    if errors == 0 {
+        writeln!(
+            out,
+            "vigil config check: the node can start with these settings"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "vigil config check: {errors} problem{} to fix before the node can start",
+            if errors == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(errors == 0)
+}
+
+fn check_all(config: &AgentConfig, runtime: &RuntimeConfig, report: &mut Report) {
+    let filter = runtime.effective().log_filter;
+    match logging::parse_filter(&filter) {
+        Ok(_) => report.ok("log_filter", format!("{filter:?}")),
+        Err(problem) => report.error(
+            "log_filter",
+            format!(
+                "{filter:?} {problem}. Fix: correct RUST_LOG (or log_filter in runtime.toml), e.g. \"info\""
+            ),
+        ),
+    }
+    check_pki(config, report);
+    check_data_dir(&config.data_dir, report);
+    check_socket(&config.socket, report);
+    check_addresses(config, report);
+    if let Some(command) = &config.recovery.agent_command {
+        check_agent_command(command, report);
+    }
+}
+
+fn check_pki(config: &AgentConfig, report: &mut Report) {
+    match tls::load_node_tls(&config.pki, &config.name) {
+        Ok(_) => {
+            let cert = tls::node_cert_path(&config.pki, &config.name);
+            let mut message = format!(
+                "{} and its key are readable, name {}, signed by {}",
+                cert.display(),
+                config.name,
+                config.pki.join("ca.crt").display()
+            );
+            match expires_in(&cert) {
+                Some(left) if left < CERT_WARN => {
+                    report.note(
+                        "pki",
+                        format!(
+                            "{} expires in {} days. Fix: issue a new one with `vigil cert issue --name {}` and restart the node",
+                            cert.display(),
+                            left.as_secs() / 86_400,
+                            config.name
+                        ),
+                    );
+                }
+                Some(left) => message.push_str(&format!(
+                    ", valid for {} more days",
+                    left.as_secs() / 86_400
+                )),
+                None => {}
+            }
+            report.ok("pki", message);
+        }
+        Err(e) => report.error("pki", e.to_string()),
+    }
+}
+
+/// Time left before the certificate in `path` expires (`None` if it cannot tell).
+fn expires_in(path: &Path) -> Option<Duration> {
+    let pem = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(not_after.saturating_sub(now)))
+}
+
+/// Whether this user can create files in `dir`, found by creating (and removing) one.
+fn writable(dir: &Path) -> io::Result<()> {
+    tempfile::Builder::new()
+        .prefix(".vigil-check-")
+        .tempfile_in(dir)
+        .map(drop)
+}
+
+/// The closest existing ancestor of `path` (where a missing directory would be made).
+fn existing_ancestor(path: &Path) -> Option<PathBuf> {
+    let mut p = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    loop {
+        if p.exists() {
+            return Some(p);
+        }
+        if !p.pop() {
+            return None;
+        }
+    }
+}
+
+fn check_data_dir(dir: &Path, report: &mut Report) {
+    let field = "data_dir";
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => {
+            report.error(
+                field,
+                format!(
+                    "{} is not a directory. Fix: point data_dir at a directory",
+                    dir.display()
+                ),
+            );
+            return;
+        }
+        Ok(_) => match writable(dir) {
+            Ok(()) => report.ok(field, format!("{} is writable", dir.display())),
+            Err(e) => report.error(
+                field,
+                format!(
+                    "cannot write in {}: {e}. Fix: give this user write access (the systemd unit's StateDirectory= does), or choose another data_dir",
+                    dir.display()
+                ),
+            ),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match existing_ancestor(dir).map(|a| (writable(&a), a)) {
+                Some((Ok(()), a)) => report.ok(
+                    field,
+                    format!(
+                        "{} does not exist yet; the node creates it (mode 0700) in {}",
+                        dir.display(),
+                        a.display()
+                    ),
+                ),
+                Some((Err(e), a)) => report.error(
+                    field,
+                    format!(
+                        "{} does not exist and cannot be created in {}: {e}. Fix: create it for this user, or choose another data_dir",
+                        dir.display(),
+                        a.display()
+                    ),
+                ),
+                None => report.error(field, format!("{}: no such directory", dir.display())),
+            }
+            return;
+        }
+        Err(e) => {
+            report.error(field, format!("{}: {e}", dir.display()));
+            return;
+        }
+    }
+    // Another node holds the lock: a second one would refuse to start. Checked with a
+    // read-only descriptor, so the running node's lock file is left as it is.
+    let lock = dir.join("lock");
+    if let Ok(file) = std::fs::File::open(&lock) {
+        use nix::fcntl::{Flock, FlockArg};
+        if let Err((mut file, _)) = Flock::lock(file, FlockArg::LockSharedNonblock) {
+            let mut pid = String::new();
+            let _ = io::Read::read_to_string(&mut file, &mut pid);
+            report.note(
+                field,
+                format!(
+                    "in use by a running vigil node (pid {}); a second node on it would be refused",
+                    pid.trim()
+                ),
+            );
+        }
+    }
+}
+
+fn check_socket(socket: &Path, report: &mut Report) {
+    let field = "socket";
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        report.error(
+            field,
+            format!(
+                "{} is {len} bytes long; a Unix socket path may have at most {MAX_SOCKET_PATH}. Fix: choose a shorter path, e.g. /run/vigil/vigil.sock",
+                socket.display()
+            ),
+        );
+        return;
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            report.error(
+                field,
+                format!(
+                    "{} exists and is not a socket. Fix: remove it or choose another socket path",
+                    socket.display()
+                ),
+            );
+            return;
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                report.note(
+                    field,
+                    format!(
+                        "a node is serving {} now; a second node on it would be refused",
+                        socket.display()
+                    ),
+                );
+            } else {
+                report.ok(
+                    field,
+                    format!(
+                        "{} is a leftover socket nobody serves; the node replaces it",
+                        socket.display()
+                    ),
+                );
+            }
+            return;
+        }
+        Err(_) => {}
+    }
+    let parent = match socket.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = if parent.exists() {
+        Some(parent.clone())
+    } else {
+        existing_ancestor(&parent)
+    };
+    match dir.map(|d| (writable(&d), d)) {
+        Some((Ok(()), d)) if d == parent => report.ok(
+            field,
+            format!(
+                "{} can be created (mode 0660: its owner and group may connect)",
+                socket.display()
+            ),
+        ),
+        Some((Ok(()), _)) => report.ok(
+            field,
+            format!(
+                "{} can be created; the node creates {} first",
+                socket.display(),
+                parent.display()
+            ),
+        ),
+        Some((Err(e), d)) => report.error(
+            field,
+            format!(
+                "cannot create {} (no write access to {}: {e}). Fix: create the directory for this user (the systemd unit's RuntimeDirectory= does), or choose another socket path",
+                socket.display(),
+                d.display()
+            ),
+        ),
+        None => report.error(field, format!("{}: no such directory", parent.display())),
+    }
+    // Group access matters to agents: report the mode the directory has.
+    if let Ok(meta) = std::fs::metadata(&parent) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o010 == 0 && mode & 0o001 == 0 {
+            report.note(
+                field,
+                format!(
+                    "{} has mode {mode:04o}: only its owner can reach the socket inside. Fix: give the group access (e.g. 0750) if agents run as other users of that group",
+                    parent.display()
+                ),
+            );
+        }
+    }
+}
+
+fn check_addresses(config: &AgentConfig, report: &mut Report) {
+    match UdpSocket::bind(config.bind) {
+        Ok(_) => report.ok("bind", format!("UDP {} can be bound", config.bind)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => report.note(
+            "bind",
+            format!(
+                "UDP {} is in use (by the running node?); the node could not start next to it",
+                config.bind
+            ),
+        ),
+        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => report.error(
+            "bind",
+            format!(
+                "{} is not an address of this host ({e}). Fix: bind one of this host's addresses, or 0.0.0.0 with advertise set",
+                config.bind
+            ),
+        ),
+        Err(e) => report.error(
+            "bind",
+            format!(
+                "cannot bind UDP {}: {e}. Fix: choose another port, or one above 1023 for a non-root user",
+                config.bind
+            ),
+        ),
+    }
+    if let Some(a) = config.advertise {
+        report.ok("advertise", format!("peers dial {a}"));
+    }
+    if config.seeds.is_empty() {
+        report.note(
+            "seeds",
+            "none: this node founds a cluster (others join through it)",
+        );
+    }
+    for seed in &config.seeds {
+        // Resolved at every join attempt, so a name that does not resolve now may
+        // later; reported, not refused.
+        match seed.to_socket_addrs() {
+            Ok(addrs) => {
+                let addrs: Vec<String> = addrs.map(|a| a.to_string()).collect();
+                report.ok("seeds", format!("{seed} resolves to {}", addrs.join(", ")));
+            }
+            Err(e) => report.note(
+                "seeds",
+                format!(
+                    "{seed} does not resolve now ({e}); the node retries it at every join attempt"
+                ),
+            ),
+        }
+    }
+}
+
+fn check_agent_command(command: &str, report: &mut Report) {
+    let field = "agent_command";
+    let template = match LaunchTemplate::parse(command) {
+        Ok(t) => t,
+        Err(e) => {
+            report.error(field, e.to_string());
+            return;
+        }
+    };
+    let Some(program) = template.program() else {
+        return;
+    };
+    let found = if program.contains('/') {
+        is_executable(Path::new(program)).then(|| PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| is_executable(p))
+        })
+    };
+    match found {
+        Some(path) => report.ok(field, format!("runs {}", path.display())),
+        None => report.error(
+            field,
+            format!(
+                "{program} is not an executable file{}. Fix: give the program's full path, or install it",
+                if program.contains('/') { "" } else { " on PATH" }
+            ),
+        ),
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
