@@ -40,7 +40,7 @@ mod catalog;
 mod inflight;
 mod recovery;
 pub use recovery::{
-    AcceptorState, Ballot, ControlError, Decree, ElectionKind, NodeInfo, PaxosAnswer,
+    AcceptorState, Ballot, ControlError, Decree, ElectionKind, NodeInfo, PaxosAnswer, ZoneCapacity,
 };
 
 /// The longest agent id.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use vigil_protocol::replication::{
     AcceptorState, GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, ReplMsg,
-    SnapMeta, StoredVersion,
+    SnapMeta, StoredVersion, ZoneCapacity,
 };
 use vigil_protocol::{
     AckMode, AgentId, NodeId, NodeName, ReplicationConfig, Replicator, Zone, placement,
@@ -1649,6 +1649,14 @@ fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears()
         assert_eq!(c.owners(a), BTreeSet::from([("a1".to_string(), 1)]), "{a}");
     }
     assert!(c.events_of("agent_pending").len() >= 2);
+    let pending = |c: &mut Cluster| -> usize {
+        ["a2", "b1", "b2", "c1", "c2"]
+            .iter()
+            .map(|n| c.node(n).pending_count())
+            .sum()
+    };
+    // Each agent is pending on the holder electing it.
+    assert!(pending(&mut c) >= 2);
     // Room appears: both are adopted, nothing was dropped.
     c.node("b2").set_node_settings(false, 5);
     c.drain_all();
@@ -1656,6 +1664,65 @@ fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears()
     for a in ["low", "high"] {
         assert_eq!(c.owners(a), BTreeSet::from([("b2".to_string(), 2)]), "{a}");
     }
+    assert_eq!(pending(&mut c), 0);
+}
+
+#[test]
+fn free_capacity_is_what_live_hosts_advertise_per_zone() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    for n in ["a1", "a2", "b1", "b2", "c1"] {
+        c.node(n).set_node_settings(false, 100);
+    }
+    c.node("c2").set_node_settings(true, 2);
+    c.node("b2").set_node_isolated(true);
+    c.drain_all();
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"x", None).unwrap();
+    c.run(Duration::from_secs(1));
+    let zone = |c: &mut Cluster, observer: &str, z: &str| {
+        c.node(observer).free_capacity()[&Zone::new(z).unwrap()]
+    };
+    // Seen from b1: a1 owns one agent; b2 is isolated; c2 is the only standby.
+    assert_eq!(
+        zone(&mut c, "b1", "za"),
+        ZoneCapacity {
+            standby: 0,
+            all: 199
+        }
+    );
+    assert_eq!(
+        zone(&mut c, "b1", "zb"),
+        ZoneCapacity {
+            standby: 0,
+            all: 100
+        }
+    );
+    assert_eq!(
+        zone(&mut c, "b1", "zc"),
+        ZoneCapacity {
+            standby: 2,
+            all: 102
+        }
+    );
+    c.kill("a1");
+    c.run(Duration::from_secs(5));
+    assert_eq!(c.owners("agent-1"), BTreeSet::from([("c2".to_string(), 2)]));
+    // a1 is gone and c2 advertised the agent it adopted.
+    assert_eq!(
+        zone(&mut c, "b1", "za"),
+        ZoneCapacity {
+            standby: 0,
+            all: 100
+        }
+    );
+    assert_eq!(
+        zone(&mut c, "b1", "zc"),
+        ZoneCapacity {
+            standby: 1,
+            all: 101
+        }
+    );
 }
 
 #[test]
