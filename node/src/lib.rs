@@ -7,6 +7,7 @@
 //! - [`events`]: the indexed, resumable event log.
 //! - [`config`] and [`cli`]: settings from flags, environment and TOML.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`signals`]: metrics that follow the owner task's state, and capacity events.
 //! - [`store`]: the durable on-disk snapshot store of a replica host.
 //! - [`harness`] and [`demo`]: local clusters of child processes (demo, tests, benches).
 
@@ -28,6 +29,7 @@ pub mod harness;
 pub mod launcher;
 pub mod metrics;
 pub mod node;
+pub mod signals;
 pub mod store;
 pub mod tls;
 pub mod transport;

@@ -1,7 +1,15 @@
-//! Prometheus metrics of one node, served at `/metrics` on the Unix socket.
+//! Prometheus metrics of one node, served at `/metrics` on the Unix socket (and, with
+//! `--metrics-bind`, over plain TCP for scrapers; [`serve_tcp`]).
 //!
 //! The metric handles are atomics shared by the tasks that count; only the owner task
-//! changes membership state, so gauges describing it are set from there.
+//! changes membership state, so gauges describing it are set from there (see
+//! [`crate::signals`]). docs/API.md lists every metric; docs/dashboards/vigil.json
+//! is built on them, and a test keeps the two in step.
+//!
+//! Labels are bounded: states, zones, directions, reasons and kinds are small fixed or
+//! operator-defined sets, routes are the router's patterns. Agent ids and node names
+//! never become labels (a cluster of thousands of agents would make thousands of
+//! series per node).
 
 use std::sync::Arc;
 
@@ -23,8 +31,14 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
+pub struct MemberLabel {
     pub state: String,
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabel {
+    pub zone: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,7 +84,7 @@ pub struct Metrics {
     pub connections_opened: Family<DirectionLabel, Counter>,
     pub connections_evicted: Counter,
     pub handshake_seconds: Histogram,
-    pub members: Family<StateLabel, Gauge>,
+    pub members: Family<MemberLabel, Gauge>,
     pub events: Family<TypeLabel, Counter>,
     pub joined: Gauge,
     pub local_health: Gauge,
@@ -88,12 +102,48 @@ pub struct Metrics {
     pub agents_degraded: Gauge,
     pub repair_backlog: Gauge,
     pub snapshot_memory_bytes: Gauge,
+    /// SWIM envelopes sent and received as QUIC datagrams, in bytes.
+    pub datagram_bytes_out: Counter,
+    pub datagram_bytes_in: Counter,
+    /// Bytes sent and received on QUIC streams (frames and snapshot payloads).
+    pub stream_bytes_out: Counter,
+    pub stream_bytes_in: Counter,
+    pub probes: Family<OutcomeLabel, Counter>,
+    pub suspicions_raised: Counter,
+    pub refutations: Counter,
+    pub false_alarms_refuted: Counter,
+    pub snapshot_put_failure_seconds: Histogram,
+    pub elections: Family<KindLabel, Counter>,
+    pub elections_won: Counter,
+    pub elections_running: Gauge,
+    pub adoptions: Counter,
+    pub agent_fences: Counter,
+    pub agents_fenced: Gauge,
+    pub agents_pending: Gauge,
+    pub rto_seconds: Histogram,
+    pub standby_capacity_free: Family<ZoneLabel, Gauge>,
+    pub capacity_free: Family<ZoneLabel, Gauge>,
     build_info: Family<BuildLabel, Gauge>,
 }
+
+/// Buckets of the recovery time histogram, in seconds: fine around the LAN profile's
+/// typical 1-3 s, coarse up to the minutes an agent waits pending for room.
+const RTO_BUCKETS: [f64; 17] = [
+    0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 impl Metrics {
     /// The metrics and the registry that encodes them.
     pub fn new() -> (Arc<Metrics>, Registry) {
+        let datagram_bytes: Family<DirectionLabel, Counter> = Family::default();
+        let stream_bytes: Family<DirectionLabel, Counter> = Family::default();
+        // Handles kept for the hot paths (one per datagram): no label lookup there.
+        let direction = |f: &Family<DirectionLabel, Counter>, d: &str| {
+            f.get_or_create(&DirectionLabel {
+                direction: d.to_string(),
+            })
+            .clone()
+        };
         let m = Metrics {
             udp_tx_bytes: Counter::default(),
             udp_tx_packets: Counter::default(),
@@ -130,6 +180,26 @@ impl Metrics {
             agents_degraded: Gauge::default(),
             repair_backlog: Gauge::default(),
             snapshot_memory_bytes: Gauge::default(),
+            datagram_bytes_out: direction(&datagram_bytes, "out"),
+            datagram_bytes_in: direction(&datagram_bytes, "in"),
+            stream_bytes_out: direction(&stream_bytes, "out"),
+            stream_bytes_in: direction(&stream_bytes, "in"),
+            probes: Family::default(),
+            suspicions_raised: Counter::default(),
+            refutations: Counter::default(),
+            false_alarms_refuted: Counter::default(),
+            // 250 us .. ~16 s, like acknowledged puts.
+            snapshot_put_failure_seconds: Histogram::new(exponential_buckets(0.00025, 2.0, 17)),
+            elections: Family::default(),
+            elections_won: Counter::default(),
+            elections_running: Gauge::default(),
+            adoptions: Counter::default(),
+            agent_fences: Counter::default(),
+            agents_fenced: Gauge::default(),
+            agents_pending: Gauge::default(),
+            rto_seconds: Histogram::new(RTO_BUCKETS),
+            standby_capacity_free: Family::default(),
+            capacity_free: Family::default(),
             build_info: Family::default(),
         };
         m.build_info
@@ -216,8 +286,28 @@ impl Metrics {
         );
         r.register(
             "members",
-            "Known members by state, the local node included",
+            "Known members by state and zone, the local node included",
             m.members.clone(),
+        );
+        r.register(
+            "probes",
+            "SWIM probes this node sent, by outcome: ack_direct (the member answered), ack_indirect (only through another member), failed (nobody answered in time)",
+            m.probes.clone(),
+        );
+        r.register(
+            "suspicions_raised",
+            "Alive members this node's own failed probe made suspect (the rest it learns by gossip)",
+            m.suspicions_raised.clone(),
+        );
+        r.register(
+            "refutations",
+            "Times this node was told it is suspected and refuted by raising its incarnation",
+            m.refutations.clone(),
+        );
+        r.register(
+            "false_alarms_refuted",
+            "Members this node held as suspect that proved alive at a higher incarnation",
+            m.false_alarms_refuted.clone(),
         );
         r.register(
             "events",
@@ -253,6 +343,11 @@ impl Metrics {
             "snapshot_put_seconds",
             "Time from a put's arrival to its acknowledgement",
             m.snapshot_put_seconds.clone(),
+        );
+        r.register(
+            "snapshot_put_failure_seconds",
+            "Time from a put's arrival to its refusal or failure (puts counted under an error code)",
+            m.snapshot_put_failure_seconds.clone(),
         );
         r.register(
             "snapshot_gets",
@@ -303,6 +398,66 @@ impl Metrics {
             "snapshot_memory_bytes",
             "Snapshot bytes held in memory (puts in flight, replicas being received)",
             m.snapshot_memory_bytes.clone(),
+        );
+        r.register(
+            "datagram_bytes",
+            "SWIM messages sent (out) or received (in) as QUIC datagrams, in bytes (envelopes, before QUIC framing and encryption)",
+            datagram_bytes,
+        );
+        r.register(
+            "stream_bytes",
+            "Bytes sent (out) or received (in) on QUIC streams: framed messages and snapshot payloads",
+            stream_bytes,
+        );
+        r.register(
+            "elections",
+            "Elections of a new owner this node started as proposer, by kind (recover, handoff, takeover)",
+            m.elections.clone(),
+        );
+        r.register(
+            "elections_won",
+            "Elections whose decree this node got chosen: it coordinates the adoption",
+            m.elections_won.clone(),
+        );
+        r.register(
+            "elections_running",
+            "Elections this node runs as proposer now (pending ones included)",
+            m.elections_running.clone(),
+        );
+        r.register(
+            "adoptions",
+            "Agents this node adopted (it owns them at a new epoch)",
+            m.adoptions.clone(),
+        );
+        r.register(
+            "agent_fences",
+            "Times an agent owned here was fenced (this node lost its holders' lease)",
+            m.agent_fences.clone(),
+        );
+        r.register(
+            "agents_fenced",
+            "Agents owned here that are fenced now",
+            m.agents_fenced.clone(),
+        );
+        r.register(
+            "agents_pending",
+            "Agents whose election on this node found no live, non-isolated host with room: waiting for capacity",
+            m.agents_pending.clone(),
+        );
+        r.register(
+            "rto_seconds",
+            "On the adopting node: from this node's first sight of the previous owner's failure (its first suspicion, else its down or left) to the adoption",
+            m.rto_seconds.clone(),
+        );
+        r.register(
+            "standby_capacity_free_agents",
+            "Agents the live, non-isolated standby hosts of each zone can still take, as they advertise it",
+            m.standby_capacity_free.clone(),
+        );
+        r.register(
+            "capacity_free_agents",
+            "Agents the live, non-isolated hosts of each zone (standby or not) can still take, as they advertise it",
+            m.capacity_free.clone(),
         );
         r.register(
             "build_info",
@@ -369,4 +524,40 @@ pub fn encode(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+/// The content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics` for a scraper, with nothing else: the `--metrics-bind` listener
+/// serves this router over plain TCP (the socket API stays on the Unix socket).
+pub fn tcp_router(registry: Arc<Registry>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = Arc::clone(&registry);
+                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], encode(&registry)) }
+            }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "only GET /metrics is served here; the API is on the node's Unix socket\n",
+            )
+                .into_response()
+        })
+}
+
+/// Serves [`tcp_router`] on `listener` until `shutdown` resolves.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, tcp_router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

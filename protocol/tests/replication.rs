@@ -1688,21 +1688,24 @@ fn free_capacity_is_what_live_hosts_advertise_per_zone() {
         zone(&mut c, "b1", "za"),
         ZoneCapacity {
             standby: 0,
-            all: 199
+            all: 199,
+            unadvertised: 0
         }
     );
     assert_eq!(
         zone(&mut c, "b1", "zb"),
         ZoneCapacity {
             standby: 0,
-            all: 100
+            all: 100,
+            unadvertised: 0
         }
     );
     assert_eq!(
         zone(&mut c, "b1", "zc"),
         ZoneCapacity {
             standby: 2,
-            all: 102
+            all: 102,
+            unadvertised: 0
         }
     );
     c.kill("a1");
@@ -1713,14 +1716,16 @@ fn free_capacity_is_what_live_hosts_advertise_per_zone() {
         zone(&mut c, "b1", "za"),
         ZoneCapacity {
             standby: 0,
-            all: 100
+            all: 100,
+            unadvertised: 0
         }
     );
     assert_eq!(
         zone(&mut c, "b1", "zc"),
         ZoneCapacity {
             standby: 1,
-            all: 101
+            all: 101,
+            unadvertised: 0
         }
     );
 }

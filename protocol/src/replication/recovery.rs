@@ -141,6 +141,8 @@ pub struct ZoneCapacity {
     pub standby: u64,
     /// On every host (standby ones included).
     pub all: u64,
+    /// Live hosts whose information has not arrived yet (counted as no room).
+    pub unadvertised: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,8 +378,7 @@ impl Replicator {
 
     /// Free capacity per zone of the live members (this node included), from the
     /// information each one advertises; the input of target selection (without the
-    /// adoptions a coordinator has just planned). Zones whose members have not
-    /// advertised yet count 0.
+    /// adoptions a coordinator has just planned).
     pub fn free_capacity(&self) -> BTreeMap<Zone, ZoneCapacity> {
         let mut zones: BTreeMap<Zone, ZoneCapacity> = BTreeMap::new();
         let me = (self.me.zone.clone(), Some(self.my_info()));
@@ -387,9 +388,13 @@ impl Replicator {
             .map(|id| (id.zone.clone(), self.recovery.infos.get(&id.name).cloned()));
         for (zone, info) in std::iter::once(me).chain(others) {
             let room = zones.entry(zone).or_default();
-            let Some(info) = info.filter(|i| !i.isolated) else {
+            let Some(info) = info else {
+                room.unadvertised = room.unadvertised.saturating_add(1);
                 continue;
             };
+            if info.isolated {
+                continue;
+            }
             let free = u64::try_from(info.free()).unwrap_or(0);
             room.all = room.all.saturating_add(free);
             if info.standby {
