@@ -13,12 +13,14 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use vigil_protocol::ProbeOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -202,6 +204,26 @@ impl Metrics {
             capacity_free: Family::default(),
             build_info: Family::default(),
         };
+        // Series whose label values are known in advance start at 0, so that rates
+        // and alerts see them before the first event.
+        for outcome in ProbeOutcome::ALL {
+            let _ = m.probes.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str().into(),
+            });
+        }
+        for kind in ["recover", "handoff", "takeover"] {
+            let _ = m.elections.get_or_create(&KindLabel { kind: kind.into() });
+        }
+        for direction in ["in", "out"] {
+            let _ = m.repl_payload_bytes.get_or_create(&DirectionLabel {
+                direction: direction.into(),
+            });
+        }
+        for direction in ["inbound", "outbound"] {
+            let _ = m.connections_opened.get_or_create(&DirectionLabel {
+                direction: direction.into(),
+            });
+        }
         m.build_info
             .get_or_create(&BuildLabel {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -249,17 +271,20 @@ impl Metrics {
             "Framed messages received on QUIC streams",
             m.stream_frames_received.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "messages_dropped",
             "Outgoing or incoming messages dropped, by reason",
             m.messages_dropped.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "input_errors",
             "Messages from peers refused while decoding or processing, by kind",
             m.input_errors.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "tls_rejected",
             "Connections refused during or right after the TLS handshake, by reason",
             m.tls_rejected.clone(),
@@ -269,7 +294,8 @@ impl Metrics {
             "QUIC connections in the connection cache",
             m.connections.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "connections_opened",
             "QUIC connections established, by direction",
             m.connections_opened.clone(),
@@ -284,12 +310,14 @@ impl Metrics {
             "Time to establish an outgoing QUIC connection (TLS handshake included)",
             m.handshake_seconds.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "members",
             "Known members by state and zone, the local node included",
             m.members.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "probes",
             "SWIM probes this node sent, by outcome: ack_direct (the member answered), ack_indirect (only through another member), failed (nobody answered in time)",
             m.probes.clone(),
@@ -309,7 +337,8 @@ impl Metrics {
             "Members this node held as suspect that proved alive at a higher incarnation",
             m.false_alarms_refuted.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "events",
             "Membership events emitted, by type",
             m.events.clone(),
@@ -329,12 +358,14 @@ impl Metrics {
             "Errors foca reported while handling timers (should stay 0)",
             m.timer_errors.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "api_requests",
             "Socket API requests by route and status",
             m.api_requests.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "snapshot_puts",
             "Snapshot puts answered by this node as owner, by outcome (acked, or the error code)",
             m.snapshot_puts.clone(),
@@ -349,7 +380,8 @@ impl Metrics {
             "Time from a put's arrival to its refusal or failure (puts counted under an error code)",
             m.snapshot_put_failure_seconds.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "snapshot_gets",
             "Snapshot reads answered by this node, by outcome",
             m.snapshot_gets.clone(),
@@ -364,12 +396,14 @@ impl Metrics {
             "Snapshot versions found corrupt on this node's disk (moved aside, fetched again)",
             m.snapshot_corrupt.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "store_errors",
             "Snapshot store operations that failed, by kind (no_space, io, corrupt, ...)",
             m.store_errors.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "replication_payload_bytes",
             "Snapshot bytes sent to or received from peers on QUIC streams, by direction",
             m.repl_payload_bytes.clone(),
@@ -399,17 +433,20 @@ impl Metrics {
             "Snapshot bytes held in memory (puts in flight, replicas being received)",
             m.snapshot_memory_bytes.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "datagram_bytes",
             "SWIM messages sent (out) or received (in) as QUIC datagrams, in bytes (envelopes, before QUIC framing and encryption)",
             datagram_bytes,
         );
-        r.register(
+        described(
+            &mut r,
             "stream_bytes",
             "Bytes sent (out) or received (in) on QUIC streams: framed messages and snapshot payloads",
             stream_bytes,
         );
-        r.register(
+        described(
+            &mut r,
             "elections",
             "Elections of a new owner this node started as proposer, by kind (recover, handoff, takeover)",
             m.elections.clone(),
@@ -449,17 +486,20 @@ impl Metrics {
             "On the adopting node: from this node's first sight of the previous owner's failure (its first suspicion, else its down or left) to the adoption",
             m.rto_seconds.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "standby_capacity_free_agents",
             "Agents the live, non-isolated standby hosts of each zone can still take, as they advertise it",
             m.standby_capacity_free.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "capacity_free_agents",
             "Agents the live, non-isolated hosts of each zone (standby or not) can still take, as they advertise it",
             m.capacity_free.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "build_info",
             "Version of this build and of its wire protocol",
             m.build_info.clone(),
@@ -516,6 +556,34 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// A family of labelled series whose `# HELP` and `# TYPE` lines are written even
+/// before its first series exists. prometheus-client leaves empty families out, and
+/// then a scraper (or the dashboard test) cannot tell "nothing counted yet" (no TLS
+/// refusal so far) from "no such metric".
+#[derive(Debug)]
+struct Described<M> {
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+}
+
+impl<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static> Collector for Described<M> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let series =
+            encoder.encode_descriptor(self.name, self.help, None, self.metric.metric_type())?;
+        self.metric.encode(series)
+    }
+}
+
+fn described<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static>(
+    r: &mut Registry,
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+) {
+    r.register_collector(Box::new(Described { name, help, metric }));
 }
 
 /// Renders the registry in the Prometheus text format.

@@ -38,6 +38,12 @@ pub enum ProbeOutcome {
 }
 
 impl ProbeOutcome {
+    pub const ALL: [ProbeOutcome; 3] = [
+        ProbeOutcome::AckedDirect,
+        ProbeOutcome::AckedIndirect,
+        ProbeOutcome::Failed,
+    ];
+
     /// A stable label, for metrics.
     pub fn as_str(self) -> &'static str {
         match self {
