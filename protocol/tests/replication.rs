@@ -1667,6 +1667,46 @@ fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears()
     assert_eq!(pending(&mut c), 0);
 }
 
+/// Found by the node's capacity metrics: a member announces its settings when it sees
+/// a peer come up, which can be before that peer sees it; the peer dropped the
+/// announcement, never heard it again (it is resent only on change), and so never
+/// counted the member as a standby host, or as a target at all.
+#[test]
+fn settings_announced_before_the_receiver_sees_the_sender_are_kept() {
+    let (a, b) = (node_id("a", "za", 1), node_id("b", "zb", 2));
+    let config = ReplicationConfig::default();
+    let mut ra = Replicator::new(a.clone(), config.clone(), 1);
+    let mut rb = Replicator::new(b.clone(), config, 2);
+    ra.set_node_settings(true, 5);
+    let now = Duration::ZERO;
+    ra.member_up(now, b.clone());
+    let mut infos = Vec::new();
+    while let Some(effect) = ra.poll_effect() {
+        if let ReplEffect::Send { to, msg, .. } = effect
+            && to == b
+            && matches!(msg, ReplMsg::NodeInfo { .. })
+        {
+            infos.push(msg);
+        }
+    }
+    assert_eq!(infos.len(), 1);
+    // b has not seen a come up yet.
+    for msg in infos {
+        rb.handle_message(now, &a.name, msg, None);
+    }
+    rb.member_up(now, a.clone());
+    let info = rb.node_info(&a.name).expect("a's settings");
+    assert!(info.standby && info.capacity == 5, "{info:?}");
+    assert_eq!(
+        rb.free_capacity()[&Zone::new("za").unwrap()],
+        ZoneCapacity {
+            standby: 5,
+            all: 5,
+            unadvertised: 0
+        }
+    );
+}
+
 #[test]
 fn free_capacity_is_what_live_hosts_advertise_per_zone() {
     let mut c = Cluster::new(&six(), ReplicationConfig::default());
