@@ -25,8 +25,9 @@ pub const EVENT_SPACING: Duration = Duration::from_secs(10);
 /// A failure is kept for the recovery time this long after the member came back as a
 /// new generation: adoptions already under way may still complete meanwhile.
 const RETURN_GRACE: Duration = Duration::from_secs(60);
-/// Failures older than this are forgotten (bounds the memory when names churn).
-const FAILURE_MEMORY: Duration = Duration::from_secs(3600);
+/// Failures older than this are forgotten (bounds the memory when names churn); as
+/// long as foca remembers a down member.
+const FAILURE_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// A capacity event for the event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
