@@ -154,6 +154,10 @@ pub struct AgentArgs {
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
     #[arg(long, env = "VIGIL_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Also serve GET /metrics over plain HTTP on this TCP address, for Prometheus,
+    /// e.g. 127.0.0.1:9464 [default: off; /metrics is always on the socket].
+    #[arg(long, env = "VIGIL_METRICS_BIND", value_name = "ADDR")]
+    pub metrics_bind: Option<String>,
     /// Copies of each agent's snapshots, on distinct hosts, one per zone first [default: 3].
     #[arg(long, env = "VIGIL_COPIES", value_name = "K")]
     pub copies: Option<String>,

@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub connection_cache: usize,
     pub idle_timeout: Duration,
     pub log_format: LogFormat,
+    /// Where to serve `/metrics` over TCP as well (`--metrics-bind`); `None`: only on
+    /// the socket.
+    pub metrics_bind: Option<SocketAddr>,
     pub replication: Replication,
     pub recovery: Recovery,
 }
@@ -208,6 +211,7 @@ struct FileConfig {
     profile: Option<String>,
     connection_cache: Option<u64>,
     log_format: Option<String>,
+    metrics_bind: Option<String>,
     copies: Option<u64>,
     keep: Option<u64>,
     ack: Option<String>,
@@ -223,7 +227,7 @@ struct FileConfig {
     heartbeat_timeout: Option<String>,
 }
 
-const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format, copies, keep, ack, owner_counts_as_copy, max_snapshot, snapshot_memory, repair_rate, standby, capacity, lease, agent_command, agent_restarts, heartbeat_timeout";
+const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format, metrics_bind, copies, keep, ack, owner_counts_as_copy, max_snapshot, snapshot_memory, repair_rate, standby, capacity, lease, agent_command, agent_restarts, heartbeat_timeout";
 
 /// A size in the file may be a number (bytes) or a string with a unit.
 fn size_text(v: Option<toml::Value>) -> Option<String> {
@@ -322,6 +326,7 @@ fn flag_name(id: &'static str) -> &'static str {
         "data_dir" => "data-dir",
         "connection_cache" => "connection-cache",
         "log_format" => "log-format",
+        "metrics_bind" => "metrics-bind",
         "owner_counts_as_copy" => "owner-counts-as-copy",
         "max_snapshot" => "max-snapshot",
         "snapshot_memory" => "snapshot-memory",
@@ -584,6 +589,22 @@ impl AgentConfig {
             None => LogFormat::Text,
         };
 
+        let metrics_bind = match src.pick(
+            "metrics_bind",
+            "VIGIL_METRICS_BIND",
+            "metrics_bind",
+            args.metrics_bind,
+            file.metrics_bind,
+        ) {
+            Some(raw) => errs.ok(raw.value.trim().parse::<SocketAddr>().map_err(|_| {
+                raw.invalid(
+                    "not an IP:PORT address to serve /metrics on",
+                    "write it as 127.0.0.1:9464 (0.0.0.0:9464 lets a Prometheus on another host scrape it), or leave it unset: /metrics is always served on the socket",
+                )
+            })),
+            None => None,
+        };
+
         let replication = resolve_replication(&src, &args_repl, file_repl, &mut errs);
 
         let (Some(name), Some(zone), Some(bind_addr), true) =
@@ -604,6 +625,7 @@ impl AgentConfig {
             connection_cache,
             idle_timeout: Duration::from_secs(60),
             log_format,
+            metrics_bind,
             replication,
             recovery,
         })
@@ -1001,6 +1023,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--connection-cache"), "{err}");
+    }
+
+    #[test]
+    fn metrics_bind_is_off_by_default_and_a_bad_one_names_its_source() {
+        let base = ["--name", "n1", "--bind", "127.0.0.1:1"];
+        assert_eq!(resolve(&base).unwrap().metrics_bind, None);
+        let on = resolve(&[&base[..], &["--metrics-bind", "127.0.0.1:9464"]].concat()).unwrap();
+        assert_eq!(on.metrics_bind, Some("127.0.0.1:9464".parse().unwrap()));
+        let err = resolve(&[&base[..], &["--metrics-bind", "9464"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--metrics-bind") && err.contains("\"9464\"") && err.contains("Fix:"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(&path, "metrics_bind = \"localhost:9464\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let err = resolve(&[&base[..], &["--config", p]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`metrics_bind` in"), "{err}");
     }
 
     #[test]

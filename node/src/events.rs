@@ -57,6 +57,12 @@ pub struct EventRecord {
     /// The snapshot seq the event refers to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The zone a capacity event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// A capacity event's figure: free standby capacity (agents) or agents pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// The agent, epoch and seq an agent event names (all optional).
@@ -149,6 +155,20 @@ impl EventLog {
         self.push(kind, None, None, None, detail, agent)
     }
 
+    /// Records a capacity signal (free standby capacity of a zone, agents pending).
+    pub fn push_capacity(
+        &mut self,
+        kind: &str,
+        zone: Option<String>,
+        count: u64,
+        detail: String,
+    ) -> Arc<EventRecord> {
+        let mut record = self.record(kind, None, None, None, Some(detail), AgentRef::default());
+        record.zone = zone;
+        record.count = Some(count);
+        self.publish(record)
+    }
+
     fn push(
         &mut self,
         kind: &str,
@@ -158,8 +178,29 @@ impl EventLog {
         detail: Option<String>,
         agent: AgentRef,
     ) -> Arc<EventRecord> {
+        let record = self.record(
+            kind,
+            member,
+            incarnation,
+            previous_generation,
+            detail,
+            agent,
+        );
+        self.publish(record)
+    }
+
+    /// The next record (its index is taken when it is published).
+    fn record(
+        &self,
+        kind: &str,
+        member: Option<&NodeId>,
+        incarnation: Option<u16>,
+        previous_generation: Option<u64>,
+        detail: Option<String>,
+        agent: AgentRef,
+    ) -> EventRecord {
         let (time, time_ms) = now_rfc3339();
-        let record = Arc::new(EventRecord {
+        EventRecord {
             index: self.next_index,
             time,
             time_ms,
@@ -176,7 +217,13 @@ impl EventLog {
             agent: agent.agent,
             epoch: agent.epoch,
             seq: agent.seq,
-        });
+            zone: None,
+            count: None,
+        }
+    }
+
+    fn publish(&mut self, record: EventRecord) -> Arc<EventRecord> {
+        let record = Arc::new(record);
         self.next_index += 1;
         if self.retained.len() >= RETAINED_EVENTS {
             self.retained.pop_front();

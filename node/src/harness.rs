@@ -57,6 +57,8 @@ pub struct LocalNode {
     pub bound: SocketAddr,
     pub generation: u64,
     pub pid: u32,
+    /// Where the node serves `/metrics` over TCP, when started with `--metrics-bind`.
+    pub metrics: Option<SocketAddr>,
     child: Option<Child>,
     _stdout: Option<ChildStdout>,
 }
@@ -320,6 +322,7 @@ impl LocalCluster {
             bound,
             generation: ready.generation,
             pid: ready.pid,
+            metrics: ready.metrics.as_deref().and_then(|m| m.parse().ok()),
             child: Some(child),
             _stdout: Some(lines.into_inner().into_inner()),
         };

@@ -11,6 +11,7 @@
 //! - [`logging`]: tracing with a reloadable filter (optional OTLP export);
 //!   [`systemd`]: `Type=notify` readiness and watchdog.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`signals`]: metrics that follow the owner task's state, and capacity events.
 //! - [`store`]: the durable on-disk snapshot store of a replica host.
 //! - [`harness`] and [`demo`]: local clusters of child processes (demo, tests, benches).
 
@@ -35,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod runtime;
+pub mod signals;
 pub mod store;
 pub mod systemd;
 pub mod tls;

@@ -1,16 +1,26 @@
-//! Prometheus metrics of one node, served at `/metrics` on the Unix socket.
+//! Prometheus metrics of one node, served at `/metrics` on the Unix socket (and, with
+//! `--metrics-bind`, over plain TCP for scrapers; [`serve_tcp`]).
 //!
 //! The metric handles are atomics shared by the tasks that count; only the owner task
-//! changes membership state, so gauges describing it are set from there.
+//! changes membership state, so gauges describing it are set from there (see
+//! [`crate::signals`]). docs/API.md lists every metric; docs/dashboards/vigil.json
+//! is built on them, and a test keeps the two in step.
+//!
+//! Labels are bounded: states, zones, directions, reasons and kinds are small fixed or
+//! operator-defined sets, routes are the router's patterns. Agent ids and node names
+//! never become labels (a cluster of thousands of agents would make thousands of
+//! series per node).
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use vigil_protocol::ProbeOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -23,8 +33,14 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
+pub struct MemberLabel {
     pub state: String,
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabel {
+    pub zone: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,7 +86,7 @@ pub struct Metrics {
     pub connections_opened: Family<DirectionLabel, Counter>,
     pub connections_evicted: Counter,
     pub handshake_seconds: Histogram,
-    pub members: Family<StateLabel, Gauge>,
+    pub members: Family<MemberLabel, Gauge>,
     pub events: Family<TypeLabel, Counter>,
     pub joined: Gauge,
     pub local_health: Gauge,
@@ -88,12 +104,48 @@ pub struct Metrics {
     pub agents_degraded: Gauge,
     pub repair_backlog: Gauge,
     pub snapshot_memory_bytes: Gauge,
+    /// SWIM envelopes sent and received as QUIC datagrams, in bytes.
+    pub datagram_bytes_out: Counter,
+    pub datagram_bytes_in: Counter,
+    /// Bytes sent and received on QUIC streams (frames and snapshot payloads).
+    pub stream_bytes_out: Counter,
+    pub stream_bytes_in: Counter,
+    pub probes: Family<OutcomeLabel, Counter>,
+    pub suspicions_raised: Counter,
+    pub refutations: Counter,
+    pub false_alarms_refuted: Counter,
+    pub snapshot_put_failure_seconds: Histogram,
+    pub elections: Family<KindLabel, Counter>,
+    pub elections_won: Counter,
+    pub elections_running: Gauge,
+    pub adoptions: Counter,
+    pub agent_fences: Counter,
+    pub agents_fenced: Gauge,
+    pub agents_pending: Gauge,
+    pub rto_seconds: Histogram,
+    pub standby_capacity_free: Family<ZoneLabel, Gauge>,
+    pub capacity_free: Family<ZoneLabel, Gauge>,
     build_info: Family<BuildLabel, Gauge>,
 }
+
+/// Buckets of the recovery time histogram, in seconds: fine around the LAN profile's
+/// typical 1-3 s, coarse up to the minutes an agent waits pending for room.
+const RTO_BUCKETS: [f64; 17] = [
+    0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 impl Metrics {
     /// The metrics and the registry that encodes them.
     pub fn new() -> (Arc<Metrics>, Registry) {
+        let datagram_bytes: Family<DirectionLabel, Counter> = Family::default();
+        let stream_bytes: Family<DirectionLabel, Counter> = Family::default();
+        // Handles kept for the hot paths (one per datagram): no label lookup there.
+        let direction = |f: &Family<DirectionLabel, Counter>, d: &str| {
+            f.get_or_create(&DirectionLabel {
+                direction: d.to_string(),
+            })
+            .clone()
+        };
         let m = Metrics {
             udp_tx_bytes: Counter::default(),
             udp_tx_packets: Counter::default(),
@@ -130,8 +182,48 @@ impl Metrics {
             agents_degraded: Gauge::default(),
             repair_backlog: Gauge::default(),
             snapshot_memory_bytes: Gauge::default(),
+            datagram_bytes_out: direction(&datagram_bytes, "out"),
+            datagram_bytes_in: direction(&datagram_bytes, "in"),
+            stream_bytes_out: direction(&stream_bytes, "out"),
+            stream_bytes_in: direction(&stream_bytes, "in"),
+            probes: Family::default(),
+            suspicions_raised: Counter::default(),
+            refutations: Counter::default(),
+            false_alarms_refuted: Counter::default(),
+            // 250 us .. ~16 s, like acknowledged puts.
+            snapshot_put_failure_seconds: Histogram::new(exponential_buckets(0.00025, 2.0, 17)),
+            elections: Family::default(),
+            elections_won: Counter::default(),
+            elections_running: Gauge::default(),
+            adoptions: Counter::default(),
+            agent_fences: Counter::default(),
+            agents_fenced: Gauge::default(),
+            agents_pending: Gauge::default(),
+            rto_seconds: Histogram::new(RTO_BUCKETS),
+            standby_capacity_free: Family::default(),
+            capacity_free: Family::default(),
             build_info: Family::default(),
         };
+        // Series whose label values are known in advance start at 0, so that rates
+        // and alerts see them before the first event.
+        for outcome in ProbeOutcome::ALL {
+            let _ = m.probes.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str().into(),
+            });
+        }
+        for kind in ["recover", "handoff", "takeover"] {
+            let _ = m.elections.get_or_create(&KindLabel { kind: kind.into() });
+        }
+        for direction in ["in", "out"] {
+            let _ = m.repl_payload_bytes.get_or_create(&DirectionLabel {
+                direction: direction.into(),
+            });
+        }
+        for direction in ["inbound", "outbound"] {
+            let _ = m.connections_opened.get_or_create(&DirectionLabel {
+                direction: direction.into(),
+            });
+        }
         m.build_info
             .get_or_create(&BuildLabel {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -179,17 +271,20 @@ impl Metrics {
             "Framed messages received on QUIC streams",
             m.stream_frames_received.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "messages_dropped",
             "Outgoing or incoming messages dropped, by reason",
             m.messages_dropped.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "input_errors",
             "Messages from peers refused while decoding or processing, by kind",
             m.input_errors.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "tls_rejected",
             "Connections refused during or right after the TLS handshake, by reason",
             m.tls_rejected.clone(),
@@ -199,7 +294,8 @@ impl Metrics {
             "QUIC connections in the connection cache",
             m.connections.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "connections_opened",
             "QUIC connections established, by direction",
             m.connections_opened.clone(),
@@ -214,12 +310,35 @@ impl Metrics {
             "Time to establish an outgoing QUIC connection (TLS handshake included)",
             m.handshake_seconds.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "members",
-            "Known members by state, the local node included",
+            "Known members by state and zone, the local node included",
             m.members.clone(),
         );
+        described(
+            &mut r,
+            "probes",
+            "SWIM probes this node sent, by outcome: ack_direct (the member answered), ack_indirect (only through another member), failed (nobody answered in time)",
+            m.probes.clone(),
+        );
         r.register(
+            "suspicions_raised",
+            "Alive members this node's own failed probe made suspect (the rest it learns by gossip)",
+            m.suspicions_raised.clone(),
+        );
+        r.register(
+            "refutations",
+            "Times this node was told it is suspected and refuted by raising its incarnation",
+            m.refutations.clone(),
+        );
+        r.register(
+            "false_alarms_refuted",
+            "Members this node held as suspect that proved alive at a higher incarnation",
+            m.false_alarms_refuted.clone(),
+        );
+        described(
+            &mut r,
             "events",
             "Membership events emitted, by type",
             m.events.clone(),
@@ -239,12 +358,14 @@ impl Metrics {
             "Errors foca reported while handling timers (should stay 0)",
             m.timer_errors.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "api_requests",
             "Socket API requests by route and status",
             m.api_requests.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "snapshot_puts",
             "Snapshot puts answered by this node as owner, by outcome (acked, or the error code)",
             m.snapshot_puts.clone(),
@@ -255,6 +376,12 @@ impl Metrics {
             m.snapshot_put_seconds.clone(),
         );
         r.register(
+            "snapshot_put_failure_seconds",
+            "Time from a put's arrival to its refusal or failure (puts counted under an error code)",
+            m.snapshot_put_failure_seconds.clone(),
+        );
+        described(
+            &mut r,
             "snapshot_gets",
             "Snapshot reads answered by this node, by outcome",
             m.snapshot_gets.clone(),
@@ -269,12 +396,14 @@ impl Metrics {
             "Snapshot versions found corrupt on this node's disk (moved aside, fetched again)",
             m.snapshot_corrupt.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "store_errors",
             "Snapshot store operations that failed, by kind (no_space, io, corrupt, ...)",
             m.store_errors.clone(),
         );
-        r.register(
+        described(
+            &mut r,
             "replication_payload_bytes",
             "Snapshot bytes sent to or received from peers on QUIC streams, by direction",
             m.repl_payload_bytes.clone(),
@@ -304,7 +433,73 @@ impl Metrics {
             "Snapshot bytes held in memory (puts in flight, replicas being received)",
             m.snapshot_memory_bytes.clone(),
         );
+        described(
+            &mut r,
+            "datagram_bytes",
+            "SWIM messages sent (out) or received (in) as QUIC datagrams, in bytes (envelopes, before QUIC framing and encryption)",
+            datagram_bytes,
+        );
+        described(
+            &mut r,
+            "stream_bytes",
+            "Bytes sent (out) or received (in) on QUIC streams: framed messages and snapshot payloads",
+            stream_bytes,
+        );
+        described(
+            &mut r,
+            "elections",
+            "Elections of a new owner this node started as proposer, by kind (recover, handoff, takeover)",
+            m.elections.clone(),
+        );
         r.register(
+            "elections_won",
+            "Elections whose decree this node got chosen: it coordinates the adoption",
+            m.elections_won.clone(),
+        );
+        r.register(
+            "elections_running",
+            "Elections this node runs as proposer now (pending ones included)",
+            m.elections_running.clone(),
+        );
+        r.register(
+            "adoptions",
+            "Agents this node adopted (it owns them at a new epoch)",
+            m.adoptions.clone(),
+        );
+        r.register(
+            "agent_fences",
+            "Times an agent owned here was fenced (this node lost its holders' lease)",
+            m.agent_fences.clone(),
+        );
+        r.register(
+            "agents_fenced",
+            "Agents owned here that are fenced now",
+            m.agents_fenced.clone(),
+        );
+        r.register(
+            "agents_pending",
+            "Agents whose election on this node found no live, non-isolated host with room: waiting for capacity",
+            m.agents_pending.clone(),
+        );
+        r.register(
+            "rto_seconds",
+            "On the adopting node: from this node's first sight of the previous owner's failure (its first suspicion, else its down or left) to the adoption",
+            m.rto_seconds.clone(),
+        );
+        described(
+            &mut r,
+            "standby_capacity_free_agents",
+            "Agents the live, non-isolated standby hosts of each zone can still take, as they advertise it",
+            m.standby_capacity_free.clone(),
+        );
+        described(
+            &mut r,
+            "capacity_free_agents",
+            "Agents the live, non-isolated hosts of each zone (standby or not) can still take, as they advertise it",
+            m.capacity_free.clone(),
+        );
+        described(
+            &mut r,
             "build_info",
             "Version of this build and of its wire protocol",
             m.build_info.clone(),
@@ -363,10 +558,74 @@ impl Metrics {
     }
 }
 
+/// A family of labelled series whose `# HELP` and `# TYPE` lines are written even
+/// before its first series exists. prometheus-client leaves empty families out, and
+/// then a scraper (or the dashboard test) cannot tell "nothing counted yet" (no TLS
+/// refusal so far) from "no such metric".
+#[derive(Debug)]
+struct Described<M> {
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+}
+
+impl<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static> Collector for Described<M> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let series =
+            encoder.encode_descriptor(self.name, self.help, None, self.metric.metric_type())?;
+        self.metric.encode(series)
+    }
+}
+
+fn described<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static>(
+    r: &mut Registry,
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+) {
+    r.register_collector(Box::new(Described { name, help, metric }));
+}
+
 /// Renders the registry in the Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+/// The content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics` for a scraper, with nothing else: the `--metrics-bind` listener
+/// serves this router over plain TCP (the socket API stays on the Unix socket).
+pub fn tcp_router(registry: Arc<Registry>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = Arc::clone(&registry);
+                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], encode(&registry)) }
+            }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "only GET /metrics is served here; the API is on the node's Unix socket\n",
+            )
+                .into_response()
+        })
+}
+
+/// Serves [`tcp_router`] on `listener` until `shutdown` resolves.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, tcp_router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

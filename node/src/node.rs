@@ -18,8 +18,8 @@ use vigil_protocol::replication::{
     AgentView, GetError, LoadError, PutError, PutOutcome, SnapMeta, StoredVersion,
 };
 use vigil_protocol::{
-    AgentId, AgentRecord, Core, Effect, Event, LocalState, MemberInfo, MemberState, NodeId,
-    ReplEffect, ReplEvent, Replicator, Zone, wire,
+    AgentId, AgentRecord, Core, Effect, Event, LocalState, MemberInfo, NodeId, ReplEffect,
+    ReplEvent, Replicator, Zone, wire,
 };
 
 use crate::agents::{self, Supervisor};
@@ -33,8 +33,9 @@ use crate::events::AgentRef;
 use crate::events::{self, EventLog};
 use crate::launcher::{LaunchEvent, LaunchSpec, Launcher, LauncherConfig};
 use crate::logging::LogControl;
-use crate::metrics::{Metrics, StateLabel, TypeLabel};
+use crate::metrics::{Metrics, TypeLabel};
 use crate::runtime::{self, Patch, RuntimeConfig, SettingsJson};
+use crate::signals::Signals;
 use crate::store::{SnapshotStore, StoreError, VersionMeta};
 use crate::systemd::Notifier;
 use crate::tls;
@@ -94,6 +95,10 @@ pub enum AgentError {
         context: &'static str,
         source: io::Error,
     },
+    #[error(
+        "cannot serve /metrics on {addr} (--metrics-bind): {source}. Fix: pick a free port and an address of this host, or leave --metrics-bind unset"
+    )]
+    MetricsBind { addr: SocketAddr, source: io::Error },
 }
 
 /// The line `vigil agent` prints on stdout once it serves (for supervisors and tests).
@@ -111,6 +116,9 @@ pub struct ReadyLine {
     pub socket: String,
     pub generation: u64,
     pub pid: u32,
+    /// The TCP address `/metrics` is served on (`--metrics-bind`), port resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// Runs a node until SIGTERM or SIGINT. `runtime` holds the live settings (already
@@ -167,9 +175,35 @@ pub async fn run_agent(
         generation,
     );
 
+    let registry = Arc::new(registry);
+    let metrics_listener = match config.metrics_bind {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::MetricsBind { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| AgentError::Io {
+            context: "reading the metrics address",
+            source,
+        })?),
+        None => None,
+    };
     let listener = api::bind_socket(&config.socket)?;
     let (api_tx, api_rx) = mpsc::channel(API_QUEUE);
     let (stop_api, api_stopped) = oneshot::channel::<()>();
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|l| {
+        tokio::spawn(crate::metrics::serve_tcp(
+            l,
+            Arc::clone(&registry),
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
     let api_task = tokio::spawn(api::serve(
         listener,
         api::ApiLimits {
@@ -179,7 +213,7 @@ pub async fn run_agent(
         },
         api_tx,
         Arc::clone(&metrics),
-        Arc::new(registry),
+        registry,
         async move {
             let _ = api_stopped.await;
         },
@@ -259,6 +293,7 @@ pub async fn run_agent(
         core,
         transport,
         events: EventLog::new(&identity),
+        signals: Signals::new(Arc::clone(&metrics)),
         metrics,
         start: Instant::now(),
         wall_start: SystemTime::now(),
@@ -297,11 +332,18 @@ pub async fn run_agent(
         profile = owner.config.profile.as_str(), socket = %owner.config.socket.display(),
         "vigil node started"
     );
-    print_ready(&identity, bound, &owner.config.socket)?;
+    if let Some(addr) = metrics_addr {
+        tracing::info!(%addr, "serving /metrics over TCP");
+    }
+    print_ready(&identity, bound, &owner.config.socket, metrics_addr)?;
 
     let result = owner.run(inbound, api_rx, disk_rx, launch_rx).await;
     let _ = stop_api.send(());
+    let _ = stop_metrics.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     let _ = std::fs::remove_file(&owner.config.socket);
     tracing::info!("vigil node stopped");
     result
@@ -359,6 +401,7 @@ fn print_ready(
     identity: &NodeId,
     bound: SocketAddr,
     socket: &std::path::Path,
+    metrics: Option<SocketAddr>,
 ) -> Result<(), AgentError> {
     let line = ReadyLine {
         ready: true,
@@ -368,6 +411,7 @@ fn print_ready(
         socket: socket.display().to_string(),
         generation: identity.generation,
         pid: std::process::id(),
+        metrics: metrics.map(|a| a.to_string()),
     };
     let mut out = io::stdout().lock();
     let io_err = |source| AgentError::Io {
@@ -405,6 +449,8 @@ struct Owner {
     pending: PendingApi,
     transport: Transport,
     events: EventLog,
+    /// Metrics that follow the core and the replicator, and the capacity events.
+    signals: Signals,
     metrics: Arc<Metrics>,
     start: Instant,
     wall_start: SystemTime,
@@ -623,13 +669,12 @@ impl Owner {
             self.update_member_gauges();
             self.drain_repl();
         }
-        self.metrics
-            .local_health
-            .set(i64::from(self.core.health_multiplier()));
+        self.signals.after_core(&self.core);
     }
 
     fn on_event(&mut self, event: &Event) {
         let now = self.now();
+        self.signals.on_member_event(now, event);
         match event {
             Event::MemberJoined { member } | Event::MemberRestarted { member, .. } => {
                 self.replicator.member_up(now, member.clone())
@@ -708,23 +753,8 @@ impl Owner {
         }
     }
 
-    fn update_member_gauges(&self) {
-        let (mut alive, mut suspect, mut down) = (0i64, 0i64, 0i64);
-        for m in self.core.members() {
-            match m.state {
-                MemberState::Alive => alive += 1,
-                MemberState::Suspect => suspect += 1,
-                MemberState::Down => down += 1,
-            }
-        }
-        for (state, n) in [("alive", alive), ("suspect", suspect), ("down", down)] {
-            self.metrics
-                .members
-                .get_or_create(&StateLabel {
-                    state: state.into(),
-                })
-                .set(n);
-        }
+    fn update_member_gauges(&mut self) {
+        self.signals.update_members(&self.core);
         self.metrics
             .joined
             .set(i64::from(self.core.local_state() == LocalState::Active));
@@ -864,6 +894,8 @@ impl Owner {
                     }
                     Err(e) => {
                         self.metrics.count_put(e.code());
+                        // Refused at once (not the owner, fenced, ...).
+                        self.metrics.snapshot_put_failure_seconds.observe(0.0);
                         let _ = reply.send(Err(put_failure(&e)));
                     }
                 }
@@ -1085,6 +1117,9 @@ impl Owner {
                         }
                         Err(e) => {
                             self.metrics.count_put(e.code());
+                            self.metrics
+                                .snapshot_put_failure_seconds
+                                .observe(started.elapsed().as_secs_f64());
                             let _ = reply.send(Err(put_failure(&e)));
                         }
                     }
@@ -1116,22 +1151,24 @@ impl Owner {
                 ReplEffect::Event(e) => self.on_repl_event(e),
             }
         }
-        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for e in self.signals.after_repl(self.now(), &self.replicator) {
+            tracing::info!(event = e.kind, "{}", e.detail);
+            let record = self.events.push_capacity(e.kind, e.zone, e.count, e.detail);
+            self.count_event(&record.kind);
+        }
+    }
+
+    fn count_event(&self, kind: &str) {
         self.metrics
-            .agents_known
-            .set(gauge(self.replicator.known_count()));
-        self.metrics
-            .agents_owned
-            .set(gauge(self.replicator.owned_count()));
-        self.metrics
-            .agents_degraded
-            .set(gauge(self.replicator.degraded_count()));
-        self.metrics
-            .repair_backlog
-            .set(gauge(self.replicator.repair_backlog()));
+            .events
+            .get_or_create(&TypeLabel {
+                r#type: kind.to_string(),
+            })
+            .inc();
     }
 
     fn on_repl_event(&mut self, e: ReplEvent) {
+        self.signals.on_repl_event(self.now(), &e);
         let names = |v: &[vigil_protocol::NodeName]| {
             v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
         };

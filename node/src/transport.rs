@@ -715,6 +715,7 @@ fn send_out(
             let (conn, frame, payload) = (conn.clone(), frame.clone(), payload.clone());
             let metrics = Arc::clone(metrics);
             let len = payload.as_ref().map_or(0, |p| p.len() as u64);
+            let frame_len = frame.len() as u64;
             tokio::spawn(async move {
                 let sent = tokio::time::timeout(payload_timeout(len), async {
                     let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
@@ -731,6 +732,7 @@ fn send_out(
                 match sent {
                     Ok(Ok(())) => {
                         metrics.stream_frames_sent.inc();
+                        metrics.stream_bytes_out.inc_by(frame_len + len);
                         metrics
                             .repl_payload_bytes
                             .get_or_create(&DirectionLabel {
@@ -764,9 +766,11 @@ fn send_on(
         .max_datagram_size()
         .is_some_and(|max| envelope.len() <= max);
     if fits {
+        let len = envelope.len() as u64;
         match conn.send_datagram(envelope.clone()) {
             Ok(()) => {
                 metrics.datagrams_sent.inc();
+                metrics.datagram_bytes_out.inc_by(len);
                 return Ok(());
             }
             Err(SendDatagramError::ConnectionLost(_)) => return Err(()),
@@ -803,6 +807,7 @@ fn send_on(
         match sent {
             Ok(Ok(())) => {
                 metrics.stream_frames_sent.inc();
+                metrics.stream_bytes_out.inc_by(frame.len() as u64);
             }
             Ok(Err(_)) | Err(_) => metrics.count_dropped("stream_send_failed"),
         }
@@ -973,6 +978,7 @@ async fn read_connection(
             datagram = conn.read_datagram() => {
                 let Ok(bytes) = datagram else { break };
                 metrics.datagrams_received.inc();
+                metrics.datagram_bytes_in.inc_by(bytes.len() as u64);
                 // Never wait on the owner for a datagram: if it is behind, dropping
                 // keeps memory bounded and SWIM treats it as loss.
                 if inbound.try_send(Inbound::Message { from: name.clone(), bytes }).is_err() {
@@ -1016,6 +1022,8 @@ async fn read_stream(
     let frame = tokio::time::timeout(STREAM_FRAME_TIMEOUT, read_frame(&mut stream))
         .await
         .map_err(|_| "stream_timeout")??;
+    // The 4-byte length prefix included, as on the sending side.
+    metrics.stream_bytes_in.inc_by(frame.len() as u64 + 4);
     let msg = match wire::decode(&frame, wire::MAX_STREAM_FRAME_LEN) {
         Ok(wire::Body::Repl(msg)) => msg,
         // Membership messages (and undecodable ones, which the core reports by kind).
@@ -1040,6 +1048,7 @@ async fn read_stream(
         .await
         .map_err(|_| "stream_timeout")?
         .map_err(|_| "stream_truncated")?;
+    metrics.stream_bytes_in.inc_by(len);
     metrics
         .repl_payload_bytes
         .get_or_create(&DirectionLabel {

@@ -25,6 +25,7 @@ use crate::digest::{self, Digest};
 use crate::identity::{NodeId, NodeName};
 use crate::lifeguard::{self, Detector, Health, Suspicions};
 use crate::profile::{self, Profile};
+use crate::stats::{CoreStats, ProbeCycle, ProbeOutcome, ProbeReply};
 use crate::wire::{self, Body, DecodeError};
 
 type Swim = Foca<NodeId, PostcardCodec, ChaCha8Rng, GossipRelay>;
@@ -254,26 +255,70 @@ pub fn peek_sender(bytes: &[u8]) -> Result<NodeName, InputError> {
     }
 }
 
-/// The members a SWIM packet can change: its sender and the members in its updates.
-/// Anything undecodable makes the whole view suspect (foca will refuse it anyway).
-fn touched_by_packet(packet: &[u8]) -> Touched {
+/// What the core reads from a SWIM packet before foca handles it.
+struct PacketNews {
+    /// The members it can change: its sender and the members in its updates.
+    /// Anything undecodable makes the whole view suspect (foca will refuse it anyway).
+    touched: Touched,
+    /// An answer to a probe (foca's probe record is private; see `stats`).
+    reply: Option<ProbeReply>,
+    /// One of its updates says `me` is suspect: foca will refute by raising our
+    /// incarnation.
+    suspects_me: bool,
+}
+
+fn read_packet(packet: &[u8], me: &NodeId) -> PacketNews {
+    let mut news = PacketNews {
+        touched: Touched::Everything,
+        reply: None,
+        suspects_me: false,
+    };
     let mut buf = packet;
     let Ok(header) = Codec::<NodeId>::decode_header(&mut PostcardCodec, &mut buf) else {
-        return Touched::Everything;
+        return news;
     };
     let mut touched = Touched::Nothing;
     touched.add(&header.src.name);
+    news.reply = match &header.message {
+        foca::Message::Ack(number) => Some(ProbeReply::Direct {
+            from: header.src.name.clone(),
+            number: *number,
+        }),
+        foca::Message::ForwardedAck {
+            origin,
+            probe_number,
+        } => Some(ProbeReply::Forwarded {
+            about: origin.name.clone(),
+            number: *probe_number,
+        }),
+        _ => None,
+    };
     if buf.len() >= 2 && header.message != foca::Message::Broadcast {
         let count = u16::from_be_bytes([buf[0], buf[1]]);
         buf = &buf[2..];
         for _ in 0..count {
             match Codec::<NodeId>::decode_member(&mut PostcardCodec, &mut buf) {
-                Ok(member) => touched.add(&member.id().name),
-                Err(_) => return Touched::Everything,
+                Ok(member) => {
+                    news.suspects_me |= suspects(&member, me);
+                    touched.add(&member.id().name);
+                }
+                Err(_) => return news,
             }
         }
     }
-    touched
+    news.touched = touched;
+    news
+}
+
+/// The header of a SWIM packet (ours or a peer's), if it decodes.
+fn decode_header(packet: &[u8]) -> Option<foca::Header<NodeId>> {
+    let mut buf = packet;
+    Codec::<NodeId>::decode_header(&mut PostcardCodec, &mut buf).ok()
+}
+
+/// `member` is an update saying `me` is suspect.
+fn suspects(member: &foca::Member<NodeId>, me: &NodeId) -> bool {
+    member.state() == foca::State::Suspect && member.id() == me
 }
 
 /// A short stable label for a foca error, for metrics.
@@ -607,6 +652,15 @@ pub struct Core {
     own_failures: Vec<(NodeId, u16)>,
     /// All of them, ever (to tell a successful probe round from a failed one).
     own_failures_total: u64,
+    stats: CoreStats,
+    /// The probe foca is running, followed for `stats`.
+    probe: Option<ProbeCycle>,
+    /// A message of the current call (or of an earlier one, until this node sent
+    /// something) said this node is suspect; the incarnation in its next message tells
+    /// whether foca refuted.
+    self_suspected: bool,
+    /// This node's incarnation as its own messages last carried it.
+    own_incarnation: u16,
 }
 
 impl Core {
@@ -654,7 +708,17 @@ impl Core {
             suspicions: Suspicions::default(),
             own_failures: Vec::new(),
             own_failures_total: 0,
+            stats: CoreStats::default(),
+            probe: None,
+            self_suspected: false,
+            own_incarnation: 0,
         }
+    }
+
+    /// What this core counted since it started (probe outcomes, suspicions,
+    /// refutations); see [`CoreStats`].
+    pub fn stats(&self) -> CoreStats {
+        self.stats
     }
 
     pub fn identity(&self) -> &NodeId {
@@ -821,8 +885,15 @@ impl Core {
         }
         match wire::decode(bytes, wire::MAX_STREAM_FRAME_LEN)? {
             Body::Swim { digest, packet } => {
-                self.touched = touched_by_packet(packet);
+                let news = read_packet(packet, self.identity());
+                self.touched = news.touched;
+                self.self_suspected |= news.suspects_me;
                 let result = self.swim.handle_data(packet, &mut self.collected);
+                if let (Ok(()), Some(reply), Some(probe)) =
+                    (&result, news.reply, self.probe.as_mut())
+                {
+                    probe.observe(&reply);
+                }
                 self.after_call(now);
                 // The sender's view differs from ours even after its news: pull the
                 // difference from it.
@@ -852,6 +923,7 @@ impl Core {
             Body::State { members, .. } => {
                 for m in &members {
                     self.touched.add(&m.id().name);
+                    self.self_suspected |= suspects(m, self.identity());
                 }
                 // Applied without re-broadcasting: the sender's cluster already knows
                 // all of it, and a joiner re-gossiping every member would flood.
@@ -941,6 +1013,7 @@ impl Core {
         }
         // Someone could not reach us: maybe we are the slow one (Lifeguard).
         self.health.worse();
+        self.self_suspected = true;
         let suspect = foca::Member::new(about, incarnation, foca::State::Suspect);
         let _ = self
             .swim
@@ -1082,11 +1155,25 @@ impl Core {
                 | Timer::PeriodicAnnounceDown(_)
                 | Timer::PeriodicGossip(_) => {}
             }
-            if let Err(e) = self.swim.handle_timer(timer, &mut self.collected) {
+            // foca judges the previous probe when it starts the next one.
+            let judged = if probe_round { self.probe.take() } else { None };
+            let before = judged
+                .as_ref()
+                .and_then(|p| self.view_entry(&p.target))
+                .map(|e| e.info.state);
+            let result = self.swim.handle_timer(timer, &mut self.collected);
+            let raised = judged.and_then(|p| self.judge_probe(p, &result));
+            if let Err(e) = result {
                 errors.push(e);
             }
             let failures_before = self.own_failures_total;
             self.after_call(now);
+            if let Some(target) = raised {
+                let after = self.view_entry(&target).map(|e| e.info.state);
+                if before == Some(MemberState::Alive) && after == Some(MemberState::Suspect) {
+                    self.stats.suspicions_raised += 1;
+                }
+            }
             if probe_round && self.detector.extended() && self.own_failures_total == failures_before
             {
                 // The previous probe was answered (foca suspects nobody for it).
@@ -1105,6 +1192,63 @@ impl Core {
             } => Some(key.0),
             CoreTimer::Swim { .. } => None,
         })
+    }
+
+    /// Counts how the probe `p` ended, once foca handled the `ProbeRandomMember` timer
+    /// that judges it (with `result`). Returns the target of a failed probe.
+    fn judge_probe(&mut self, p: ProbeCycle, result: &Result<(), foca::Error>) -> Option<NodeName> {
+        // foca ran its probe round only if it asked for the next one; otherwise the
+        // timer was stale (foca went offline and forgot the probe), and a round that
+        // finds the previous probe incomplete discards it unjudged.
+        let ran = self
+            .collected
+            .timers
+            .iter()
+            .any(|(_, t)| matches!(t, Timer::ProbeRandomMember(_)));
+        if !ran || matches!(result, Err(foca::Error::IncompleteProbeCycle)) {
+            return None;
+        }
+        let suspected = self.collected.timers.iter().any(|(_, t)| {
+            matches!(t, Timer::ChangeSuspectToDown { member_id, .. } if member_id.name == p.target)
+        });
+        let outcome = p.outcome(suspected);
+        self.stats.count_probe(outcome);
+        (outcome == ProbeOutcome::Failed).then_some(p.target)
+    }
+
+    /// Follows foca's probes and this node's incarnation from what a call produced
+    /// (before the sends are wrapped into envelopes).
+    fn observe_own_output(&mut self) {
+        for (_, timer) in &self.collected.timers {
+            // foca asks for this right after sending the probe's `Ping`.
+            if let Timer::SendIndirectProbe { probed_id, .. } = timer {
+                let number = self
+                    .collected
+                    .sends
+                    .iter()
+                    .filter(|(to, _)| to.name == probed_id.name)
+                    .find_map(|(_, packet)| match decode_header(packet)?.message {
+                        foca::Message::Ping(n) => Some(n),
+                        _ => None,
+                    });
+                self.probe = Some(ProbeCycle::new(probed_id.name.clone(), number));
+            }
+        }
+        if self.self_suspected
+            && let Some((_, packet)) = self.collected.sends.first()
+        {
+            // foca refutes by raising its incarnation and gossiping at once, so the
+            // first message after a suspicion of us carries the outcome. Decoded only
+            // then: a header decode per message would cost every call.
+            self.self_suspected = false;
+            if let Some(header) = decode_header(packet)
+                && header.src == *self.identity()
+                && header.src_incarnation > self.own_incarnation
+            {
+                self.own_incarnation = header.src_incarnation;
+                self.stats.refutations += 1;
+            }
+        }
     }
 
     /// Inserts a foca timer due at `due`; returns its key.
@@ -1225,6 +1369,7 @@ impl Core {
         // Left before foca runs: it reports the node "defunct" while leaving, which
         // is not news to anyone here.
         self.set_local(now, LocalState::Left);
+        self.probe = None;
         // Leaving changes only the local node's state, which the view does not hold.
         let result = self.swim.leave_cluster(&mut self.collected);
         self.after_call(now);
@@ -1246,6 +1391,7 @@ impl Core {
     /// Turns what foca asked for into effects and timers, and the membership change
     /// into events.
     fn after_call(&mut self, now: Duration) {
+        self.observe_own_output();
         let collected = std::mem::take(&mut self.collected);
         for notification in &collected.notifications {
             match notification {
@@ -1368,12 +1514,18 @@ impl Core {
                     self.pull_from_random(now);
                 }
                 OwnedNotification::Idle => {
+                    // foca drops its running probe when it goes offline.
+                    self.probe = None;
                     if self.local == LocalState::Active {
                         self.set_local(now, LocalState::Isolated);
                         self.effects.push_back(Effect::Event(Event::LocalIsolated));
                     }
                 }
                 OwnedNotification::Rejoin(identity) => {
+                    // A new identity: foca dropped its probe and starts again at
+                    // incarnation 0.
+                    self.probe = None;
+                    self.own_incarnation = 0;
                     let previous_generation = identity.generation.saturating_sub(1);
                     self.digest.toggle(&identity.name, self.digest_self);
                     self.digest.toggle(&identity.name, identity.generation);
@@ -1384,6 +1536,7 @@ impl Core {
                     }));
                 }
                 OwnedNotification::Defunct => {
+                    self.probe = None;
                     if self.local != LocalState::Left {
                         self.effects.push_back(Effect::Event(Event::LocalDefunct));
                     }
@@ -1517,6 +1670,7 @@ impl Core {
         let incarnation = member.incarnation();
         let effects = &mut self.effects;
         let mut emit = |event| effects.push_back(Effect::Event(event));
+        let mut refuted = false;
         let entry = match self.view.entry(id.name.key()) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 if state != MemberState::Down {
@@ -1581,6 +1735,7 @@ impl Core {
                                 incarnation,
                             }),
                             (MemberState::Suspect, MemberState::Alive) => {
+                                refuted = true;
                                 emit(Event::MemberRefuted {
                                     member: id.clone(),
                                     incarnation,
@@ -1618,6 +1773,9 @@ impl Core {
                 self.digest.toggle(&id.name, new);
             }
             entry.in_digest = live;
+        }
+        if refuted {
+            self.stats.false_alarms_refuted += 1;
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`placement`]: zone-aware rendezvous placement of snapshot copies.
 //! - [`replication`]: agents, owners and epochs, snapshot puts and gets, fencing,
 //!   repair and the agent catalog ([`Replicator`], driven next to the [`Core`]).
+//! - [`stats`]: what the core counted (probe outcomes, suspicions, refutations).
 
 pub mod core;
 pub mod digest;
@@ -19,6 +20,7 @@ pub mod lifeguard;
 pub mod placement;
 pub mod profile;
 pub mod replication;
+pub mod stats;
 pub mod wire;
 
 pub use crate::core::{
@@ -31,3 +33,4 @@ pub use crate::replication::{
     AcceptorState, AckMode, AgentId, AgentRecord, ControlError, ReplEffect, ReplEvent, ReplMsg,
     ReplicationConfig, Replicator,
 };
+pub use crate::stats::{CoreStats, ProbeOutcome};

@@ -40,7 +40,7 @@ mod catalog;
 mod inflight;
 mod recovery;
 pub use recovery::{
-    AcceptorState, Ballot, ControlError, Decree, ElectionKind, NodeInfo, PaxosAnswer,
+    AcceptorState, Ballot, ControlError, Decree, ElectionKind, NodeInfo, PaxosAnswer, ZoneCapacity,
 };
 
 /// The longest agent id.
@@ -2052,9 +2052,11 @@ impl Replicator {
                 refused,
             } => self.on_lease_reply(now, from, round, granted, refused),
             ReplMsg::NodeInfo { info } => {
-                if self.live.contains_key(from) {
-                    self.recovery.infos.insert(from.clone(), info);
-                }
+                // Kept even from a member not seen live yet: it announces when it sees
+                // us come up, which may be before we see it, and it announces again
+                // only when its settings change. Only live members' information is
+                // ever read (targets, free capacity), and `member_down` forgets it.
+                self.recovery.infos.insert(from.clone(), info);
             }
             ReplMsg::SetIsolated { agent, isolated } => {
                 // Only the owner applies it; a request that raced a change of owner

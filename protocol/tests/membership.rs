@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use vigil_protocol::{
-    Core, Effect, Event, InputError, LocalState, MemberState, NodeId, NodeName, Profile, Zone,
+    Core, CoreStats, Effect, Event, InputError, LocalState, MemberState, NodeId, NodeName, Profile,
+    Zone,
 };
 
 const LATENCY: Duration = Duration::from_millis(1);
@@ -499,6 +500,111 @@ fn a_member_cut_off_alone_rejoins_and_suspects_nobody_afterwards() {
                 .map(|m| net.state_seen_by("n5", m))
                 .collect::<Vec<_>>()
         );
+    }
+}
+
+fn stats_of(net: &Net, n: &str) -> CoreStats {
+    net.cores[&name(n)].stats()
+}
+
+fn probes_judged(s: &CoreStats) -> u64 {
+    s.probes_acked_direct + s.probes_acked_indirect + s.probes_failed
+}
+
+#[test]
+fn probes_in_a_healthy_cluster_are_all_answered_directly() {
+    let mut net = converged_five();
+    let before: Vec<CoreStats> = FIVE.iter().map(|n| stats_of(&net, n)).collect();
+    let window = Duration::from_secs(10);
+    net.run_for(window);
+    let rounds = (window.as_millis()
+        / vigil_protocol::profile::probe_period(Profile::Lan).as_millis()) as u64;
+    for (n, before) in FIVE.iter().zip(before) {
+        let s = stats_of(&net, n);
+        assert_eq!(s.probes_failed, 0, "{n}: {s:?}");
+        assert_eq!(s.probes_acked_indirect, 0, "{n}: {s:?}");
+        // Every probe round is judged (simulated time: healthy nodes probe once per
+        // period, so the window holds `rounds` of them, give or take the edges).
+        let judged = probes_judged(&s) - probes_judged(&before);
+        assert!(
+            judged + 1 >= rounds && judged <= rounds + 1,
+            "{n}: {judged} of {rounds}: {s:?}"
+        );
+        assert_eq!(
+            (s.suspicions_raised, s.refutations, s.false_alarms_refuted),
+            (0, 0, 0),
+            "{n}: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cut_link_is_bridged_by_indirect_probes_without_suspicion() {
+    let mut net = converged_five();
+    net.cut.insert((name("n1"), name("n5")));
+    net.run_for(Duration::from_secs(10));
+    for (n, other) in [("n1", "n5"), ("n5", "n1")] {
+        let s = stats_of(&net, n);
+        // Each probes the other at least once in 10 s (foca probes members in a
+        // shuffled round-robin); the others reach it for them.
+        assert!(s.probes_acked_indirect >= 1, "{n}: {s:?}");
+        assert_eq!(s.probes_failed, 0, "{n}: {s:?}");
+        assert_eq!(net.state_seen_by(n, other), Some(MemberState::Alive));
+    }
+    for n in ["n2", "n3", "n4"] {
+        let s = stats_of(&net, n);
+        assert_eq!(
+            (s.probes_acked_indirect, s.probes_failed),
+            (0, 0),
+            "{n}: {s:?}"
+        );
+        assert!(s.probes_acked_direct > 0, "{n}: {s:?}");
+    }
+}
+
+#[test]
+fn a_crashed_member_fails_the_probes_of_those_who_raise_its_suspicion() {
+    let mut net = converged_five();
+    let before: Vec<CoreStats> = FIVE[..4].iter().map(|n| stats_of(&net, n)).collect();
+    net.crashed.insert(name("n5"));
+    net.run_for(Duration::from_secs(10));
+    let mut raised = 0;
+    for (n, before) in FIVE[..4].iter().zip(before) {
+        let s = stats_of(&net, n);
+        let failed = s.probes_failed - before.probes_failed;
+        let r = s.suspicions_raised - before.suspicions_raised;
+        // A suspicion this node raised comes from one of its own failed probes.
+        assert!(failed >= r, "{n}: {s:?}");
+        assert_eq!(s.false_alarms_refuted, 0, "{n}: {s:?}");
+        raised += r;
+        assert_eq!(net.state_seen_by(n, "n5"), Some(MemberState::Down));
+    }
+    // Someone's probe failed first and made n5 suspect; the rest may have learned
+    // it by gossip.
+    assert!(raised >= 1);
+}
+
+#[test]
+fn a_member_back_from_a_stall_refutes_and_the_others_count_a_false_alarm() {
+    let mut net = converged_five();
+    // n5 hears and does nothing for a moment: long enough to fail a probe or two,
+    // short of the suspicion timeout.
+    net.crashed.insert(name("n5"));
+    net.run_for(Duration::from_millis(400));
+    net.crashed.remove(&name("n5"));
+    net.run_for(Duration::from_secs(5));
+    assert!(net.all_see_alive(&FIVE));
+    let s5 = stats_of(&net, "n5");
+    assert!(s5.refutations >= 1, "n5: {s5:?}");
+    let raised: u64 = FIVE[..4]
+        .iter()
+        .map(|n| stats_of(&net, n).suspicions_raised)
+        .sum();
+    assert!(raised >= 1);
+    for n in &FIVE[..4] {
+        let s = stats_of(&net, n);
+        // Everyone heard of the suspicion (gossip) and then of the refutation.
+        assert!(s.false_alarms_refuted >= 1, "{n}: {s:?}");
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use vigil_protocol::replication::{
     AcceptorState, GetError, LoadError, PutError, PutOutcome, ReplEffect, ReplEvent, ReplMsg,
-    SnapMeta, StoredVersion,
+    SnapMeta, StoredVersion, ZoneCapacity,
 };
 use vigil_protocol::{
     AckMode, AgentId, NodeId, NodeName, ReplicationConfig, Replicator, Zone, placement,
@@ -1649,6 +1649,14 @@ fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears()
         assert_eq!(c.owners(a), BTreeSet::from([("a1".to_string(), 1)]), "{a}");
     }
     assert!(c.events_of("agent_pending").len() >= 2);
+    let pending = |c: &mut Cluster| -> usize {
+        ["a2", "b1", "b2", "c1", "c2"]
+            .iter()
+            .map(|n| c.node(n).pending_count())
+            .sum()
+    };
+    // Each agent is pending on the holder electing it.
+    assert!(pending(&mut c) >= 2);
     // Room appears: both are adopted, nothing was dropped.
     c.node("b2").set_node_settings(false, 5);
     c.drain_all();
@@ -1656,6 +1664,110 @@ fn without_room_anywhere_agents_wait_pending_and_are_adopted_when_room_appears()
     for a in ["low", "high"] {
         assert_eq!(c.owners(a), BTreeSet::from([("b2".to_string(), 2)]), "{a}");
     }
+    assert_eq!(pending(&mut c), 0);
+}
+
+/// Found by the node's capacity metrics: a member announces its settings when it sees
+/// a peer come up, which can be before that peer sees it; the peer dropped the
+/// announcement, never heard it again (it is resent only on change), and so never
+/// counted the member as a standby host, or as a target at all.
+#[test]
+fn settings_announced_before_the_receiver_sees_the_sender_are_kept() {
+    let (a, b) = (node_id("a", "za", 1), node_id("b", "zb", 2));
+    let config = ReplicationConfig::default();
+    let mut ra = Replicator::new(a.clone(), config.clone(), 1);
+    let mut rb = Replicator::new(b.clone(), config, 2);
+    ra.set_node_settings(true, 5);
+    let now = Duration::ZERO;
+    ra.member_up(now, b.clone());
+    let mut infos = Vec::new();
+    while let Some(effect) = ra.poll_effect() {
+        if let ReplEffect::Send { to, msg, .. } = effect
+            && to == b
+            && matches!(msg, ReplMsg::NodeInfo { .. })
+        {
+            infos.push(msg);
+        }
+    }
+    assert_eq!(infos.len(), 1);
+    // b has not seen a come up yet.
+    for msg in infos {
+        rb.handle_message(now, &a.name, msg, None);
+    }
+    rb.member_up(now, a.clone());
+    let info = rb.node_info(&a.name).expect("a's settings");
+    assert!(info.standby && info.capacity == 5, "{info:?}");
+    assert_eq!(
+        rb.free_capacity()[&Zone::new("za").unwrap()],
+        ZoneCapacity {
+            standby: 5,
+            all: 5,
+            unadvertised: 0
+        }
+    );
+}
+
+#[test]
+fn free_capacity_is_what_live_hosts_advertise_per_zone() {
+    let mut c = Cluster::new(&six(), ReplicationConfig::default());
+    for n in ["a1", "a2", "b1", "b2", "c1"] {
+        c.node(n).set_node_settings(false, 100);
+    }
+    c.node("c2").set_node_settings(true, 2);
+    c.node("b2").set_node_isolated(true);
+    c.drain_all();
+    c.register("a1", "agent-1");
+    c.run(Duration::from_millis(50));
+    c.put("a1", "agent-1", b"x", None).unwrap();
+    c.run(Duration::from_secs(1));
+    let zone = |c: &mut Cluster, observer: &str, z: &str| {
+        c.node(observer).free_capacity()[&Zone::new(z).unwrap()]
+    };
+    // Seen from b1: a1 owns one agent; b2 is isolated; c2 is the only standby.
+    assert_eq!(
+        zone(&mut c, "b1", "za"),
+        ZoneCapacity {
+            standby: 0,
+            all: 199,
+            unadvertised: 0
+        }
+    );
+    assert_eq!(
+        zone(&mut c, "b1", "zb"),
+        ZoneCapacity {
+            standby: 0,
+            all: 100,
+            unadvertised: 0
+        }
+    );
+    assert_eq!(
+        zone(&mut c, "b1", "zc"),
+        ZoneCapacity {
+            standby: 2,
+            all: 102,
+            unadvertised: 0
+        }
+    );
+    c.kill("a1");
+    c.run(Duration::from_secs(5));
+    assert_eq!(c.owners("agent-1"), BTreeSet::from([("c2".to_string(), 2)]));
+    // a1 is gone and c2 advertised the agent it adopted.
+    assert_eq!(
+        zone(&mut c, "b1", "za"),
+        ZoneCapacity {
+            standby: 0,
+            all: 100,
+            unadvertised: 0
+        }
+    );
+    assert_eq!(
+        zone(&mut c, "b1", "zc"),
+        ZoneCapacity {
+            standby: 1,
+            all: 101,
+            unadvertised: 0
+        }
+    );
 }
 
 #[test]

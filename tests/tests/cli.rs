@@ -221,10 +221,15 @@ async fn the_cli_and_the_raw_socket_api_show_the_cluster() {
         "GET /metrics HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("vigil_members{state=\"alive\"} 2"),
-        "{metrics}"
-    );
+    // n1 in az1, n2 in az2 (start_all).
+    for zone in ["az1", "az2"] {
+        assert!(
+            metrics.contains(&format!(
+                "vigil_members{{state=\"alive\",zone=\"{zone}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
     assert!(metrics.contains("vigil_udp_tx_bytes_total"), "{metrics}");
     assert!(
         metrics.contains("vigil_local_health_multiplier "),

@@ -133,6 +133,18 @@ impl NodeInfo {
     }
 }
 
+/// Room for adoptions in one zone, as its live members advertise it (capacity minus
+/// agents owned, never below 0, per host), isolated hosts left out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneCapacity {
+    /// On `--standby` hosts, which targets are chosen from first.
+    pub standby: u64,
+    /// On every host (standby ones included).
+    pub all: u64,
+    /// Live hosts whose information has not arrived yet (counted as no room).
+    pub unadvertised: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// Waiting until `at` to start a round.
@@ -362,6 +374,54 @@ impl Replicator {
     /// Whether this node's lease on `agent` lapsed (its local agent must not run).
     pub fn is_fenced(&self, agent: &AgentId) -> bool {
         self.recovery.fenced.contains(agent)
+    }
+
+    /// Free capacity per zone of the live members (this node included), from the
+    /// information each one advertises; the input of target selection (without the
+    /// adoptions a coordinator has just planned).
+    pub fn free_capacity(&self) -> BTreeMap<Zone, ZoneCapacity> {
+        let mut zones: BTreeMap<Zone, ZoneCapacity> = BTreeMap::new();
+        let me = (self.me.zone.clone(), Some(self.my_info()));
+        let others = self
+            .live
+            .values()
+            .map(|id| (id.zone.clone(), self.recovery.infos.get(&id.name).cloned()));
+        for (zone, info) in std::iter::once(me).chain(others) {
+            let room = zones.entry(zone).or_default();
+            let Some(info) = info else {
+                room.unadvertised = room.unadvertised.saturating_add(1);
+                continue;
+            };
+            if info.isolated {
+                continue;
+            }
+            let free = u64::try_from(info.free()).unwrap_or(0);
+            room.all = room.all.saturating_add(free);
+            if info.standby {
+                room.standby = room.standby.saturating_add(free);
+            }
+        }
+        zones
+    }
+
+    /// Agents whose election on this node found no live, non-isolated host with room
+    /// (their state is `pending`); retried every second until a host has room.
+    pub fn pending_count(&self) -> usize {
+        self.recovery
+            .elections
+            .values()
+            .filter(|e| e.pending_reported)
+            .count()
+    }
+
+    /// Elections this node runs as proposer (recoveries, handoffs, takeovers).
+    pub fn elections_running(&self) -> usize {
+        self.recovery.elections.len()
+    }
+
+    /// Agents owned here whose lease lapsed (they must not run here).
+    pub fn fenced_count(&self) -> usize {
+        self.recovery.fenced.len()
     }
 
     /// Whether an election for `agent` runs here and found no host with room.

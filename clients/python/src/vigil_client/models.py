@@ -292,6 +292,8 @@ class Event:
     agent: Optional[str] = None
     epoch: Optional[int] = None
     seq: Optional[int] = None
+    zone: Optional[str] = None
+    count: Optional[int] = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -315,6 +317,8 @@ class Event:
             agent=_opt(o, "agent", str, w),
             epoch=_opt(o, "epoch", int, w),
             seq=_opt(o, "seq", int, w),
+            zone=_opt(o, "zone", str, w),
+            count=_opt(o, "count", int, w),
             raw=o,
         )
 
