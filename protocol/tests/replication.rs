@@ -1678,8 +1678,10 @@ fn settings_announced_before_the_receiver_sees_the_sender_are_kept() {
     let mut ra = Replicator::new(a.clone(), config.clone(), 1);
     let mut rb = Replicator::new(b.clone(), config, 2);
     ra.set_node_settings(true, 5);
-    let now = Duration::ZERO;
-    ra.member_up(now, b.clone());
+    ra.member_up(Duration::ZERO, b.clone());
+    // Welcomes wait up to 20 ms per live member (here one).
+    let now = Duration::from_millis(20);
+    ra.handle_timeout(now);
     let mut infos = Vec::new();
     while let Some(effect) = ra.poll_effect() {
         if let ReplEffect::Send { to, msg, .. } = effect

@@ -113,6 +113,22 @@ class BadMeta(BadRequest):
     """400 ``bad_meta``: agent metadata must be JSON."""
 
 
+class RestartRequired(BadRequest):
+    """400: a runtime-config change to a setting that only changes with a restart."""
+
+
+class UnknownSetting(BadRequest):
+    """400: ``PUT /v1/config`` named no such setting."""
+
+
+class InvalidSetting(BadRequest):
+    """400: a runtime-config value out of range or of the wrong type."""
+
+
+class NotASetting(BadRequest):
+    """400: ``isolated`` is changed with ``/v1/node/isolate`` and ``/recover``."""
+
+
 class NotFound(ApiError):
     """404: no such endpoint (``not_found``), or no reachable copy has the
     requested snapshot version."""
@@ -190,6 +206,14 @@ class SnapshotTooLarge(PayloadTooLarge):
     """413 ``snapshot_too_large``: snapshot over the node's ``max_snapshot``."""
 
 
+class BodyTooLarge(PayloadTooLarge):
+    """413: a ``PUT /v1/config`` body over 16 KiB."""
+
+
+class NotSaved(ApiError):
+    """500: ``runtime.toml`` could not be written; nothing changed."""
+
+
 class Unavailable(ApiError):
     """503 ``unavailable``: the node is shutting down, overloaded, or no copy of a
     snapshot answered in time. Retry."""
@@ -243,6 +267,12 @@ CODES: Dict[str, Type[ApiError]] = {
     "not_acknowledged": NotAcknowledged,
     "register_again": RegisterAgain,
     "local_write_failed": LocalWriteFailed,
+    "restart_required": RestartRequired,
+    "unknown_setting": UnknownSetting,
+    "invalid_setting": InvalidSetting,
+    "not_a_setting": NotASetting,
+    "body_too_large": BodyTooLarge,
+    "not_saved": NotSaved,
 }
 
 _BY_STATUS: Dict[int, Type[ApiError]] = {
@@ -275,6 +305,12 @@ class GaveUp(VigilError):
 
 __all__ = [
     "VigilError",
+    "RestartRequired",
+    "UnknownSetting",
+    "InvalidSetting",
+    "NotASetting",
+    "BodyTooLarge",
+    "NotSaved",
     "VigilConnectionError",
     "SocketNotFound",
     "SocketPermissionDenied",
