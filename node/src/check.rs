@@ -167,6 +167,19 @@ fn check_all(config: &AgentConfig, runtime: &RuntimeConfig, report: &mut Report)
             ),
         ),
     }
+    if let Ok(raw) = std::env::var("RUST_LOG")
+        && !raw.trim().is_empty()
+        && let Err(problem) = logging::parse_filter(&raw)
+    {
+        // The node starts anyway, with the default filter and a warning.
+        report.note(
+            "log_filter",
+            format!(
+                "RUST_LOG={raw:?} {problem}: the node will log with {:?} instead. Fix: correct RUST_LOG",
+                logging::DEFAULT_FILTER
+            ),
+        );
+    }
     check_pki(config, report);
     check_data_dir(&config.data_dir, report);
     check_socket(&config.socket, report);
@@ -437,6 +450,24 @@ fn check_addresses(config: &AgentConfig, report: &mut Report) {
                 config.bind
             ),
         ),
+    }
+    if let Some(addr) = config.metrics_bind {
+        // The node refuses to start when this listener cannot be bound.
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => report.ok("metrics_bind", format!("TCP {addr} can be bound")),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => report.note(
+                "metrics_bind",
+                format!(
+                    "TCP {addr} is in use (by the running node?); the node could not start next to it"
+                ),
+            ),
+            Err(e) => report.error(
+                "metrics_bind",
+                format!(
+                    "cannot listen on TCP {addr}: {e}. Fix: one of this host's addresses and a free port, or leave it unset (/metrics is always on the socket)"
+                ),
+            ),
+        }
     }
     if let Some(a) = config.advertise {
         report.ok("advertise", format!("peers dial {a}"));

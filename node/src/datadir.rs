@@ -119,11 +119,19 @@ impl DataDir {
     /// crash leaves the old file or the new one, never a mix): temporary file, fsync,
     /// rename, fsync of the directory.
     pub fn write_file(&self, name: &str, content: &[u8]) -> Result<(), DataDirError> {
+        write_file_in(&self.path, name, content)
+    }
+}
+
+/// [`DataDir::write_file`] for a worker thread, which cannot borrow the [`DataDir`]
+/// (it holds the lock): `dir` is its [`DataDir::path`].
+pub fn write_file_in(dir: &Path, name: &str, content: &[u8]) -> Result<(), DataDirError> {
+    {
         let io_err = |source| DataDirError::Io {
-            path: self.path.clone(),
+            path: dir.to_path_buf(),
             source,
         };
-        let tmp = self.path.join(format!("{name}.tmp"));
+        let tmp = dir.join(format!("{name}.tmp"));
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -133,10 +141,8 @@ impl DataDir {
             .map_err(io_err)?;
         file.write_all(content).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
-        fs::rename(&tmp, self.path.join(name)).map_err(io_err)?;
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err)?;
+        fs::rename(&tmp, dir.join(name)).map_err(io_err)?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
         Ok(())
     }
 }

@@ -32,9 +32,12 @@ pub fn parse_filter(text: &str) -> Result<EnvFilter, String> {
 
 /// The filter the node starts with: `RUST_LOG`, else [`DEFAULT_FILTER`].
 pub fn startup_filter() -> String {
+    // A RUST_LOG that does not parse is refused at start (with a warning) and the
+    // default installed, so the default is what `GET /v1/config` must show and what
+    // undoing a live change must go back to.
     std::env::var("RUST_LOG")
         .ok()
-        .filter(|f| !f.trim().is_empty())
+        .filter(|f| !f.trim().is_empty() && parse_filter(f).is_ok())
         .unwrap_or_else(|| DEFAULT_FILTER.to_string())
 }
 

@@ -28,7 +28,7 @@ use crate::api::{
     NodeIsolationJson, PutJson, SnapshotReply,
 };
 use crate::config::AgentConfig;
-use crate::datadir::{DataDir, DataDirError};
+use crate::datadir::{self, DataDir, DataDirError};
 use crate::events::AgentRef;
 use crate::events::{self, EventLog};
 use crate::launcher::{LaunchEvent, LaunchSpec, Launcher, LauncherConfig};
@@ -66,6 +66,13 @@ const LAUNCH_QUEUE: usize = 256;
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(2);
 
 enum DiskDone {
+    /// `runtime.toml` was written (or not) for a `PUT /v1/config`.
+    ConfigSaved {
+        next: runtime::Overrides,
+        changes: Vec<runtime::Change>,
+        reply: oneshot::Sender<Result<SettingsJson, ApiFailure>>,
+        result: Result<(), String>,
+    },
     Persisted {
         op: u64,
         result: Result<(), String>,
@@ -289,6 +296,7 @@ pub async fn run_agent(
         launch_gets: BTreeMap::new(),
         store: Arc::new(opened.store),
         disk_tx,
+        config_saving: false,
         pending: PendingApi::default(),
         core,
         transport,
@@ -446,6 +454,8 @@ struct Owner {
     launch_gets: BTreeMap<u64, (AgentId, u64)>,
     store: Arc<SnapshotStore>,
     disk_tx: mpsc::Sender<DiskDone>,
+    /// A `PUT /v1/config` is being written to `runtime.toml`.
+    config_saving: bool,
     pending: PendingApi,
     transport: Transport,
     events: EventLog,
@@ -533,6 +543,17 @@ impl Owner {
                     self.drain_repl();
                 }
                 Some(addrs) = resolved_rx.recv() => {
+                    if !addrs.is_empty()
+                        && addrs.iter().all(|a| *a == self.advertise)
+                        && !self.notify.is_ready()
+                    {
+                        // A shared config whose only seed is this host: it founds the
+                        // cluster, as a node without seeds does, or systemd would wait
+                        // for a join that only another node can make happen.
+                        self.notify.ready(
+                            "founding node (its only seed is itself): serving, waiting for members to join",
+                        );
+                    }
                     for addr in addrs {
                         if addr != self.advertise {
                             self.transport.dial_seed(addr);
@@ -923,9 +944,7 @@ impl Owner {
             ApiRequest::Config(reply) => {
                 let _ = reply.send(self.settings());
             }
-            ApiRequest::SetConfig { patch, reply } => {
-                let _ = reply.send(self.set_config(&patch));
-            }
+            ApiRequest::SetConfig { patch, reply } => self.set_config(&patch, reply),
             ApiRequest::Subscribe { since, reply } => {
                 let _ = reply.send(self.events.subscribe(since));
             }
@@ -941,22 +960,72 @@ impl Owner {
     /// `PUT /v1/config`: persists the new runtime settings first (a node that cannot
     /// save them changes nothing, so what runs and what a restart applies agree), then
     /// applies them and logs each change.
-    fn set_config(&mut self, patch: &Patch) -> Result<SettingsJson, ApiFailure> {
+    /// Saves a settings change to `runtime.toml` on a worker thread (an fsync on a
+    /// busy disk can take longer than a probe period; this task must keep probing),
+    /// then applies it ([`DiskDone::ConfigSaved`]). One change at a time, so they are
+    /// saved and applied in the order they came.
+    fn set_config(
+        &mut self,
+        patch: &Patch,
+        reply: oneshot::Sender<Result<SettingsJson, ApiFailure>>,
+    ) {
+        if self.config_saving {
+            let _ = reply.send(Err(ApiFailure {
+                status: 503,
+                code: "unavailable".into(),
+                error: "another settings change is being saved; retry".into(),
+            }));
+            return;
+        }
         let (next, changes) = self.runtime.preview(patch);
-        if &next != self.runtime.overrides() {
-            // A few hundred bytes, rarely: written here, in order with other changes.
-            if let Err(e) = self
-                .data_dir
-                .write_file(runtime::RUNTIME_FILE, next.file_text().as_bytes())
-            {
+        if &next == self.runtime.overrides() {
+            let _ = reply.send(Ok(self.apply_config(next, changes)));
+            return;
+        }
+        self.config_saving = true;
+        let dir = self.data_dir.path().to_path_buf();
+        let tx = self.disk_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result =
+                datadir::write_file_in(&dir, runtime::RUNTIME_FILE, next.file_text().as_bytes())
+                    .map_err(|e| e.to_string());
+            let _ = tx.blocking_send(DiskDone::ConfigSaved {
+                next,
+                changes,
+                reply,
+                result,
+            });
+        });
+    }
+
+    fn config_saved(
+        &mut self,
+        next: runtime::Overrides,
+        changes: Vec<runtime::Change>,
+        reply: oneshot::Sender<Result<SettingsJson, ApiFailure>>,
+        result: Result<(), String>,
+    ) {
+        self.config_saving = false;
+        let answer = match result {
+            Ok(()) => Ok(self.apply_config(next, changes)),
+            Err(e) => {
                 tracing::error!("cannot save the runtime settings: {e}");
-                return Err(ApiFailure {
+                Err(ApiFailure {
                     status: 500,
                     code: "not_saved".into(),
                     error: format!("settings not changed: {e}"),
-                });
+                })
             }
-        }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Makes a saved settings change take effect, logs it and reports it.
+    fn apply_config(
+        &mut self,
+        next: runtime::Overrides,
+        changes: Vec<runtime::Change>,
+    ) -> SettingsJson {
         self.runtime.commit(next);
         let live = self.runtime.effective();
         for change in &changes {
@@ -991,7 +1060,7 @@ impl Owner {
         }
         let mut settings = self.settings();
         settings.changed = changes;
-        Ok(settings)
+        settings
     }
 
     fn agent_json(&self, v: &AgentView) -> AgentJson {
@@ -1151,7 +1220,11 @@ impl Owner {
                 ReplEffect::Event(e) => self.on_repl_event(e),
             }
         }
-        for e in self.signals.after_repl(self.now(), &self.replicator) {
+        for e in self.signals.after_repl(
+            self.now(),
+            &self.replicator,
+            self.core.local_state() == LocalState::Active,
+        ) {
             tracing::info!(event = e.kind, "{}", e.detail);
             let record = self.events.push_capacity(e.kind, e.zone, e.count, e.detail);
             self.count_event(&record.kind);
@@ -1692,6 +1765,12 @@ impl Owner {
     fn on_disk(&mut self, done: DiskDone) {
         let now = self.now();
         match done {
+            DiskDone::ConfigSaved {
+                next,
+                changes,
+                reply,
+                result,
+            } => self.config_saved(next, changes, reply, result),
             DiskDone::Persisted { op, result } => self.replicator.on_persisted(now, op, result),
             DiskDone::Loaded { op, result } => self.replicator.on_loaded(now, op, result),
         }

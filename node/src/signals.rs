@@ -165,8 +165,17 @@ impl Signals {
     }
 
     /// After the replicator ran: its gauges, and at most every [`CAPACITY_CHECK`] the
-    /// capacity gauges and the capacity events due.
-    pub fn after_repl(&mut self, now: Duration, repl: &Replicator) -> Vec<CapacityEvent> {
+    /// capacity gauges and the capacity events due. No events while this node is not
+    /// an active member (`member` false): before it joins it sees only itself, so its
+    /// zone would look like it had no standby room and flip as soon as it joined.
+    /// Leaving the cluster forgets the zones' states, so a node back from isolation
+    /// reports changes from what it finds then, not from what it saw before.
+    pub fn after_repl(
+        &mut self,
+        now: Duration,
+        repl: &Replicator,
+        member: bool,
+    ) -> Vec<CapacityEvent> {
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let m = &self.metrics;
         m.agents_known.set(gauge(repl.known_count()));
@@ -200,8 +209,9 @@ impl Signals {
                 .get_or_create(&label)
                 .set(clamp(room.standby));
             m.capacity_free.get_or_create(&label).set(clamp(room.all));
-            if room.unadvertised > 0 {
-                // Not every host said what it can take yet: no verdict on the zone.
+            if !member || room.unadvertised > 0 {
+                // Not a member, or not every host said what it can take yet: no
+                // verdict on the zone.
                 continue;
             }
             let edge = self.standby_edges.entry(zone.clone()).or_default();
@@ -224,6 +234,11 @@ impl Signals {
                     },
                 });
             }
+        }
+        if !member {
+            self.standby_edges.clear();
+            self.pending_edge = Edge::default();
+            return events;
         }
         if let Some(any) = self.pending_edge.step(now, pending > 0) {
             events.push(CapacityEvent {
