@@ -41,6 +41,24 @@ pub struct NodeArgs {
     pub seeds: Vec<Seed>,
 }
 
+impl NodeArgs {
+    /// The seeds other than this node (the harness passes every node the same list).
+    pub fn other_seeds(&self) -> impl Iterator<Item = &Seed> {
+        self.seeds.iter().filter(|s| s.name != self.name)
+    }
+}
+
+/// Runs a node's main future on one thread, as a vigil node's owner task runs, so
+/// CPU figures compare the systems rather than thread-pool overheads.
+pub fn block_on_one_thread<T>(
+    node: impl std::future::Future<Output = Result<T, Box<dyn std::error::Error>>>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(node)
+}
+
 /// Writes one line and flushes it, so the harness sees events as they happen.
 fn emit(line: &serde_json::Value) -> io::Result<()> {
     let mut out = io::stdout().lock();

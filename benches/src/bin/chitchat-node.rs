@@ -143,9 +143,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let generation = unix_ms();
     let seed_nodes: Vec<String> = args
         .node
-        .seeds
-        .iter()
-        .filter(|s| s.name != args.node.name)
+        .other_seeds()
         .map(|s| s.addr.to_string())
         .collect();
     let mut attempt = 0;
@@ -211,11 +209,6 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = Args::parse();
-    // One thread, like udp-node and a vigil node's owner task: chitchat's server
-    // and this loop share it.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    // chitchat's server and this loop share the one thread.
+    peer::block_on_one_thread(run(Args::parse()))
 }

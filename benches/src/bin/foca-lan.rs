@@ -224,12 +224,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         suspects: BTreeSet::new(),
         errors: BTreeMap::new(),
     };
-    let seeds: Vec<peer::Seed> = args
-        .node
-        .seeds
-        .into_iter()
-        .filter(|s| s.name != args.node.name)
-        .collect();
+    let seeds: Vec<peer::Seed> = args.node.other_seeds().cloned().collect();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -306,12 +301,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = Args::parse();
-    // One thread, like udp-node and a vigil node's owner task.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    peer::block_on_one_thread(run(Args::parse()))
 }
 
 #[cfg(test)]

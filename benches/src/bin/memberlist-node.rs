@@ -313,12 +313,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
             .await
             .map_err(|e| format!("memberlist: {e}"))?;
     let addr = *memberlist.advertise_address();
-    let seeds: Vec<peer::Seed> = args
-        .node
-        .seeds
-        .into_iter()
-        .filter(|s| s.name != args.node.name)
-        .collect();
+    let seeds: Vec<peer::Seed> = args.node.other_seeds().cloned().collect();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -379,9 +374,5 @@ fn main() -> Result<(), Box<dyn Error>> {
                 .with_filter(stderr_filter),
         )
         .try_init()?;
-    // One thread, like udp-node and a vigil node's owner task.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    peer::block_on_one_thread(run(args))
 }

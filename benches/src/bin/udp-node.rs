@@ -379,13 +379,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let args = Args::parse();
-    // One thread, like the owner task of a vigil node, so CPU figures compare the
-    // transports rather than thread-pool overheads.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    vigil_benches::peer::block_on_one_thread(run(Args::parse()))
 }
 
 #[cfg(test)]
