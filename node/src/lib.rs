@@ -19,6 +19,7 @@
 // paths and names an operator needs; their size costs nothing measurable.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod agents;
 pub mod api;
 pub mod check;

@@ -86,6 +86,7 @@ pub struct Metrics {
     pub connections_opened: Family<DirectionLabel, Counter>,
     pub connections_evicted: Counter,
     pub handshake_seconds: Histogram,
+    pub probe_rtt_seconds: Histogram,
     pub members: Family<MemberLabel, Gauge>,
     pub events: Family<TypeLabel, Counter>,
     pub joined: Gauge,
@@ -104,6 +105,7 @@ pub struct Metrics {
     pub agents_degraded: Gauge,
     pub repair_backlog: Gauge,
     pub snapshot_memory_bytes: Gauge,
+    pub stream_frame_memory_bytes: Gauge,
     /// SWIM envelopes sent and received as QUIC datagrams, in bytes.
     pub datagram_bytes_out: Counter,
     pub datagram_bytes_in: Counter,
@@ -163,6 +165,8 @@ impl Metrics {
             connections_evicted: Counter::default(),
             // 100 us .. ~3 s
             handshake_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 100 us .. ~3 s, the same scale as handshakes.
+            probe_rtt_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             members: Family::default(),
             events: Family::default(),
             joined: Gauge::default(),
@@ -182,6 +186,7 @@ impl Metrics {
             agents_degraded: Gauge::default(),
             repair_backlog: Gauge::default(),
             snapshot_memory_bytes: Gauge::default(),
+            stream_frame_memory_bytes: Gauge::default(),
             datagram_bytes_out: direction(&datagram_bytes, "out"),
             datagram_bytes_in: direction(&datagram_bytes, "in"),
             stream_bytes_out: direction(&stream_bytes, "out"),
@@ -310,6 +315,11 @@ impl Metrics {
             "Time to establish an outgoing QUIC connection (TLS handshake included)",
             m.handshake_seconds.clone(),
         );
+        r.register(
+            "probe_rtt_seconds",
+            "Round-trip time of this node's SWIM probes answered directly, from sending the ping to handling the ack (includes the time the ack waited to be read)",
+            m.probe_rtt_seconds.clone(),
+        );
         described(
             &mut r,
             "members",
@@ -432,6 +442,11 @@ impl Metrics {
             "snapshot_memory_bytes",
             "Snapshot bytes held in memory (puts in flight, replicas being received)",
             m.snapshot_memory_bytes.clone(),
+        );
+        r.register(
+            "stream_frame_memory_bytes",
+            "Bytes of stream frames from peers held in memory, being read or waiting for the owner task (bounded node-wide)",
+            m.stream_frame_memory_bytes.clone(),
         );
         described(
             &mut r,

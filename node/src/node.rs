@@ -40,8 +40,8 @@ use crate::store::{SnapshotStore, StoreError, VersionMeta};
 use crate::systemd::Notifier;
 use crate::tls;
 use crate::transport::{
-    Inbound, LogLimiter, SeedOutcome, SnapshotBudget, StreamLimits, Transport, TransportConfig,
-    TransportError,
+    self, Inbound, LogLimiter, SeedOutcome, SnapshotBudget, StreamLimits, Transport,
+    TransportConfig, TransportError,
 };
 
 /// First wait between join attempts; doubles up to [`JOIN_BACKOFF_MAX`].
@@ -164,6 +164,10 @@ pub async fn run_agent(
         StreamLimits {
             max_payload: repl.max_snapshot,
             budget: budget.clone(),
+            frames: SnapshotBudget::with_gauge(
+                transport::FRAME_MEMORY,
+                metrics.stream_frame_memory_bytes.clone(),
+            ),
         },
     )?;
     let bound = transport.local_addr().map_err(|source| AgentError::Io {
@@ -690,7 +694,7 @@ impl Owner {
             self.update_member_gauges();
             self.drain_repl();
         }
-        self.signals.after_core(&self.core);
+        self.signals.after_core(&mut self.core);
     }
 
     fn on_event(&mut self, event: &Event) {

@@ -70,7 +70,10 @@ impl Signals {
     }
 
     /// After every call into the core: its counters and local health.
-    pub fn after_core(&mut self, core: &Core) {
+    pub fn after_core(&mut self, core: &mut Core) {
+        for rtt in core.take_probe_rtts() {
+            self.metrics.probe_rtt_seconds.observe(rtt.as_secs_f64());
+        }
         let now = core.stats();
         let before = std::mem::replace(&mut self.core_stats, now);
         let m = &self.metrics;

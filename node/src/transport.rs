@@ -31,6 +31,7 @@ use tokio::sync::{Semaphore, mpsc};
 use vigil_protocol::wire;
 use vigil_protocol::{NodeId, NodeName};
 
+use crate::admission::{Admission, GateLimits, HandshakeGate};
 use crate::metrics::{DirectionLabel, Metrics};
 use crate::tls::{self, NodeTls};
 
@@ -46,8 +47,6 @@ pub mod close_code {
 /// dropped: SWIM tolerates loss, and a peer that cannot be reached must not grow
 /// memory.
 const DIAL_QUEUE_LIMIT: usize = 32;
-/// Handshakes (incoming) allowed at once; more are refused before any crypto runs.
-const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 /// Stream sends allowed at once; more are dropped and counted.
 const MAX_CONCURRENT_STREAM_SENDS: usize = 64;
 /// Live connections kept per peer.
@@ -89,7 +88,15 @@ pub struct StreamLimits {
     pub max_payload: u64,
     /// Snapshot bytes held in memory at once, node-wide.
     pub budget: SnapshotBudget,
+    /// Stream frame bytes (messages, not payloads) held in memory at once,
+    /// node-wide: a frame is read only once its length fits, and the share is
+    /// returned when the owner task is done with the message.
+    pub frames: SnapshotBudget,
 }
+
+/// Stream frame memory, node-wide ([`StreamLimits::frames`]): 128 frames of the
+/// largest size, far more than membership and replication keep in flight.
+pub const FRAME_MEMORY: u64 = 128 * wire::MAX_STREAM_FRAME_LEN as u64;
 
 /// Snapshot bytes in memory, node-wide: puts waiting for their copies and replicas
 /// being received take a share before they read a byte, and give it back when the
@@ -109,11 +116,16 @@ const BUDGET_UNIT: u64 = 1024;
 
 impl SnapshotBudget {
     pub fn new(bytes: u64, metrics: &Metrics) -> Self {
+        Self::with_gauge(bytes, metrics.snapshot_memory_bytes.clone())
+    }
+
+    /// A budget of `bytes` whose use is shown in `gauge`.
+    pub fn with_gauge(bytes: u64, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
         let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
         Self {
             permits: Arc::new(Semaphore::new(units as usize)),
             total_units: units,
-            gauge: metrics.snapshot_memory_bytes.clone(),
+            gauge,
         }
     }
 
@@ -291,6 +303,7 @@ impl Transport {
         let transport_config = Arc::new(quic_transport_config(&config)?);
         let mut server_config = tls.quinn_server_config()?;
         server_config.transport_config(Arc::clone(&transport_config));
+        limit_incoming(&mut server_config);
         let mut client_config = tls.quinn_client_config()?;
         client_config.transport_config(transport_config);
 
@@ -660,6 +673,22 @@ impl Transport {
     }
 }
 
+/// Bounds the connection attempts quinn holds before the accept loop decides on
+/// them (quinn's defaults allow 65 536 of them and 100 MiB): the accept loop decides
+/// at once (see `admission`), so a short queue is enough, and a flood beyond it is
+/// refused by quinn without reaching us.
+pub fn limit_incoming(server_config: &mut quinn::ServerConfig) {
+    server_config
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(MAX_INCOMING as u64 * INCOMING_BUFFER / 8);
+}
+
+/// Connection attempts waiting for the accept loop.
+const MAX_INCOMING: usize = 1024;
+/// Bytes buffered per waiting attempt (its Initial and early packets).
+const INCOMING_BUFFER: u64 = 16 * 1024;
+
 /// Endpoint settings: 4-byte connection IDs instead of quinn's 8 save 4 bytes on
 /// every packet (a SWIM datagram carries about 60 bytes); a node holds at most a few
 /// hundred connections, so 32 random bits keep them apart.
@@ -906,22 +935,51 @@ async fn accept_loop(
     timeout: Duration,
     limits: StreamLimits,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let gate = HandshakeGate::new(GateLimits::default());
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-            metrics.count_tls_rejected("too_many_handshakes");
-            incoming.refuse();
-            continue;
+        let remote = incoming.remote_address();
+        let ticket = match gate.admit(
+            remote.ip(),
+            incoming.remote_address_validated(),
+            Instant::now(),
+        ) {
+            Admission::Accept(ticket) => ticket,
+            Admission::Retry => {
+                // `retry` fails only for an attempt that already answered a Retry,
+                // which counts as validated and never gets here.
+                if incoming.retry().is_err() {
+                    metrics.count_tls_rejected("retry_failed");
+                }
+                continue;
+            }
+            Admission::Refuse(reason) => {
+                metrics.count_tls_rejected(reason);
+                log_limit.warn(
+                    "incoming_refused",
+                    format_args!("refused connection from {remote}: {reason} (handshake limits, see docs/SECURITY.md)"),
+                );
+                incoming.refuse();
+                continue;
+            }
+            Admission::Ignore(reason) => {
+                metrics.count_tls_rejected(reason);
+                log_limit.warn(
+                    "incoming_ignored",
+                    format_args!("ignoring connection attempts from {remote}: {reason} (handshake limits, see docs/SECURITY.md)"),
+                );
+                incoming.ignore();
+                continue;
+            }
         };
         let inbound = inbound.clone();
         let metrics = Arc::clone(&metrics);
         let log_limit = Arc::clone(&log_limit);
         let limits = limits.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
             let conn = match tokio::time::timeout(timeout, incoming).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
+                    ticket.failed(Instant::now());
                     let reason = handshake_failure_reason(&e, "client");
                     metrics.count_tls_rejected(&reason);
                     log_limit.warn(
@@ -931,14 +989,18 @@ async fn accept_loop(
                     return;
                 }
                 Err(_) => {
+                    ticket.failed(Instant::now());
                     metrics.count_tls_rejected("handshake_timeout");
                     return;
                 }
             };
-            drop(permit);
             let name = match tls::peer_node_name(conn.peer_identity()) {
-                Ok(name) => name,
+                Ok(name) => {
+                    drop(ticket);
+                    name
+                }
                 Err(e) => {
+                    ticket.failed(Instant::now());
                     metrics.count_tls_rejected(e.kind());
                     log_limit.warn(
                         "incoming_name",
@@ -1019,9 +1081,12 @@ async fn read_stream(
     limits: &StreamLimits,
     metrics: &Metrics,
 ) -> Result<Inbound, &'static str> {
-    let frame = tokio::time::timeout(STREAM_FRAME_TIMEOUT, read_frame(&mut stream))
-        .await
-        .map_err(|_| "stream_timeout")??;
+    let frame = tokio::time::timeout(
+        STREAM_FRAME_TIMEOUT,
+        read_frame(&mut stream, &limits.frames),
+    )
+    .await
+    .map_err(|_| "stream_timeout")??;
     // The 4-byte length prefix included, as on the sending side.
     metrics.stream_bytes_in.inc_by(frame.len() as u64 + 4);
     let msg = match wire::decode(&frame, wire::MAX_STREAM_FRAME_LEN) {
@@ -1062,20 +1127,25 @@ async fn read_stream(
     })
 }
 
-/// Reads one length-prefixed frame; the length is checked before the body is read.
-async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Bytes, &'static str> {
+/// Reads one length-prefixed frame; the length is checked, and its memory reserved
+/// from `budget`, before the body is read.
+async fn read_frame(
+    stream: &mut quinn::RecvStream,
+    budget: &SnapshotBudget,
+) -> Result<Bytes, &'static str> {
     let mut prefix = [0u8; 4];
     stream
         .read_exact(&mut prefix)
         .await
         .map_err(|_| "stream_truncated")?;
     let len = wire::stream_frame_len(prefix).map_err(|e| e.kind())?;
+    let reservation = budget.reserve(len as u64).await.ok_or("budget_closed")?;
     let mut body = vec![0u8; len];
     stream
         .read_exact(&mut body)
         .await
         .map_err(|_| "stream_truncated")?;
-    Ok(Bytes::from(body))
+    Ok(reservation.attach(body))
 }
 
 /// Logs at most one warning per key every ten seconds, so a flood of bad input

@@ -26,6 +26,10 @@ use crate::identity::{NodeId, NodeName};
 use crate::lifeguard::{self, Detector, Health, Suspicions};
 use crate::profile::{self, Profile};
 use crate::stats::{CoreStats, ProbeCycle, ProbeOutcome, ProbeReply};
+
+/// Probe round-trip times kept for the node between two calls (one probe per period
+/// is answered, so a node that takes them after every call never reaches this).
+const MAX_PROBE_RTTS: usize = 64;
 use crate::wire::{self, Body, DecodeError};
 
 type Swim = Foca<NodeId, PostcardCodec, ChaCha8Rng, GossipRelay>;
@@ -655,6 +659,9 @@ pub struct Core {
     stats: CoreStats,
     /// The probe foca is running, followed for `stats`.
     probe: Option<ProbeCycle>,
+    /// Round-trip times of direct probe answers not yet taken by the node
+    /// (`take_probe_rtts`); the oldest are dropped beyond `MAX_PROBE_RTTS`.
+    probe_rtts: VecDeque<Duration>,
     /// A message of the current call (or of an earlier one, until this node sent
     /// something) said this node is suspect; the incarnation in its next message tells
     /// whether foca refuted.
@@ -710,6 +717,7 @@ impl Core {
             own_failures_total: 0,
             stats: CoreStats::default(),
             probe: None,
+            probe_rtts: VecDeque::new(),
             self_suspected: false,
             own_incarnation: 0,
         }
@@ -719,6 +727,13 @@ impl Core {
     /// refutations); see [`CoreStats`].
     pub fn stats(&self) -> CoreStats {
         self.stats
+    }
+
+    /// Round-trip times of this node's probes answered directly since the last call,
+    /// oldest first: from the call that sent the `Ping` to the call that handled its
+    /// `Ack`, in the driver's time.
+    pub fn take_probe_rtts(&mut self) -> impl Iterator<Item = Duration> + '_ {
+        self.probe_rtts.drain(..)
     }
 
     pub fn identity(&self) -> &NodeId {
@@ -891,8 +906,12 @@ impl Core {
                 let result = self.swim.handle_data(packet, &mut self.collected);
                 if let (Ok(()), Some(reply), Some(probe)) =
                     (&result, news.reply, self.probe.as_mut())
+                    && let Some(rtt) = probe.observe(&reply, now)
                 {
-                    probe.observe(&reply);
+                    if self.probe_rtts.len() >= MAX_PROBE_RTTS {
+                        self.probe_rtts.pop_front();
+                    }
+                    self.probe_rtts.push_back(rtt);
                 }
                 self.after_call(now);
                 // The sender's view differs from ours even after its news: pull the
@@ -1218,7 +1237,7 @@ impl Core {
 
     /// Follows foca's probes and this node's incarnation from what a call produced
     /// (before the sends are wrapped into envelopes).
-    fn observe_own_output(&mut self) {
+    fn observe_own_output(&mut self, now: Duration) {
         for (_, timer) in &self.collected.timers {
             // foca asks for this right after sending the probe's `Ping`.
             if let Timer::SendIndirectProbe { probed_id, .. } = timer {
@@ -1231,7 +1250,7 @@ impl Core {
                         foca::Message::Ping(n) => Some(n),
                         _ => None,
                     });
-                self.probe = Some(ProbeCycle::new(probed_id.name.clone(), number));
+                self.probe = Some(ProbeCycle::new(probed_id.name.clone(), number, now));
             }
         }
         if self.self_suspected
@@ -1391,7 +1410,7 @@ impl Core {
     /// Turns what foca asked for into effects and timers, and the membership change
     /// into events.
     fn after_call(&mut self, now: Duration) {
-        self.observe_own_output();
+        self.observe_own_output(now);
         let collected = std::mem::take(&mut self.collected);
         for notification in &collected.notifications {
             match notification {

@@ -5,6 +5,8 @@
 //! clock, no IO. They only ever grow over a core's life; the node turns them into
 //! Prometheus counters.
 
+use std::time::Duration;
+
 use crate::identity::NodeName;
 
 /// What this node's membership core counted since it started.
@@ -92,32 +94,43 @@ pub(crate) struct ProbeCycle {
     /// The probe number of our `Ping`; `None` if it could not be read, in which case
     /// any answer from the target counts (foca checks the number; this is a metric).
     pub number: Option<u8>,
+    /// When the `Ping` went out (the time of the call that sent it).
+    started: Duration,
     direct: bool,
     indirect: bool,
 }
 
 impl ProbeCycle {
-    pub fn new(target: NodeName, number: Option<u8>) -> Self {
+    pub fn new(target: NodeName, number: Option<u8>, started: Duration) -> Self {
         Self {
             target,
             number,
+            started,
             direct: false,
             indirect: false,
         }
     }
 
     /// Notes an answer if it belongs to this probe (the same checks foca makes: the
-    /// right member, the right probe number).
-    pub fn observe(&mut self, reply: &ProbeReply) {
+    /// right member, the right probe number). Returns the round-trip time of the
+    /// first direct answer: from the call that sent the `Ping` to the call that
+    /// handles the `Ack`, so it includes the time the ack waited for this node to
+    /// read it, which is what the failure detector experiences.
+    pub fn observe(&mut self, reply: &ProbeReply, now: Duration) -> Option<Duration> {
         let matches = |name: &NodeName, number: u8| {
             *name == self.target && self.number.is_none_or(|n| n == number)
         };
         match reply {
-            ProbeReply::Direct { from, number } if matches(from, *number) => self.direct = true,
+            ProbeReply::Direct { from, number } if matches(from, *number) => {
+                let first = !self.direct;
+                self.direct = true;
+                first.then(|| now.saturating_sub(self.started))
+            }
             ProbeReply::Forwarded { about, number } if matches(about, *number) => {
                 self.indirect = true;
+                None
             }
-            ProbeReply::Direct { .. } | ProbeReply::Forwarded { .. } => {}
+            ProbeReply::Direct { .. } | ProbeReply::Forwarded { .. } => None,
         }
     }
 
@@ -152,37 +165,50 @@ mod tests {
 
     #[test]
     fn a_direct_ack_beats_an_indirect_one_and_a_suspicion_beats_both() {
-        let mut p = ProbeCycle::new(n("b"), Some(7));
+        let mut p = ProbeCycle::new(n("b"), Some(7), Duration::from_millis(100));
         assert_eq!(p.outcome(false), ProbeOutcome::Failed);
-        p.observe(&ProbeReply::Forwarded {
+        let forwarded = ProbeReply::Forwarded {
             about: n("b"),
             number: 7,
-        });
+        };
+        assert_eq!(p.observe(&forwarded, Duration::from_millis(150)), None);
         assert_eq!(p.outcome(false), ProbeOutcome::AckedIndirect);
-        p.observe(&ProbeReply::Direct {
+        let direct = ProbeReply::Direct {
             from: n("b"),
             number: 7,
-        });
+        };
+        assert_eq!(
+            p.observe(&direct, Duration::from_millis(160)),
+            Some(Duration::from_millis(60)),
+            "the first direct ack times the probe"
+        );
+        assert_eq!(p.observe(&direct, Duration::from_millis(170)), None);
         assert_eq!(p.outcome(false), ProbeOutcome::AckedDirect);
         assert_eq!(p.outcome(true), ProbeOutcome::Failed);
     }
 
     #[test]
     fn answers_to_another_probe_or_about_another_member_do_not_count() {
-        let mut p = ProbeCycle::new(n("b"), Some(7));
+        let mut p = ProbeCycle::new(n("b"), Some(7), Duration::ZERO);
+        let now = Duration::from_millis(10);
         // A late ack of the previous probe of the same member.
-        p.observe(&ProbeReply::Direct {
+        let late = ProbeReply::Direct {
             from: n("b"),
             number: 6,
-        });
-        p.observe(&ProbeReply::Direct {
+        };
+        assert_eq!(p.observe(&late, now), None);
+        let other = ProbeReply::Direct {
             from: n("c"),
             number: 7,
-        });
-        p.observe(&ProbeReply::Forwarded {
-            about: n("c"),
-            number: 7,
-        });
+        };
+        assert_eq!(p.observe(&other, now), None);
+        p.observe(
+            &ProbeReply::Forwarded {
+                about: n("c"),
+                number: 7,
+            },
+            now,
+        );
         assert_eq!(p.outcome(false), ProbeOutcome::Failed);
     }
 

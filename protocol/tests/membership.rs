@@ -515,6 +515,9 @@ fn probes_judged(s: &CoreStats) -> u64 {
 fn probes_in_a_healthy_cluster_are_all_answered_directly() {
     let mut net = converged_five();
     let before: Vec<CoreStats> = FIVE.iter().map(|n| stats_of(&net, n)).collect();
+    for core in net.cores.values_mut() {
+        core.take_probe_rtts().for_each(drop);
+    }
     let window = Duration::from_secs(10);
     net.run_for(window);
     let rounds = (window.as_millis()
@@ -535,6 +538,20 @@ fn probes_in_a_healthy_cluster_are_all_answered_directly() {
             (0, 0, 0),
             "{n}: {s:?}"
         );
+        // Each direct answer is timed once, at the simulated network's round trip.
+        let rtts: Vec<Duration> = net
+            .cores
+            .get_mut(&name(n))
+            .unwrap()
+            .take_probe_rtts()
+            .collect();
+        let direct = s.probes_acked_direct - before.probes_acked_direct;
+        assert!(
+            (rtts.len() as u64).abs_diff(direct) <= 1,
+            "{n}: {} round trips timed for {direct} direct acks",
+            rtts.len()
+        );
+        assert!(rtts.iter().all(|rtt| *rtt == 2 * LATENCY), "{n}: {rtts:?}");
     }
 }
 
