@@ -603,32 +603,49 @@ impl Owner {
                 }
                 self.drain();
             }
-            other => match self.transport.on_inbound(other) {
-                Some(SeedOutcome::Reached { addr, name }) => {
-                    if self.core.local_state() == LocalState::Active {
-                        return;
+            other => {
+                let handshake_ended = match &other {
+                    Inbound::Connected { name, .. } | Inbound::DialFailed { name, .. } => {
+                        Some(name.clone())
                     }
-                    // Zone and generation are placeholders: foca only needs the name
-                    // to address the announce; the reply carries the real identity.
-                    let Ok(zone) = Zone::new("unknown") else {
-                        return;
-                    };
-                    let seed = NodeId::new(name.clone(), addr, zone, 0);
+                    _ => None,
+                };
+                let outcome = self.transport.on_inbound(other);
+                if let Some(peer) = handshake_ended {
                     let now = self.now();
-                    if let Err(e) = self.core.announce(now, seed) {
-                        tracing::debug!("announce to {name} at {addr}: {e}");
-                    }
-                    self.drain();
+                    self.core.peer_connected(now, &peer);
                 }
-                Some(SeedOutcome::Failed { addr, error }) => {
-                    let detail = format!("seed {addr}: {error}");
-                    if !self.notify.is_ready() {
-                        self.notify.status(&format!("joining: {detail}"));
-                    }
-                    self.events.push_local("join_failed", Some(detail));
+                self.on_seed_outcome(outcome);
+            }
+        }
+    }
+
+    fn on_seed_outcome(&mut self, outcome: Option<SeedOutcome>) {
+        match outcome {
+            Some(SeedOutcome::Reached { addr, name }) => {
+                if self.core.local_state() == LocalState::Active {
+                    return;
                 }
-                None => {}
-            },
+                // Zone and generation are placeholders: foca only needs the name
+                // to address the announce; the reply carries the real identity.
+                let Ok(zone) = Zone::new("unknown") else {
+                    return;
+                };
+                let seed = NodeId::new(name.clone(), addr, zone, 0);
+                let now = self.now();
+                if let Err(e) = self.core.announce(now, seed) {
+                    tracing::debug!("announce to {name} at {addr}: {e}");
+                }
+                self.drain();
+            }
+            Some(SeedOutcome::Failed { addr, error }) => {
+                let detail = format!("seed {addr}: {error}");
+                if !self.notify.is_ready() {
+                    self.notify.status(&format!("joining: {detail}"));
+                }
+                self.events.push_local("join_failed", Some(detail));
+            }
+            None => {}
         }
     }
 
@@ -694,6 +711,7 @@ impl Owner {
             self.update_member_gauges();
             self.drain_repl();
         }
+        self.note_dials();
         self.signals.after_core(&mut self.core);
     }
 
@@ -1232,6 +1250,16 @@ impl Owner {
             tracing::info!(event = e.kind, "{}", e.detail);
             let record = self.events.push_capacity(e.kind, e.zone, e.count, e.detail);
             self.count_event(&record.kind);
+        }
+        self.note_dials();
+    }
+
+    /// Tells the core which peers the transport started dialling (a probe of one of
+    /// them is not judged before its handshake ends; see `Core::peer_connecting`).
+    fn note_dials(&mut self) {
+        let now = self.now();
+        for peer in self.transport.take_dials_started() {
+            self.core.peer_connecting(now, &peer);
         }
     }
 

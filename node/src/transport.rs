@@ -287,6 +287,9 @@ pub struct Transport {
     stream_sends: Arc<Semaphore>,
     log_limit: Arc<LogLimiter>,
     limits: StreamLimits,
+    /// Peers this transport started dialling since the owner last asked
+    /// ([`Transport::take_dials_started`]).
+    dials_started: Vec<NodeName>,
 }
 
 /// Capacity of the channel from the transport's tasks to the owner task.
@@ -360,6 +363,7 @@ impl Transport {
                 stream_sends: Arc::new(Semaphore::new(MAX_CONCURRENT_STREAM_SENDS)),
                 log_limit,
                 limits,
+                dials_started: Vec::new(),
             },
             inbound_rx,
         ))
@@ -367,6 +371,12 @@ impl Transport {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The peers this transport started dialling since the last call; each dial
+    /// ends with an [`Inbound::Connected`] or [`Inbound::DialFailed`] naming it.
+    pub fn take_dials_started(&mut self) -> Vec<NodeName> {
+        std::mem::take(&mut self.dials_started)
     }
 
     /// Peers currently holding or opening a connection.
@@ -442,6 +452,7 @@ impl Transport {
                     return;
                 }
             };
+        self.dials_started.push(to.name.clone());
         tokio::spawn(dial(
             connecting,
             Some(to.name.clone()),

@@ -668,7 +668,24 @@ pub struct Core {
     self_suspected: bool,
     /// This node's incarnation as its own messages last carried it.
     own_incarnation: u16,
+    /// Peers the node is opening a connection to (a QUIC handshake), since when
+    /// ([`Core::peer_connecting`]).
+    connecting: BTreeMap<NodeName, Duration>,
+    /// The next probe round waits for a handshake with the current probe's target,
+    /// at most until then.
+    round_held_until: Option<Duration>,
 }
+
+/// How long a probe round waits, beyond its due time, for the handshake of a
+/// connection to the probe's target (a cold connection: a member that just joined,
+/// or one evicted from the node's connection cache). The probe's `Ping` waits in the
+/// node's queue meanwhile, so judging it on time would blame the member for our own
+/// handshake.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+/// A handshake the node never reported as ended is forgotten after this long.
+const CONNECTING_STALE: Duration = Duration::from_secs(10);
+/// Handshakes followed at once; beyond this, stale ones are dropped first.
+const MAX_CONNECTING: usize = 1024;
 
 impl Core {
     /// A core for `identity`. `rng_seed` feeds every random choice (probe order,
@@ -720,6 +737,8 @@ impl Core {
             probe_rtts: VecDeque::new(),
             self_suspected: false,
             own_incarnation: 0,
+            connecting: BTreeMap::new(),
+            round_held_until: None,
         }
     }
 
@@ -1103,6 +1122,68 @@ impl Core {
         self.send_pull(now, pick);
     }
 
+    /// The node started a handshake with `peer` (it had no connection): messages to
+    /// it wait until the handshake ends. A probe of `peer` is then not judged before
+    /// the handshake ends (plus the time an answer normally takes), at most
+    /// [`HANDSHAKE_GRACE`] after it was due.
+    pub fn peer_connecting(&mut self, now: Duration, peer: &NodeName) {
+        if self.connecting.len() >= MAX_CONNECTING {
+            self.connecting
+                .retain(|_, since| now.saturating_sub(*since) < CONNECTING_STALE);
+            if self.connecting.len() >= MAX_CONNECTING {
+                return;
+            }
+        }
+        self.connecting.entry(peer.clone()).or_insert(now);
+    }
+
+    /// The handshake with `peer` ended (a connection is up, or the dial failed). A
+    /// probe round held for it runs once an answer sent now could have arrived.
+    pub fn peer_connected(&mut self, now: Duration, peer: &NodeName) {
+        if self.connecting.remove(peer).is_none() {
+            return;
+        }
+        let Some(held_until) = self.round_held_until else {
+            return;
+        };
+        if self.probe.as_ref().is_none_or(|p| &p.target != peer) {
+            return;
+        }
+        let due = held_until.min(now + self.detector.probe_rtt());
+        let round = self.timers.iter().find_map(|(key, t)| match t {
+            CoreTimer::Swim {
+                timer: Timer::ProbeRandomMember(_),
+                ..
+            } => Some(*key),
+            CoreTimer::Swim { .. } => None,
+        });
+        if let Some(key) = round
+            && key.0 > due
+            && let Some(CoreTimer::Swim { timer, .. }) = self.timers.remove(&key)
+        {
+            self.insert_timer(due, timer, true);
+        }
+    }
+
+    /// Until when the probe round due at `due` waits for a handshake with the
+    /// current probe's target, if it must wait at `now`.
+    fn hold_round_for_handshake(&mut self, due: Duration, now: Duration) -> Option<Duration> {
+        if !self.detector.extended() {
+            return None;
+        }
+        let probe = self.probe.as_ref()?;
+        if probe.answered_directly() {
+            return None;
+        }
+        let since = *self.connecting.get(&probe.target)?;
+        if now.saturating_sub(since) >= CONNECTING_STALE {
+            self.connecting.remove(&probe.target);
+            return None;
+        }
+        let until = *self.round_held_until.get_or_insert(due + HANDSHAKE_GRACE);
+        (now < until).then_some(until)
+    }
+
     /// When [`Core::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Duration> {
         self.timers.keys().next().map(|(due, _)| *due)
@@ -1156,6 +1237,13 @@ impl Core {
                     .saturating_sub(self.detector.probe_rtt());
                 self.insert_timer(indirect_due + indirect_wait, timer, true);
                 continue;
+            }
+            if probe_round {
+                if let Some(until) = self.hold_round_for_handshake(key.0, now) {
+                    self.insert_timer(until, timer, true);
+                    continue;
+                }
+                self.round_held_until = None;
             }
             match &timer {
                 Timer::ChangeSuspectToDown { member_id, .. } => {

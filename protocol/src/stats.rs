@@ -134,6 +134,11 @@ impl ProbeCycle {
         }
     }
 
+    /// The probed member itself answered.
+    pub fn answered_directly(&self) -> bool {
+        self.direct
+    }
+
     /// The outcome once foca judged the probe. `foca_suspected`: foca asked for a
     /// suspicion timer for the target in that call, which it does only for a failed
     /// probe; it is the authority when the core saw an answer foca did not count (one

@@ -52,6 +52,22 @@ struct Net {
     /// Nodes that do not run until then (a stall: CPU starvation, a long GC-like pause):
     /// their messages wait, their timers fire late.
     stalled_until: BTreeMap<NodeName, Duration>,
+    /// Pairs with no connection yet: the first message either way starts a
+    /// handshake of this long, and every message between them waits for it, as the
+    /// node's transport queues sends during a QUIC handshake.
+    cold: BTreeMap<(NodeName, NodeName), Duration>,
+    /// Handshakes under way: pair -> (ends at, the nodes that dialled).
+    handshakes: BTreeMap<(NodeName, NodeName), (Duration, BTreeSet<NodeName>)>,
+    /// Whether the cores are told about their handshakes (`peer_connecting`).
+    report_handshakes: bool,
+}
+
+fn pair(a: &NodeName, b: &NodeName) -> (NodeName, NodeName) {
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
 }
 
 impl Net {
@@ -67,6 +83,9 @@ impl Net {
             input_errors: Vec::new(),
             timer_errors: Vec::new(),
             stalled_until: BTreeMap::new(),
+            cold: BTreeMap::new(),
+            handshakes: BTreeMap::new(),
+            report_handshakes: false,
         };
         for (i, n) in names.iter().enumerate() {
             net.cores.insert(
@@ -94,9 +113,23 @@ impl Net {
         while let Some(effect) = core.poll_effect() {
             match effect {
                 Effect::Send { to, envelope } => {
+                    // A cold pair: this send dials (or waits for the other side's
+                    // dial), and goes out when the handshake is done.
+                    let key = pair(node, &to.name);
+                    let mut sent_at = self.now;
+                    if let Some(length) = self.cold.remove(&key) {
+                        self.handshakes
+                            .insert(key.clone(), (self.now + length, BTreeSet::new()));
+                    }
+                    if let Some((ends, dialers)) = self.handshakes.get_mut(&key) {
+                        sent_at = *ends;
+                        if self.report_handshakes && dialers.insert(node.clone()) {
+                            core.peer_connecting(self.now, &to.name);
+                        }
+                    }
                     self.seq += 1;
                     self.wire.push(Reverse(InFlight {
-                        at: self.now + LATENCY,
+                        at: sent_at + LATENCY,
                         seq: self.seq,
                         from: node.clone(),
                         to: to.name,
@@ -129,6 +162,29 @@ impl Net {
                     c.poll_timeout().map(|t| (t.max(resume), n.clone()))
                 })
                 .min();
+            // Handshakes end before anything else due at the same time.
+            if let Some((key, ends)) = self
+                .handshakes
+                .iter()
+                .map(|(k, (ends, _))| (k.clone(), *ends))
+                .min_by_key(|(_, ends)| *ends)
+                && next_msg.is_none_or(|m| ends <= m)
+                && next_timer.as_ref().is_none_or(|(t, _)| ends <= *t)
+                && ends <= until
+            {
+                self.now = ends;
+                let (_, dialers) = self.handshakes.remove(&key).unwrap();
+                for dialer in dialers {
+                    let peer = if dialer == key.0 { &key.1 } else { &key.0 };
+                    let now = self.now;
+                    self.cores
+                        .get_mut(&dialer)
+                        .unwrap()
+                        .peer_connected(now, peer);
+                    self.drain(&dialer);
+                }
+                continue;
+            }
             let msg_first = match (next_msg, &next_timer) {
                 (Some(m), Some((t, _))) => m <= *t,
                 (Some(_), None) => true,
@@ -553,6 +609,48 @@ fn probes_in_a_healthy_cluster_are_all_answered_directly() {
         );
         assert!(rtts.iter().all(|rtt| *rtt == 2 * LATENCY), "{n}: {rtts:?}");
     }
+}
+
+/// Every connection of a converged five goes cold at once (as when a node's
+/// connection cache evicted them), and every pair pays a `handshake`-long handshake
+/// before its next message goes out. Returns the probes that failed and the
+/// suspicions raised, cluster-wide, over the next five seconds.
+fn probes_over_cold_connections(handshake: Duration, report_handshakes: bool) -> (u64, u64) {
+    let mut net = converged_five();
+    for (i, a) in FIVE.iter().enumerate() {
+        for b in &FIVE[i + 1..] {
+            net.cold.insert(pair(&name(a), &name(b)), handshake);
+        }
+    }
+    net.report_handshakes = report_handshakes;
+    let before: Vec<CoreStats> = FIVE.iter().map(|n| stats_of(&net, n)).collect();
+    net.run_for(Duration::from_secs(5));
+    assert!(net.all_see_alive(&FIVE));
+    FIVE.iter()
+        .zip(before)
+        .fold((0, 0), |(failed, raised), (n, b)| {
+            let s = stats_of(&net, n);
+            (
+                failed + s.probes_failed - b.probes_failed,
+                raised + s.suspicions_raised - b.suspicions_raised,
+            )
+        })
+}
+
+#[test]
+fn a_probe_waits_for_the_handshake_of_a_cold_connection_to_its_target() {
+    // Handshakes longer than a probe period, as seen on loaded hosts at N = 50.
+    let handshake = Duration::from_millis(300);
+    let (failed, raised) = probes_over_cold_connections(handshake, false);
+    assert!(
+        failed > 0,
+        "without the handshakes reported, probes over cold connections fail (else this test proves nothing)"
+    );
+    assert_eq!(
+        probes_over_cold_connections(handshake, true),
+        (0, 0),
+        "probes failed and suspicions raised with the handshakes reported (without: {failed} failed, {raised} raised)"
+    );
 }
 
 #[test]
