@@ -49,10 +49,10 @@ pub const METRICS_MAX_CONNECTIONS: usize = 16;
 /// Refused connections being answered at once; beyond it a refused connection is
 /// closed without an answer (still counted), so a flood costs no more tasks.
 const MAX_ANSWERING: usize = 64;
-/// How long answering a refused connection may take (write the answer, then read
-/// what the client sent, so that its write does not fail before it reads).
+/// How long a refused connection's request head is waited for (a silent client gets
+/// the answer when it runs out), and then how long writing the answer may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
-/// Bytes of a refused client's request read (and dropped) after the answer.
+/// Bytes of a refused client's request read (and dropped).
 const ANSWER_DRAIN: usize = 16 * 1024;
 /// Largest request head (hyper's read buffer; bodies are read through it in chunks).
 const MAX_BUF: usize = 64 * 1024;
@@ -100,11 +100,10 @@ pub enum Reason {
     TooManyClientConnections,
     /// The caller's uid holds `api_max_streams_per_uid` event streams.
     TooManyStreams,
-    /// No complete request head within `api_header_timeout` of connecting.
+    /// No complete request head within `api_header_timeout` of connecting (or a
+    /// request head begun and not finished in that time). A kept-alive connection
+    /// closed after its answers for being idle that long is not counted.
     HeaderTimeout,
-    /// A connection that was answered stayed silent for `api_header_timeout`
-    /// (normal for a client that keeps connections open; logged at debug level).
-    IdleTimeout,
     /// A request body did not arrive whole within `api_io_timeout`.
     BodyTimeout,
     /// An answer could not be written for `api_io_timeout` (the client stopped reading).
@@ -115,22 +114,20 @@ pub enum Reason {
 
 impl Reason {
     /// The reasons each listener can count (their series start at 0).
-    pub const SOCKET: [Reason; 10] = [
+    pub const SOCKET: [Reason; 9] = [
         Reason::UidNotAllowed,
         Reason::NoPeerCredentials,
         Reason::TooManyConnections,
         Reason::TooManyClientConnections,
         Reason::TooManyStreams,
         Reason::HeaderTimeout,
-        Reason::IdleTimeout,
         Reason::BodyTimeout,
         Reason::SendTimeout,
         Reason::BadHttp,
     ];
-    pub const METRICS: [Reason; 5] = [
+    pub const METRICS: [Reason; 4] = [
         Reason::TooManyConnections,
         Reason::HeaderTimeout,
-        Reason::IdleTimeout,
         Reason::SendTimeout,
         Reason::BadHttp,
     ];
@@ -143,7 +140,6 @@ impl Reason {
             Reason::TooManyClientConnections => "too_many_client_connections",
             Reason::TooManyStreams => "too_many_streams",
             Reason::HeaderTimeout => "header_timeout",
-            Reason::IdleTimeout => "idle_timeout",
             Reason::BodyTimeout => "body_timeout",
             Reason::SendTimeout => "send_timeout",
             Reason::BadHttp => "bad_http",
@@ -158,7 +154,6 @@ impl Reason {
             (Listener::Metrics, Reason::HeaderTimeout) => "metrics_header_timeout",
             (Listener::Metrics, Reason::SendTimeout) => "metrics_send_timeout",
             (Listener::Metrics, Reason::BadHttp) => "metrics_bad_http",
-            (Listener::Metrics, Reason::IdleTimeout) => "metrics_idle_timeout",
             (
                 Listener::Metrics,
                 Reason::UidNotAllowed
@@ -272,18 +267,11 @@ impl Gate {
     }
 
     /// Counts a refusal and logs it (at most one line per reason per 10 s; the
-    /// counter has them all). `IdleTimeout` is normal and logged at debug level.
+    /// counter has them all).
     pub fn count(&self, reason: Reason, peer: Option<Peer>, why: &str) {
         self.metrics
             .count_api_refused(self.listener.as_str(), reason.as_str());
         let who = peer.map_or_else(String::new, |p| format!(" from {p}"));
-        if reason == Reason::IdleTimeout {
-            tracing::debug!(
-                "closed an idle {} connection{who}: {why}",
-                self.listener.what()
-            );
-            return;
-        }
         self.log.warn(
             reason.log_key(self.listener),
             format_args!(
@@ -313,22 +301,43 @@ impl Gate {
         };
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(
-                ANSWER_TIMEOUT,
-                answer(stream, status, reason.as_str(), error),
-            )
-            .await;
+            answer(stream, status, reason.as_str(), error).await;
         });
     }
 }
 
-/// Writes a whole HTTP/1.1 error answer, half-closes, and reads (bounded) what the
-/// client sent: a client still writing its request would otherwise see its write
-/// fail before it reads the answer.
-async fn answer<S>(mut stream: S, status: StatusCode, code: &str, error: String) -> io::Result<()>
+/// Answers a refused connection: waits (at most [`ANSWER_TIMEOUT`]) for the end of
+/// the client's request head, without parsing it, then writes a whole HTTP/1.1
+/// error answer, half-closes and reads (bounded) what else the client sends.
+/// Clients expect the answer after their request: one that came first would be
+/// taken as a broken connection (hyper's client drops it), and a client still
+/// writing would see its write fail before it reads the answer.
+async fn answer<S>(mut stream: S, status: StatusCode, code: &str, error: String)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut seen = 0;
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        // The last bytes read, to find "\r\n\r\n" across reads.
+        let mut tail = [0u8; 4];
+        let mut buf = [0u8; 4096];
+        while seen < ANSWER_DRAIN {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            seen += n;
+            let mut window = tail.to_vec();
+            window.extend_from_slice(&buf[..n]);
+            if window.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+            let keep = window.len() - 4;
+            tail.copy_from_slice(&window[keep..]);
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await;
     let body = serde_json::to_vec(&ErrorJson {
         error,
         code: code.to_string(),
@@ -341,19 +350,21 @@ where
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body).await?;
-    stream.shutdown().await?;
-    let mut buf = [0u8; 4096];
-    let mut drained = 0;
-    while drained < ANSWER_DRAIN {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        while seen < ANSWER_DRAIN {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            seen += n;
         }
-        drained += n;
-    }
-    Ok(())
+        Ok::<(), io::Error>(())
+    })
+    .await;
 }
 
 /// The limits of one listener's connections.
@@ -463,12 +474,9 @@ pub async fn serve_socket(
         let open = open.clone();
         open.inc();
         tokio::spawn(async move {
-            let outcome = serve_connection(stream, service, timeouts, stopped).await;
+            serve_connection(stream, service, timeouts, stopped, &gate, None).await;
             drop((permit, slot));
             open.dec();
-            if let Some((reason, why)) = outcome {
-                gate.count(reason, Some(peer), &why);
-            }
         });
     }
     drop(listener);
@@ -525,12 +533,10 @@ pub async fn serve_tcp(
         let open = open.clone();
         open.inc();
         tokio::spawn(async move {
-            let outcome = serve_connection(stream, service, timeouts, stopped).await;
+            let client = format!(" (client {from})");
+            serve_connection(stream, service, timeouts, stopped, &gate, Some(&client)).await;
             drop(permit);
             open.dec();
-            if let Some((reason, why)) = outcome {
-                gate.count(reason, None, &format!("{why} (client {from})"));
-            }
         });
     }
     drop(listener);
@@ -542,74 +548,101 @@ pub async fn serve_tcp(
 }
 
 /// Serves one connection until it closes, or until `stop` turns true (then the
-/// request in progress is finished first). Returns the reason to count when hyper
-/// closed the connection for one of ours.
+/// request in progress is finished first), and counts why it ended when that was
+/// one of the limits. The count comes before the client sees the connection close:
+/// the socket is closed only when this returns ([`SendTimeout`] leaves shutdown to
+/// the drop).
 async fn serve_connection<S>(
     stream: S,
     service: RouterService,
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
-) -> Option<(Reason, String)>
-where
+    gate: &Gate,
+    client: Option<&str>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let served = Arc::clone(&service.served);
-    let io = TokioIo::new(SendTimeout::new(stream, timeouts.io));
+    let peer = service.peer;
+    let io = SendTimeout::new(stream, timeouts.io);
+    let client_closed = io.client_closed();
+    let client_sent = io.client_sent();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header)
         .max_buf_size(MAX_BUF)
         .max_headers(MAX_HEADERS);
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let mut stopping = false;
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = until_stopped(stop) => {
+            stopping = true;
             conn.as_mut().graceful_shutdown();
-            conn.await
+            conn.as_mut().await
         }
     };
-    let error = result.err()?;
-    if error.is_timeout() {
-        return Some(if served.load(Ordering::Relaxed) {
-            (
-                Reason::IdleTimeout,
+    let outcome = match result {
+        Err(e) if e.is_timeout() && served.load(Ordering::Relaxed) => {
+            // Idle after its answers: normal for a client that keeps connections.
+            tracing::debug!("closed an idle API connection: {e}");
+            None
+        }
+        Err(e) if e.is_timeout() => Some((
+            Reason::HeaderTimeout,
+            if client_sent.load(Ordering::Relaxed) {
                 format!(
-                    "no new request within {:?} (api_header_timeout)",
+                    "a request head begun and not finished within {:?} (api_header_timeout); the connection was closed",
                     timeouts.header
-                ),
-            )
-        } else {
-            (
-                Reason::HeaderTimeout,
+                )
+            } else {
                 format!(
-                    "no complete request head within {:?} of connecting (api_header_timeout); the connection was closed",
+                    "connected and sent nothing within {:?} (api_header_timeout); the connection was closed",
                     timeouts.header
-                ),
-            )
-        });
-    }
-    if is_send_stall(&error) {
-        return Some((
+                )
+            },
+        )),
+        Err(e) if is_send_stall(&e) => Some((
             Reason::SendTimeout,
             format!(
                 "the client read nothing of the answer for {:?} (api_io_timeout); the connection was closed",
                 timeouts.io
             ),
-        ));
-    }
-    if error.is_parse() || error.is_parse_too_large() {
-        return Some((
+        )),
+        Err(e) if e.is_parse() || e.is_parse_too_large() => Some((
             Reason::BadHttp,
             format!(
-                "malformed HTTP or a request head over {MAX_BUF} bytes / {MAX_HEADERS} headers: {error}"
+                "malformed HTTP, or a request head over {MAX_BUF} bytes or {MAX_HEADERS} headers: {e}"
             ),
-        ));
+        )),
+        Err(e) => {
+            // The client went away mid-request or mid-answer: nothing to count.
+            tracing::debug!("API connection ended: {e}");
+            None
+        }
+        // Should hyper end a connection whose header timeout ran out before any
+        // byte came as if it had closed normally, it is one when nobody asked
+        // anything, the client did not close, and the listener is not stopping.
+        Ok(())
+            if !served.load(Ordering::Relaxed)
+                && !client_closed.load(Ordering::Relaxed)
+                && !stopping =>
+        {
+            Some((
+                Reason::HeaderTimeout,
+                format!(
+                    "connected and sent no request within {:?} (api_header_timeout); the connection was closed",
+                    timeouts.header
+                ),
+            ))
+        }
+        Ok(()) => None,
+    };
+    if let Some((reason, why)) = outcome {
+        gate.count(reason, peer, &format!("{why}{}", client.unwrap_or("")));
     }
-    // The client went away mid-request or mid-answer: nothing to count.
-    tracing::debug!("API connection ended: {error}");
-    None
 }
 
 /// Resolves once the listener stops (or is gone).
@@ -636,8 +669,8 @@ fn is_send_stall(error: &hyper::Error) -> bool {
 struct RouterService {
     router: Router,
     peer: Option<Peer>,
-    /// At least one request came in on this connection (an idle close is then not a
-    /// header timeout).
+    /// At least one request came in on this connection (an idle close after it is
+    /// not a header timeout).
     served: Arc<AtomicBool>,
 }
 
@@ -673,7 +706,7 @@ impl hyper::service::Service<Request<Incoming>> for RouterService {
 #[error("the client read nothing for the write timeout")]
 pub struct SendStalled;
 
-/// Wraps a connection so that a write (or flush, or shutdown) that stays pending for
+/// Wraps a connection so that a write (or flush) that stays pending for
 /// `timeout` fails with [`SendStalled`]: a client that stops reading loses its
 /// connection instead of holding it, and the answer's memory, for ever. Progress
 /// resets the clock; reads are untouched (hyper's header timeout covers them).
@@ -684,6 +717,10 @@ pub struct SendTimeout<S> {
     inner: S,
     timeout: Duration,
     stalled_since: Option<Pin<Box<Sleep>>>,
+    /// A read returned end-of-file: the client closed (or half-closed) its side.
+    client_closed: Arc<AtomicBool>,
+    /// A read returned data.
+    client_sent: Arc<AtomicBool>,
 }
 
 impl<S> SendTimeout<S> {
@@ -692,7 +729,19 @@ impl<S> SendTimeout<S> {
             inner,
             timeout,
             stalled_since: None,
+            client_closed: Arc::new(AtomicBool::new(false)),
+            client_sent: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Turns true once a read returns data.
+    pub fn client_sent(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.client_sent)
+    }
+
+    /// Turns true once a read returns end-of-file.
+    pub fn client_closed(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.client_closed)
     }
 
     /// Called when the inner write is pending: arms the timer on the first call and
@@ -723,7 +772,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let room = buf.remaining() > 0;
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if room && matches!(polled, Poll::Ready(Ok(()))) {
+            let flag = if buf.filled().len() == before {
+                &self.client_closed
+            } else {
+                &self.client_sent
+            };
+            flag.store(true, Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -764,12 +824,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
         }
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Ready(r) => this.progress(r),
-            Poll::Pending => this.pending(cx),
-        }
+    /// Does nothing: the connection is closed when it is dropped, after
+    /// `serve_connection` has counted why it ended, so a client never sees the
+    /// close of a refused or timed-out connection before the counter moved.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
