@@ -339,7 +339,7 @@ async fn silent_clients_are_disconnected_after_the_header_timeout() {
     let page = socket_metrics(&socket).await;
     assert_eq!(series(&page, &refused("socket", "header_timeout")), 2.0);
     assert_eq!(series(&page, &refused("metrics", "header_timeout")), 1.0);
-    let log = std::fs::read_to_string(&node_log(&c)).unwrap();
+    let log = std::fs::read_to_string(node_log(&c)).unwrap();
     assert!(
         log.contains("api_header_timeout") && log.contains("header_timeout"),
         "{log}"
