@@ -299,7 +299,8 @@ async fn the_metrics_listener_caps_its_connections() {
 /// A client that connects and says nothing, or begins a request head and stops, is
 /// disconnected after `api_header_timeout`, on the socket and on the metrics
 /// listener, and counted. A client that was answered and then stays idle is
-/// disconnected too (the same timeout), but that is normal and not counted.
+/// disconnected too (the same timeout), but that is normal and not counted. Bytes
+/// that are not HTTP get 400 and count as `bad_http`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_are_disconnected_after_the_header_timeout() {
     let mut c = cluster!(&["n1"]);
@@ -336,7 +337,12 @@ async fn silent_clients_are_disconnected_after_the_header_timeout() {
     idle.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
+    // Not HTTP: hyper answers 400 and closes; counted apart.
+    let (status, _) = unix_http(&socket, "HELLO THERE\r\n\r\n");
+    assert_eq!(status, 400);
+
     let page = socket_metrics(&socket).await;
+    assert_eq!(series(&page, &refused("socket", "bad_http")), 1.0);
     assert_eq!(series(&page, &refused("socket", "header_timeout")), 2.0);
     assert_eq!(series(&page, &refused("metrics", "header_timeout")), 1.0);
     let log = std::fs::read_to_string(node_log(&c)).unwrap();
