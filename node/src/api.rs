@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Path as UrlPath;
-use axum::extract::{MatchedPath, RawQuery, Request, State};
+use axum::extract::{Extension, MatchedPath, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,15 +27,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use crate::config::ApiAccess;
 use crate::events::{SinceError, Subscription};
+use crate::listener::{Gate, Listener, Peer, Reason, UidSlots};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::runtime::{MAX_PATCH_BODY, Patch, SettingsJson};
 use crate::transport::{LogLimiter, SnapshotBudget};
 use vigil_protocol::replication::MAX_META_LEN;
 use vigil_protocol::{AckMode, AgentId};
 
-/// Socket file permissions: owner and group may connect.
-pub const SOCKET_MODE: u32 = 0o660;
 /// Longest query string accepted.
 const MAX_QUERY_LEN: usize = 1024;
 /// Longest time a handler waits for the owner task.
@@ -279,6 +279,12 @@ struct ApiState {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     log_limit: Arc<LogLimiter>,
+    /// Counts and logs refusals (`vigil_api_refused_total`).
+    gate: Gate,
+    /// `/v1/events` streams open per uid.
+    streams: Arc<UidSlots>,
+    /// A request body must arrive whole within this (`api_io_timeout`).
+    body_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,11 +299,20 @@ pub enum SocketError {
         "cannot create socket {path}: {source}. Fix: check that the directory exists and is writable by this user"
     )]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot give socket {path} to group {group} (socket_group): {source}. Fix: run the node as root or as a member of that group, or leave socket_group unset"
+    )]
+    Group {
+        path: PathBuf,
+        group: String,
+        source: io::Error,
+    },
 }
 
-/// Binds the API socket. A leftover socket file is removed only after a connection
-/// to it was refused, so a live node on the same path makes startup fail instead.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
+/// Binds the API socket with `access.socket_mode` and `access.socket_group`. A
+/// leftover socket file is removed only after a connection to it was refused, so a
+/// live node on the same path makes startup fail instead.
+pub fn bind_socket(path: &Path, access: &ApiAccess) -> Result<UnixListener, SocketError> {
     let io_err = |source| SocketError::Io {
         path: path.to_path_buf(),
         source,
@@ -327,31 +342,99 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(io_err)?;
+    // Created owner-only (the umask applies to bind), then opened up to the
+    // configured mode and group: nobody else can connect in between. The umask is
+    // the process's, but only for these few instructions at startup, and only ever
+    // narrower than the usual one.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(umask);
+    let listener = bound.map_err(io_err)?;
+    if let Some(group) = &access.socket_group {
+        std::os::unix::fs::chown(path, None, Some(group.gid)).map_err(|source| {
+            SocketError::Group {
+                path: path.to_path_buf(),
+                group: group.given.clone(),
+                source,
+            }
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.socket_mode))
+        .map_err(io_err)?;
     Ok(listener)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, admitting the callers
+/// and within the limits of `access` (crate::listener).
 pub async fn serve(
     listener: UnixListener,
     limits: ApiLimits,
+    access: ApiAccess,
     owner: mpsc::Sender<ApiRequest>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let gate = Gate::new(Listener::Socket, Arc::clone(&metrics));
     let state = ApiState {
         owner,
         limits,
         metrics,
         registry,
         log_limit: Arc::new(LogLimiter::default()),
+        gate: gate.clone(),
+        streams: UidSlots::new(access.max_streams_per_uid),
+        body_timeout: access.io_timeout,
     };
     let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::listener::serve_socket(listener, app, &access, gate, shutdown).await
+}
+
+/// Why a request body was not read.
+enum BodyError {
+    TooLarge,
+    Timeout,
+}
+
+/// Reads a request body of at most `limit` bytes, within the body timeout; a body
+/// that does not arrive in time is counted and logged as a refusal.
+async fn read_body(
+    state: &ApiState,
+    peer: Option<Peer>,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(BodyError::TooLarge),
+        Err(_) => {
+            state.gate.count(
+                Reason::BodyTimeout,
+                peer,
+                &format!(
+                    "the request body did not arrive within {:?} (api_io_timeout)",
+                    state.body_timeout
+                ),
+            );
+            Err(BodyError::Timeout)
+        }
+    }
+}
+
+fn body_timeout_response(state: &ApiState) -> Response {
+    let mut response = error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body did not arrive within {:?} (api_io_timeout); send it whole, or raise api_io_timeout",
+            state.body_timeout
+        ),
+    );
+    // The rest of the body may still come: the connection cannot be reused.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn router(state: ApiState) -> Router {
@@ -539,6 +622,7 @@ async fn register_agent(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
     RawQuery(query): RawQuery,
+    peer: Option<Extension<Peer>>,
     body: Body,
 ) -> Response {
     let agent = match agent_id(&id) {
@@ -549,12 +633,16 @@ async fn register_agent(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_META_LEN).await else {
-        return error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "meta_too_large",
-            format!("agent metadata is limited to {MAX_META_LEN} bytes of JSON"),
-        );
+    let bytes = match read_body(&state, peer.map(|p| p.0), body, MAX_META_LEN).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::Timeout) => return body_timeout_response(&state),
+        Err(BodyError::TooLarge) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "meta_too_large",
+                format!("agent metadata is limited to {MAX_META_LEN} bytes of JSON"),
+            );
+        }
     };
     let meta = if bytes.iter().all(u8::is_ascii_whitespace) {
         "{}".to_string()
@@ -661,13 +749,21 @@ async fn show_config(State(state): State<ApiState>) -> Response {
 
 /// `PUT /v1/config`: a JSON object of live settings (`null` drops a runtime change).
 /// Validated here, whole, before the owner applies and persists it.
-async fn set_config(State(state): State<ApiState>, body: Body) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_PATCH_BODY).await else {
-        return error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("a settings patch is limited to {MAX_PATCH_BODY} bytes"),
-        );
+async fn set_config(
+    State(state): State<ApiState>,
+    peer: Option<Extension<Peer>>,
+    body: Body,
+) -> Response {
+    let bytes = match read_body(&state, peer.map(|p| p.0), body, MAX_PATCH_BODY).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::Timeout) => return body_timeout_response(&state),
+        Err(BodyError::TooLarge) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("a settings patch is limited to {MAX_PATCH_BODY} bytes"),
+            );
+        }
     };
     let patch = match Patch::from_json(&bytes) {
         Ok(p) => p,
@@ -733,6 +829,7 @@ async fn put_snapshot(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
     RawQuery(query): RawQuery,
+    peer: Option<Extension<Peer>>,
     request: Request,
 ) -> Response {
     let agent = match agent_id(&id) {
@@ -767,9 +864,10 @@ async fn put_snapshot(
         return ApiFailure::unavailable("the node is shutting down").response();
     };
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    let body = match axum::body::to_bytes(request.into_body(), limit).await {
+    let body = match read_body(&state, peer.map(|p| p.0), request.into_body(), limit).await {
         Ok(b) => b,
-        Err(_) => return too_large(format!("more than {max}")),
+        Err(BodyError::Timeout) => return body_timeout_response(&state),
+        Err(BodyError::TooLarge) => return too_large(format!("more than {max}")),
     };
     let body = reservation.attach(body.to_vec());
     let wait = state.limits.put_wait;
@@ -858,10 +956,31 @@ fn parse_since(query: Option<&str>) -> Result<Option<u64>, Response> {
     Ok(since)
 }
 
-async fn events(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+async fn events(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    peer: Option<Extension<Peer>>,
+) -> Response {
     let since = match parse_since(query.as_deref()) {
         Ok(since) => since,
         Err(response) => return response,
+    };
+    // A place among the caller's streams, held until its stream ends. Requests that
+    // come without a peer (none do on the socket) are not limited here.
+    let slot = match peer {
+        Some(Extension(peer)) => match state.streams.try_take(peer.uid) {
+            Some(slot) => Some(slot),
+            None => {
+                let limit = state.streams.limit();
+                let error = format!(
+                    "uid {} has {limit} event streams open, its limit (api_max_streams_per_uid); close one, or raise api_max_streams_per_uid",
+                    peer.uid
+                );
+                state.gate.count(Reason::TooManyStreams, Some(peer), &error);
+                return error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", error);
+            }
+        },
+        None => None,
     };
     let subscription = match ask(&state, |reply| ApiRequest::Subscribe { since, reply }).await {
         Ok(Ok(sub)) => sub,
@@ -907,6 +1026,11 @@ async fn events(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Res
                 }
             };
             std::future::ready(Some(Ok::<Bytes, Infallible>(Bytes::from(line))))
+        })
+        .map(move |line| {
+            // The stream owns the caller's place; dropping the stream frees it.
+            let _held = &slot;
+            line
         });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -938,19 +1062,44 @@ mod tests {
     async fn a_live_socket_is_not_replaced_but_a_stale_one_is() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.sock");
-        let live = bind_socket(&path).unwrap();
+        let access = ApiAccess::default();
+        let live = bind_socket(&path, &access).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, SOCKET_MODE);
-        assert!(matches!(bind_socket(&path), Err(SocketError::InUse { .. })));
+        assert_eq!(mode, 0o660);
+        assert!(matches!(
+            bind_socket(&path, &access),
+            Err(SocketError::InUse { .. })
+        ));
         drop(live);
         // The file stays behind, as after a crash; nobody listens any more.
         assert!(path.exists());
-        let _again = bind_socket(&path).unwrap();
+        let _again = bind_socket(&path, &access).unwrap();
         let file = dir.path().join("plain");
         std::fs::write(&file, b"x").unwrap();
         assert!(matches!(
-            bind_socket(&file),
+            bind_socket(&file, &access),
             Err(SocketError::NotASocket { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_socket_gets_the_configured_mode_and_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        // The process's own group: any user may give its files to it.
+        let gid = nix::unistd::getegid().as_raw();
+        let access = ApiAccess {
+            socket_mode: 0o600,
+            socket_group: Some(crate::config::SocketGroup {
+                gid,
+                given: gid.to_string(),
+            }),
+            ..ApiAccess::default()
+        };
+        let _live = bind_socket(&path, &access).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.gid(), gid);
     }
 }

@@ -15,10 +15,10 @@ use std::time::{Duration, SystemTime};
 use clap::ArgMatches;
 
 use crate::cli::AgentArgs;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ApiAccess, mode_text};
 use crate::launcher::LaunchTemplate;
 use crate::logging;
-use crate::runtime::{LiveValues, RUNTIME_FILE, RuntimeConfig, SettingsJson};
+use crate::runtime::{LiveValues, RUNTIME_FILE, RuntimeConfig, SettingsJson, duration_text};
 use crate::tls;
 
 /// Unix socket paths longer than this do not fit `sockaddr_un` (108 bytes with the
@@ -182,7 +182,8 @@ fn check_all(config: &AgentConfig, runtime: &RuntimeConfig, report: &mut Report)
     }
     check_pki(config, report);
     check_data_dir(&config.data_dir, report);
-    check_socket(&config.socket, report);
+    check_socket(&config.socket, config.api.socket_mode, report);
+    check_access(&config.api, report);
     check_addresses(config, report);
     if let Some(command) = &config.recovery.agent_command {
         check_agent_command(command, report);
@@ -330,7 +331,7 @@ fn check_data_dir(dir: &Path, report: &mut Report) {
     }
 }
 
-fn check_socket(socket: &Path, report: &mut Report) {
+fn check_socket(socket: &Path, mode: u32, report: &mut Report) {
     let field = "socket";
     let len = socket.as_os_str().len();
     if len > MAX_SOCKET_PATH {
@@ -389,8 +390,9 @@ fn check_socket(socket: &Path, report: &mut Report) {
         Some((Ok(()), d)) if d == parent => report.ok(
             field,
             format!(
-                "{} can be created (mode 0660: its owner and group may connect)",
-                socket.display()
+                "{} can be created (mode {})",
+                socket.display(),
+                mode_text(mode)
             ),
         ),
         Some((Ok(()), _)) => report.ok(
@@ -423,6 +425,103 @@ fn check_socket(socket: &Path, report: &mut Report) {
                 ),
             );
         }
+    }
+}
+
+/// Who may use the socket, as the settings say, and whether the node can give the
+/// socket to its group.
+fn check_access(access: &ApiAccess, report: &mut Report) {
+    let mode = access.socket_mode;
+    let who = match (mode & 0o200 != 0, mode & 0o020 != 0) {
+        (true, true) => "its owner and its group may connect",
+        (true, false) => "only its owner (the node's user) may connect",
+        (false, true) => "only its group may connect",
+        (false, false) => "nobody but root may connect",
+    };
+    report.ok("socket_mode", format!("{}: {who}", mode_text(mode)));
+    if mode & 0o200 == 0 {
+        report.note(
+            "socket_mode",
+            format!(
+                "{} gives the node's own user no write permission: `vigil` commands run as that user cannot connect (root can). Fix: add owner write, e.g. 0660",
+                mode_text(mode)
+            ),
+        );
+    }
+    if let Some(group) = &access.socket_group {
+        let gid = nix::unistd::Gid::from_raw(group.gid);
+        let name = match nix::unistd::Group::from_gid(gid) {
+            Ok(Some(g)) => format!("group {} (gid {})", g.name, group.gid),
+            _ => format!("gid {} (no group of that number on this host)", group.gid),
+        };
+        let is_root = nix::unistd::geteuid().is_root();
+        let member = nix::unistd::getegid() == gid
+            || nix::unistd::getgroups().is_ok_and(|groups| groups.contains(&gid));
+        if is_root || member {
+            report.ok("socket_group", format!("the socket is given to {name}"));
+        } else {
+            report.error(
+                "socket_group",
+                format!(
+                    "this user (uid {}) is not root and not in {name}, so it cannot give the socket to it. Fix: add the node's user to the group (usermod -aG), run the check as the service's user, or leave socket_group unset",
+                    nix::unistd::geteuid()
+                ),
+            );
+        }
+        if mode & 0o020 == 0 {
+            report.note(
+                "socket_group",
+                format!(
+                    "socket_mode {} gives the group no write permission, so its members cannot connect. Fix: use 0660",
+                    mode_text(mode)
+                ),
+            );
+        }
+    }
+    if access.allow_uids.is_empty() {
+        report.note(
+            "allow_uids",
+            "empty: every user the socket's mode and group let connect may use the whole API (register, isolate, read any agent's snapshots). Recommended: list the agents' users, e.g. allow_uids = [\"agents\"] (the node's own uid is always allowed)",
+        );
+    } else {
+        let list: Vec<String> = access
+            .allow_uids
+            .iter()
+            .map(|u| {
+                if u.given == u.uid.to_string() {
+                    format!("uid {}", u.uid)
+                } else {
+                    format!("{} (uid {})", u.given, u.uid)
+                }
+            })
+            .collect();
+        report.ok(
+            "allow_uids",
+            format!(
+                "only {} and the node's own uid may use the API (checked at each connection)",
+                list.join(", ")
+            ),
+        );
+    }
+    report.ok(
+        "api_limits",
+        format!(
+            "at most {} connections ({} per uid), {} event streams per uid; request heads within {}, bodies and stalled answers within {}",
+            access.max_connections,
+            access.max_connections_per_uid,
+            access.max_streams_per_uid,
+            duration_text(access.header_timeout),
+            duration_text(access.io_timeout)
+        ),
+    );
+    if access.max_connections_per_uid > access.max_connections {
+        report.note(
+            "api_max_connections_per_uid",
+            format!(
+                "{} is above api_max_connections ({}): one user can take every connection. Fix: keep it below",
+                access.max_connections_per_uid, access.max_connections
+            ),
+        );
     }
 }
 

@@ -201,6 +201,41 @@ pub struct AgentArgs {
     /// An agent that has not heartbeated for this long has failed, e.g. 2s [default: 2s].
     #[arg(long, env = "VIGIL_HEARTBEAT_TIMEOUT", value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
+    /// Permission bits of the API socket, in octal; connecting needs write
+    /// permission, and "other" write is refused [default: 0660].
+    #[arg(long, env = "VIGIL_SOCKET_MODE", value_name = "MODE")]
+    pub socket_mode: Option<String>,
+    /// Group (name or gid) the API socket is given to, e.g. the agents' group
+    /// [default: the node's own group].
+    #[arg(long, env = "VIGIL_SOCKET_GROUP", value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// A user (name or uid) allowed to use the API, checked with SO_PEERCRED at
+    /// accept; repeat, or comma-separate in VIGIL_ALLOW_UIDS. The node's own uid is
+    /// always allowed [default: none listed: the socket's mode alone decides].
+    #[arg(
+        long = "allow-uid",
+        env = "VIGIL_ALLOW_UIDS",
+        value_name = "USER",
+        value_delimiter = ','
+    )]
+    pub allow_uids: Vec<String>,
+    /// API connections open at once, all clients together [default: 1024].
+    #[arg(long, env = "VIGIL_API_MAX_CONNECTIONS", value_name = "N")]
+    pub api_max_connections: Option<String>,
+    /// API connections open at once from one uid [default: 256].
+    #[arg(long, env = "VIGIL_API_MAX_CONNECTIONS_PER_UID", value_name = "N")]
+    pub api_max_connections_per_uid: Option<String>,
+    /// /v1/events streams open at once from one uid [default: 64].
+    #[arg(long, env = "VIGIL_API_MAX_STREAMS_PER_UID", value_name = "N")]
+    pub api_max_streams_per_uid: Option<String>,
+    /// A request head must arrive within this time of connecting or of the previous
+    /// answer, else the connection is closed (socket and --metrics-bind) [default: 10s].
+    #[arg(long, env = "VIGIL_API_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub api_header_timeout: Option<String>,
+    /// A request body must arrive within this time, and an answer that cannot be
+    /// written for this long closes the connection [default: 30s].
+    #[arg(long, env = "VIGIL_API_IO_TIMEOUT", value_name = "DURATION")]
+    pub api_io_timeout: Option<String>,
 }
 
 /// Where to find the local node.

@@ -21,9 +21,7 @@ const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot connect to {path}: {source}. Fix: start the node (`vigil agent`) or point --socket / VIGIL_SOCKET at its socket"
-    )]
+    #[error("cannot connect to {path}: {source}. Fix: {}", connect_fix(.source))]
     Connect { path: PathBuf, source: io::Error },
     #[error("HTTP error talking to {path}: {message}")]
     Http { path: PathBuf, message: String },
@@ -35,6 +33,15 @@ pub enum ClientError {
     },
     #[error("unexpected response: {0}")]
     Decode(String),
+}
+
+/// What to do about a failed connect.
+fn connect_fix(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        "the socket's mode and group (socket_mode, socket_group; 0660 and the node's group by default) do not let this user connect: run as the node's user or a member of the socket's group, and check that every directory on the path is searchable"
+    } else {
+        "start the node (`vigil agent`) or point --socket / VIGIL_SOCKET at its socket"
+    }
 }
 
 /// A response: status, headers and body.

@@ -52,6 +52,87 @@ pub struct AgentConfig {
     pub metrics_bind: Option<SocketAddr>,
     pub replication: Replication,
     pub recovery: Recovery,
+    /// Who may use the API socket, and what one client may hold.
+    pub api: ApiAccess,
+}
+
+/// Who may talk to the API socket, and the limits of each client (docs/OPERATIONS.md,
+/// "Who may use the socket").
+#[derive(Debug, Clone)]
+pub struct ApiAccess {
+    /// Permission bits of the socket file (connecting needs write permission).
+    pub socket_mode: u32,
+    /// The group the socket file is given to; `None`: the node's own group.
+    pub socket_group: Option<SocketGroup>,
+    /// Uids allowed to use the API besides the node's own (checked with
+    /// SO_PEERCRED at accept); empty: the socket's mode alone decides.
+    pub allow_uids: Vec<AllowedUid>,
+    /// Open connections at once, all clients together.
+    pub max_connections: usize,
+    /// Open connections at once from one uid.
+    pub max_connections_per_uid: usize,
+    /// `/v1/events` streams at once from one uid.
+    pub max_streams_per_uid: usize,
+    /// A request head must arrive whole within this time of the connection opening
+    /// or of the previous answer (so it is also the idle timeout).
+    pub header_timeout: Duration,
+    /// A request body must arrive whole within this time, and a write to a client
+    /// that makes no progress for this long closes the connection.
+    pub io_timeout: Duration,
+}
+
+/// `socket_group`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketGroup {
+    pub gid: u32,
+    /// As the operator wrote it (a name or a number).
+    pub given: String,
+}
+
+/// One entry of `allow_uids`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedUid {
+    pub uid: u32,
+    /// As the operator wrote it (a user name or a number).
+    pub given: String,
+}
+
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_API_MAX_CONNECTIONS_PER_UID: usize = 256;
+pub const DEFAULT_API_MAX_STREAMS_PER_UID: usize = 64;
+pub const DEFAULT_API_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_API_IO_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_API_CONNECTIONS: usize = 65_536;
+const API_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+
+impl Default for ApiAccess {
+    fn default() -> Self {
+        Self {
+            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: None,
+            allow_uids: Vec::new(),
+            max_connections: DEFAULT_API_MAX_CONNECTIONS,
+            max_connections_per_uid: DEFAULT_API_MAX_CONNECTIONS_PER_UID,
+            max_streams_per_uid: DEFAULT_API_MAX_STREAMS_PER_UID,
+            header_timeout: DEFAULT_API_HEADER_TIMEOUT,
+            io_timeout: DEFAULT_API_IO_TIMEOUT,
+        }
+    }
+}
+
+impl ApiAccess {
+    /// Whether a client of `uid` may use the API. The node's own uid always may
+    /// (it owns the data directory anyway); with an empty list every uid may.
+    pub fn allows(&self, uid: u32, own_uid: u32) -> bool {
+        self.allow_uids.is_empty() || uid == own_uid || self.allow_uids.iter().any(|a| a.uid == uid)
+    }
+}
+
+/// Writes a file mode as `vigil` shows it, e.g. `0660`.
+pub fn mode_text(mode: u32) -> String {
+    format!("{mode:04o}")
 }
 
 /// Recovery and local agent settings.
@@ -225,16 +306,29 @@ struct FileConfig {
     agent_command: Option<String>,
     agent_restarts: Option<u64>,
     heartbeat_timeout: Option<String>,
+    socket_mode: Option<toml::Value>,
+    socket_group: Option<toml::Value>,
+    allow_uids: Option<Vec<toml::Value>>,
+    api_max_connections: Option<u64>,
+    api_max_connections_per_uid: Option<u64>,
+    api_max_streams_per_uid: Option<u64>,
+    api_header_timeout: Option<String>,
+    api_io_timeout: Option<String>,
 }
 
-const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format, metrics_bind, copies, keep, ack, owner_counts_as_copy, max_snapshot, snapshot_memory, repair_rate, standby, capacity, lease, agent_command, agent_restarts, heartbeat_timeout";
+const FILE_KEYS: &str = "name, zone, bind, advertise, seeds, pki, socket, data_dir, profile, connection_cache, log_format, metrics_bind, copies, keep, ack, owner_counts_as_copy, max_snapshot, snapshot_memory, repair_rate, standby, capacity, lease, agent_command, agent_restarts, heartbeat_timeout, socket_mode, socket_group, allow_uids, api_max_connections, api_max_connections_per_uid, api_max_streams_per_uid, api_header_timeout, api_io_timeout";
 
 /// A size in the file may be a number (bytes) or a string with a unit.
 fn size_text(v: Option<toml::Value>) -> Option<String> {
-    v.map(|v| match v {
+    v.map(value_text)
+}
+
+/// A string as it is, anything else as TOML writes it.
+fn value_text(v: toml::Value) -> String {
+    match v {
         toml::Value::String(s) => s,
         other => other.to_string(),
-    })
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -335,6 +429,14 @@ fn flag_name(id: &'static str) -> &'static str {
         "agent_restarts" => "agent-restarts",
         "heartbeat_timeout" => "heartbeat-timeout",
         "seeds" => "seed",
+        "socket_mode" => "socket-mode",
+        "socket_group" => "socket-group",
+        "allow_uids" => "allow-uid",
+        "api_max_connections" => "api-max-connections",
+        "api_max_connections_per_uid" => "api-max-connections-per-uid",
+        "api_max_streams_per_uid" => "api-max-streams-per-uid",
+        "api_header_timeout" => "api-header-timeout",
+        "api_io_timeout" => "api-io-timeout",
         other => other,
     }
 }
@@ -400,6 +502,7 @@ impl AgentConfig {
             file_path: args.config.clone(),
         };
         let recovery = resolve_recovery(&src, &args, &mut file, &mut errs);
+        let api = resolve_api_access(&src, &args, &mut file, &mut errs);
 
         let name = src
             .pick("name", "VIGIL_NAME", "name", args.name, file.name)
@@ -628,7 +731,228 @@ impl AgentConfig {
             metrics_bind,
             replication,
             recovery,
+            api,
         })
+    }
+}
+
+fn resolve_api_access(
+    src: &Sources<'_>,
+    args: &AgentArgs,
+    file: &mut FileConfig,
+    errs: &mut Errors,
+) -> ApiAccess {
+    let mut a = ApiAccess::default();
+    if let Some(raw) = src.pick(
+        "socket_mode",
+        "VIGIL_SOCKET_MODE",
+        "socket_mode",
+        args.socket_mode.clone(),
+        file.socket_mode.take().map(|v| match v {
+            // A TOML number is the mode itself (0o660 in the file); show it in octal.
+            toml::Value::Integer(n) => format!("0o{n:o}"),
+            other => value_text(other),
+        }),
+    ) && let Some(mode) = errs.ok(parse_socket_mode(&raw))
+    {
+        a.socket_mode = mode;
+    }
+    if let Some(raw) = src.pick(
+        "socket_group",
+        "VIGIL_SOCKET_GROUP",
+        "socket_group",
+        args.socket_group.clone(),
+        file.socket_group.take().map(value_text),
+    ) {
+        a.socket_group = errs.ok(resolve_group(&raw));
+    }
+    let (uid_values, uid_origin) = if !args.allow_uids.is_empty() {
+        let origin = match src.matches.value_source("allow_uids") {
+            Some(ValueSource::EnvVariable) => Origin::Env("VIGIL_ALLOW_UIDS"),
+            _ => Origin::Flag("allow-uid"),
+        };
+        (args.allow_uids.clone(), origin)
+    } else {
+        (
+            file.allow_uids
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .map(value_text)
+                .collect(),
+            Origin::File {
+                key: "allow_uids",
+                path: src.file_path.clone().unwrap_or_default(),
+            },
+        )
+    };
+    for value in uid_values {
+        let raw = Raw {
+            value: value.trim().to_string(),
+            origin: uid_origin.clone(),
+        };
+        if let Some(allowed) = errs.ok(resolve_user(&raw))
+            && !a.allow_uids.iter().any(|u| u.uid == allowed.uid)
+        {
+            a.allow_uids.push(allowed);
+        }
+    }
+    let count = |raw: &Raw, fix: &str| -> Result<usize, ConfigError> {
+        match raw.value.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_API_CONNECTIONS).contains(&n) => Ok(n),
+            _ => Err(raw.invalid(
+                format!("must be a whole number from 1 to {MAX_API_CONNECTIONS}"),
+                fix,
+            )),
+        }
+    };
+    if let Some(raw) = src.pick(
+        "api_max_connections",
+        "VIGIL_API_MAX_CONNECTIONS",
+        "api_max_connections",
+        args.api_max_connections.clone(),
+        file.api_max_connections.take().map(|n| n.to_string()),
+    ) && let Some(v) = errs.ok(count(
+        &raw,
+        &format!(
+            "the default, {DEFAULT_API_MAX_CONNECTIONS}, leaves room for every agent of a full host"
+        ),
+    )) {
+        a.max_connections = v;
+    }
+    if let Some(raw) = src.pick(
+        "api_max_connections_per_uid",
+        "VIGIL_API_MAX_CONNECTIONS_PER_UID",
+        "api_max_connections_per_uid",
+        args.api_max_connections_per_uid.clone(),
+        file.api_max_connections_per_uid.take().map(|n| n.to_string()),
+    ) && let Some(v) = errs.ok(count(
+        &raw,
+        &format!("the default is {DEFAULT_API_MAX_CONNECTIONS_PER_UID}; keep it below api_max_connections so one user cannot take every connection"),
+    )) {
+        a.max_connections_per_uid = v;
+    }
+    if let Some(raw) = src.pick(
+        "api_max_streams_per_uid",
+        "VIGIL_API_MAX_STREAMS_PER_UID",
+        "api_max_streams_per_uid",
+        args.api_max_streams_per_uid.clone(),
+        file.api_max_streams_per_uid.take().map(|n| n.to_string()),
+    ) && let Some(v) = errs.ok(count(
+        &raw,
+        &format!("the default is {DEFAULT_API_MAX_STREAMS_PER_UID} event streams per user"),
+    )) {
+        a.max_streams_per_uid = v;
+    }
+    let (lo, hi) = API_TIMEOUT_RANGE;
+    let duration = |raw: &Raw| -> Result<Duration, ConfigError> {
+        match humantime::parse_duration(raw.value.trim()) {
+            Ok(d) if (lo..=hi).contains(&d) => Ok(d),
+            _ => Err(raw.invalid(
+                format!("must be a duration from {lo:?} to {hi:?}"),
+                "write a number with a unit, e.g. 10s or 500ms",
+            )),
+        }
+    };
+    if let Some(raw) = src.pick(
+        "api_header_timeout",
+        "VIGIL_API_HEADER_TIMEOUT",
+        "api_header_timeout",
+        args.api_header_timeout.clone(),
+        file.api_header_timeout.take(),
+    ) && let Some(v) = errs.ok(duration(&raw))
+    {
+        a.header_timeout = v;
+    }
+    if let Some(raw) = src.pick(
+        "api_io_timeout",
+        "VIGIL_API_IO_TIMEOUT",
+        "api_io_timeout",
+        args.api_io_timeout.clone(),
+        file.api_io_timeout.take(),
+    ) && let Some(v) = errs.ok(duration(&raw))
+    {
+        a.io_timeout = v;
+    }
+    a
+}
+
+/// `socket_mode`: octal permission bits (`0660`, `660` or `0o660`). Connecting to a
+/// Unix socket needs write permission on it, so a mode that gives "other" write
+/// gives every local user the whole API; it is refused.
+fn parse_socket_mode(raw: &Raw) -> Result<u32, ConfigError> {
+    let fix = "write the permission bits in octal, e.g. \"0660\" (owner and group may connect) or \"0600\" (only the node's user)";
+    let text = raw.value.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && m <= 0o777 => m,
+        _ => return Err(raw.invalid("not an octal file mode from 0000 to 0777", fix)),
+    };
+    if mode & 0o002 != 0 {
+        return Err(raw.invalid(
+            format!(
+                "{} lets every user of this host connect (connecting needs write permission), and the API registers, isolates and reads the snapshots of every agent",
+                mode_text(mode)
+            ),
+            "keep \"other\" without write, e.g. 0660, and give the agents' users the socket's group (socket_group), or list them in allow_uids",
+        ));
+    }
+    Ok(mode)
+}
+
+/// `socket_group`: a group name, or a numeric gid (which need not have a name).
+fn resolve_group(raw: &Raw) -> Result<SocketGroup, ConfigError> {
+    let text = raw.value.trim();
+    if let Ok(gid) = text.parse::<u32>() {
+        return Ok(SocketGroup {
+            gid,
+            given: text.to_string(),
+        });
+    }
+    match nix::unistd::Group::from_name(text) {
+        Ok(Some(group)) => Ok(SocketGroup {
+            gid: group.gid.as_raw(),
+            given: text.to_string(),
+        }),
+        Ok(None) => Err(raw.invalid(
+            "no group of that name on this host",
+            "create the group (groupadd), give its numeric gid, or leave socket_group unset (the socket then belongs to the node's own group)",
+        )),
+        Err(e) => Err(raw.invalid(
+            format!("cannot look the group up: {e}"),
+            "give the numeric gid instead",
+        )),
+    }
+}
+
+/// One `allow_uids` entry: a user name, or a numeric uid (which need not have a name).
+fn resolve_user(raw: &Raw) -> Result<AllowedUid, ConfigError> {
+    let text = raw.value.as_str();
+    if let Ok(uid) = text.parse::<u32>() {
+        return Ok(AllowedUid {
+            uid,
+            given: text.to_string(),
+        });
+    }
+    if text.is_empty() {
+        return Err(raw.invalid(
+            "an empty entry",
+            "list user names or numeric uids, e.g. --allow-uid agents --allow-uid 1001",
+        ));
+    }
+    match nix::unistd::User::from_name(text) {
+        Ok(Some(user)) => Ok(AllowedUid {
+            uid: user.uid.as_raw(),
+            given: text.to_string(),
+        }),
+        Ok(None) => Err(raw.invalid(
+            "no user of that name on this host",
+            "create the user, give its numeric uid, or remove it from allow_uids",
+        )),
+        Err(e) => Err(raw.invalid(
+            format!("cannot look the user up: {e}"),
+            "give the numeric uid instead",
+        )),
     }
 }
 
@@ -1108,6 +1432,155 @@ mod tests {
             );
         }
         assert_eq!(errors.len(), 5, "{errors:#?}");
+    }
+
+    #[test]
+    fn socket_access_defaults_to_mode_0660_and_no_allow_list() {
+        let c = resolve(&["--name", "n1", "--bind", "127.0.0.1:1"]).unwrap();
+        assert_eq!(c.api.socket_mode, 0o660);
+        assert_eq!(c.api.socket_group, None);
+        assert!(c.api.allow_uids.is_empty());
+        assert!(
+            c.api.allows(12345, 0),
+            "an empty list leaves it to the mode"
+        );
+        assert_eq!(c.api.max_connections, DEFAULT_API_MAX_CONNECTIONS);
+        assert_eq!(
+            c.api.max_connections_per_uid,
+            DEFAULT_API_MAX_CONNECTIONS_PER_UID
+        );
+        assert_eq!(c.api.max_streams_per_uid, DEFAULT_API_MAX_STREAMS_PER_UID);
+        assert_eq!(c.api.header_timeout, DEFAULT_API_HEADER_TIMEOUT);
+        assert_eq!(c.api.io_timeout, DEFAULT_API_IO_TIMEOUT);
+    }
+
+    #[test]
+    fn socket_mode_is_octal_and_other_write_is_refused_with_the_reason() {
+        let base = ["--name", "n1", "--bind", "127.0.0.1:1"];
+        for (text, mode) in [("0640", 0o640), ("600", 0o600), ("0o660", 0o660)] {
+            let c = resolve(&[&base[..], &["--socket-mode", text]].concat()).unwrap();
+            assert_eq!(c.api.socket_mode, mode, "{text}");
+        }
+        let err = resolve(&[&base[..], &["--socket-mode", "0666"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--socket-mode") && err.contains("every user") && err.contains("Fix:"),
+            "{err}"
+        );
+        for bad in ["0888", "1777", "rw-rw----", ""] {
+            let err = resolve(&[&base[..], &["--socket-mode", bad]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("octal"), "{bad}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(&path, "socket_mode = 0o640\n").unwrap();
+        let p = path.to_str().unwrap();
+        let c = resolve(&[&base[..], &["--config", p]].concat()).unwrap();
+        assert_eq!(c.api.socket_mode, 0o640);
+        std::fs::write(&path, "socket_mode = \"0606\"\n").unwrap();
+        let err = resolve(&[&base[..], &["--config", p]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`socket_mode` in"), "{err}");
+    }
+
+    #[test]
+    fn socket_group_and_allow_uids_take_names_or_numbers() {
+        let base = ["--name", "n1", "--bind", "127.0.0.1:1"];
+        let c = resolve(
+            &[
+                &base[..],
+                &[
+                    "--socket-group",
+                    "root",
+                    "--allow-uid",
+                    "root",
+                    "--allow-uid",
+                    "1000,1000",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(c.api.socket_group.as_ref().map(|g| g.gid), Some(0));
+        let uids: Vec<u32> = c.api.allow_uids.iter().map(|u| u.uid).collect();
+        assert_eq!(uids, vec![0, 1000], "names resolved, duplicates dropped");
+        assert!(c.api.allows(1000, 4242) && c.api.allows(4242, 4242));
+        assert!(!c.api.allows(1001, 4242));
+        let c = resolve(&[&base[..], &["--socket-group", "54321"]].concat()).unwrap();
+        assert_eq!(c.api.socket_group.map(|g| g.gid), Some(54321));
+
+        let err = resolve(&[&base[..], &["--socket-group", "no-such-group-vigil"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--socket-group") && err.contains("no group") && err.contains("Fix:"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(&path, "allow_uids = [\"root\", 1001]\n").unwrap();
+        let p = path.to_str().unwrap();
+        let c = resolve(&[&base[..], &["--config", p]].concat()).unwrap();
+        let uids: Vec<u32> = c.api.allow_uids.iter().map(|u| u.uid).collect();
+        assert_eq!(uids, vec![0, 1001]);
+        std::fs::write(&path, "allow_uids = [\"no-such-user-vigil\"]\n").unwrap();
+        let err = resolve(&[&base[..], &["--config", p]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`allow_uids` in") && err.contains("no user") && err.contains("Fix:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn api_limits_are_bounded_and_name_their_flag() {
+        let base = ["--name", "n1", "--bind", "127.0.0.1:1"];
+        let c = resolve(
+            &[
+                &base[..],
+                &[
+                    "--api-max-connections",
+                    "8",
+                    "--api-max-connections-per-uid",
+                    "2",
+                    "--api-max-streams-per-uid",
+                    "1",
+                    "--api-header-timeout",
+                    "500ms",
+                    "--api-io-timeout",
+                    "1m",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.api.max_connections,
+                c.api.max_connections_per_uid,
+                c.api.max_streams_per_uid
+            ),
+            (8, 2, 1)
+        );
+        assert_eq!(c.api.header_timeout, Duration::from_millis(500));
+        assert_eq!(c.api.io_timeout, Duration::from_secs(60));
+        for (flag, bad) in [
+            ("--api-max-connections", "0"),
+            ("--api-max-connections-per-uid", "many"),
+            ("--api-max-streams-per-uid", "100000"),
+            ("--api-header-timeout", "5ms"),
+            ("--api-io-timeout", "2h"),
+        ] {
+            let err = resolve(&[&base[..], &[flag, bad]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag) && err.contains("Fix:"), "{flag}: {err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! - [`node`]: the owner task of `vigil agent` (drives the core, executes effects).
 //! - [`transport`]: QUIC endpoint, connection cache, datagrams and streams.
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS configuration.
-//! - [`api`] and [`client`]: the HTTP/JSON API on the Unix socket, and its client.
+//! - [`api`] and [`client`]: the HTTP/JSON API on the Unix socket, and its client;
+//!   [`listener`]: who may connect to it (and to the metrics listener), and the
+//!   limits of each client.
 //! - [`events`]: the indexed, resumable event log.
 //! - [`config`] and [`cli`]: settings from flags, environment and TOML;
 //!   [`runtime`]: the settings that change while the node runs (`/v1/config`);
@@ -33,6 +35,7 @@ pub mod events;
 pub mod example_agent;
 pub mod harness;
 pub mod launcher;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod node;

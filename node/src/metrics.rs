@@ -22,6 +22,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use vigil_protocol::ProbeOutcome;
 
+pub use crate::listener::METRICS_MAX_CONNECTIONS;
+use crate::listener::{Gate, Listener, Reason, Timeouts};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -60,6 +63,17 @@ pub struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub listener: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
@@ -93,6 +107,11 @@ pub struct Metrics {
     pub local_health: Gauge,
     pub timer_errors: Counter,
     pub api_requests: Family<RouteLabel, Counter>,
+    /// Connections and requests the API listeners refused or closed, by listener
+    /// (`socket`, `metrics`) and reason (crate::listener::Reason).
+    api_refused: Family<RefusedLabel, Counter>,
+    /// Connections open on each API listener.
+    api_connections: Family<ListenerLabel, Gauge>,
     pub snapshot_puts: Family<OutcomeLabel, Counter>,
     pub snapshot_put_seconds: Histogram,
     pub snapshot_gets: Family<OutcomeLabel, Counter>,
@@ -173,6 +192,8 @@ impl Metrics {
             local_health: Gauge::default(),
             timer_errors: Counter::default(),
             api_requests: Family::default(),
+            api_refused: Family::default(),
+            api_connections: Family::default(),
             snapshot_puts: Family::default(),
             // 250 us .. ~16 s
             snapshot_put_seconds: Histogram::new(exponential_buckets(0.00025, 2.0, 17)),
@@ -223,6 +244,20 @@ impl Metrics {
             let _ = m.repl_payload_bytes.get_or_create(&DirectionLabel {
                 direction: direction.into(),
             });
+        }
+        for (listener, reasons) in [
+            (Listener::Socket, &Reason::SOCKET[..]),
+            (Listener::Metrics, &Reason::METRICS[..]),
+        ] {
+            let _ = m.api_connections.get_or_create(&ListenerLabel {
+                listener: listener.as_str().into(),
+            });
+            for reason in reasons {
+                let _ = m.api_refused.get_or_create(&RefusedLabel {
+                    listener: listener.as_str().into(),
+                    reason: reason.as_str().into(),
+                });
+            }
         }
         for direction in ["inbound", "outbound"] {
             let _ = m.connections_opened.get_or_create(&DirectionLabel {
@@ -373,6 +408,18 @@ impl Metrics {
             "api_requests",
             "Socket API requests by route and status",
             m.api_requests.clone(),
+        );
+        described(
+            &mut r,
+            "api_refused",
+            "Connections and requests the socket API and the metrics listener refused or closed, by listener and reason (uid_not_allowed, too_many_connections, header_timeout, ...)",
+            m.api_refused.clone(),
+        );
+        described(
+            &mut r,
+            "api_connections",
+            "Connections open on the socket API and the metrics listener",
+            m.api_connections.clone(),
         );
         described(
             &mut r,
@@ -564,6 +611,25 @@ impl Metrics {
             .inc();
     }
 
+    /// A connection or request refused or closed by an API listener.
+    pub fn count_api_refused(&self, listener: &str, reason: &str) {
+        self.api_refused
+            .get_or_create(&RefusedLabel {
+                listener: listener.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The gauge of connections open on `listener`.
+    pub fn api_connections_gauge(&self, listener: &str) -> Gauge {
+        self.api_connections
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone()
+    }
+
     pub fn count_tls_rejected(&self, reason: &str) {
         self.tls_rejected
             .get_or_create(&ReasonLabel {
@@ -634,13 +700,17 @@ pub fn tcp_router(registry: Arc<Registry>) -> axum::Router {
         })
 }
 
-/// Serves [`tcp_router`] on `listener` until `shutdown` resolves.
+/// Serves [`tcp_router`] on `listener` until `shutdown` resolves, with at most
+/// [`METRICS_MAX_CONNECTIONS`] connections at once and the socket API's header and
+/// write timeouts (crate::listener): a scraper that connects and stays silent, or
+/// stops reading, loses its connection instead of holding one for ever.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    timeouts: Timeouts,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, tcp_router(registry))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let gate = Gate::new(Listener::Metrics, metrics);
+    crate::listener::serve_tcp(listener, tcp_router(registry), timeouts, gate, shutdown).await
 }

@@ -202,7 +202,7 @@ pub async fn run_agent(
         })?),
         None => None,
     };
-    let listener = api::bind_socket(&config.socket)?;
+    let listener = api::bind_socket(&config.socket, &config.api)?;
     let (api_tx, api_rx) = mpsc::channel(API_QUEUE);
     let (stop_api, api_stopped) = oneshot::channel::<()>();
     let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
@@ -210,6 +210,8 @@ pub async fn run_agent(
         tokio::spawn(crate::metrics::serve_tcp(
             l,
             Arc::clone(&registry),
+            Arc::clone(&metrics),
+            crate::listener::Timeouts::of(&config.api),
             async move {
                 let _ = metrics_stopped.await;
             },
@@ -222,6 +224,7 @@ pub async fn run_agent(
             budget,
             put_wait: repl.protocol_config().put_timeout + Duration::from_secs(2),
         },
+        config.api.clone(),
         api_tx,
         Arc::clone(&metrics),
         registry,

@@ -70,6 +70,14 @@ pub fn restart_reason(key: &str) -> Option<&'static str> {
         }
         "agent_command" => "running agents were started with it; the launcher reads it at start",
         "metrics_bind" => "the metrics listener is bound at start",
+        "socket_mode" | "socket_group" | "allow_uids" => {
+            "the API socket is created and its allow list read at start"
+        }
+        "api_max_connections"
+        | "api_max_connections_per_uid"
+        | "api_max_streams_per_uid"
+        | "api_header_timeout"
+        | "api_io_timeout" => "the API listeners are configured at start",
         _ => return None,
     })
 }
@@ -582,6 +590,25 @@ pub struct SettingsJson {
     pub agent_command: Option<String>,
     pub agent_restarts: u32,
     pub heartbeat_timeout: String,
+    /// The API socket's permission bits, in octal.
+    #[serde(default)]
+    pub socket_mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Users allowed on the socket as configured (names or uids); empty: the
+    /// socket's mode alone decides.
+    #[serde(default)]
+    pub allow_uids: Vec<String>,
+    #[serde(default)]
+    pub api_max_connections: usize,
+    #[serde(default)]
+    pub api_max_connections_per_uid: usize,
+    #[serde(default)]
+    pub api_max_streams_per_uid: usize,
+    #[serde(default)]
+    pub api_header_timeout: String,
+    #[serde(default)]
+    pub api_io_timeout: String,
     /// This node is isolated (`POST /v1/node/isolate`); only from a running node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolated: Option<bool>,
@@ -633,6 +660,19 @@ impl SettingsJson {
             agent_command: config.recovery.agent_command.clone(),
             agent_restarts: live.agent_restarts,
             heartbeat_timeout: duration_text(live.heartbeat_timeout),
+            socket_mode: config::mode_text(config.api.socket_mode),
+            socket_group: config.api.socket_group.as_ref().map(|g| g.given.clone()),
+            allow_uids: config
+                .api
+                .allow_uids
+                .iter()
+                .map(|u| u.given.clone())
+                .collect(),
+            api_max_connections: config.api.max_connections,
+            api_max_connections_per_uid: config.api.max_connections_per_uid,
+            api_max_streams_per_uid: config.api.max_streams_per_uid,
+            api_header_timeout: duration_text(config.api.header_timeout),
+            api_io_timeout: duration_text(config.api.io_timeout),
             isolated: None,
             live: Some(LIVE_KEYS.iter().map(|k| k.to_string()).collect()),
             runtime: Some(runtime.overrides().to_json()),

@@ -126,3 +126,19 @@ def test_unknown_codes_fall_back_on_their_status() -> None:
     for code in ("not_owner", "stale_epoch", "agent_fenced", "agent_isolated"):
         assert isinstance(E.api_error(409, code, "m"), E.MustStop)
     assert not isinstance(E.api_error(409, "takeover_failed", "m"), E.MustStop)
+
+
+def test_socket_access_refusals_say_whether_to_retry() -> None:
+    refused = E.api_error(403, "uid_not_allowed", "uid 1002 may not use this node's API")
+    assert isinstance(refused, E.UidNotAllowed) and isinstance(refused, E.Forbidden)
+    assert not refused.retryable, "waiting does not change the allow list"
+    for status, code, cls in [
+        (429, "too_many_client_connections", E.TooManyClientConnections),
+        (429, "too_many_streams", E.TooManyStreams),
+        (503, "too_many_connections", E.TooManyConnections),
+        (408, "body_timeout", E.BodyTimeout),
+    ]:
+        err = E.api_error(status, code, "m")
+        assert type(err) is cls and err.retryable, code
+    assert type(E.api_error(429, "some_new_limit", "m")) is E.TooManyRequests
+    assert type(E.api_error(403, "some_new_refusal", "m")) is E.Forbidden

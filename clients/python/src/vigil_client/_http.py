@@ -74,7 +74,8 @@ def connect_error(exc: OSError, socket_path: str) -> VigilError:
     if isinstance(exc, PermissionError):
         return SocketPermissionDenied(
             f"permission denied connecting to {socket_path}: the node creates its socket "
-            "with mode 0660, so run the agent as the node's user or a member of the "
+            "with mode 0660 and its own group unless socket_mode / socket_group say "
+            "otherwise, so run the agent as the node's user or a member of the "
             "socket's group (and make sure every directory on the path is searchable)",
             socket_path,
         )

@@ -129,6 +129,21 @@ class NotASetting(BadRequest):
     """400: ``isolated`` is changed with ``/v1/node/isolate`` and ``/recover``."""
 
 
+class Forbidden(ApiError):
+    """403: the node refused this caller before reading its request."""
+
+
+class UidNotAllowed(Forbidden):
+    """403 ``uid_not_allowed``: the node checks each caller's uid (SO_PEERCRED)
+    against its ``allow_uids`` setting, and this process's uid is not listed. The
+    message names the uid. Not retryable: add the uid to ``allow_uids`` and restart
+    the node, or run the agent as an allowed user."""
+
+
+class NoPeerCredentials(Forbidden):
+    """403 ``no_peer_credentials``: the node could not tell which uid is calling."""
+
+
 class NotFound(ApiError):
     """404: no such endpoint (``not_found``), or no reachable copy has the
     requested snapshot version."""
@@ -194,6 +209,38 @@ class IndexFromFuture(Gone):
     the node restarted (indexes start again at 1 under a new generation)."""
 
 
+class RequestTimeout(ApiError):
+    """408: the request did not arrive in time."""
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return True
+
+
+class BodyTimeout(RequestTimeout):
+    """408 ``body_timeout``: the request body did not arrive whole within the
+    node's ``api_io_timeout`` (30 s by default)."""
+
+
+class TooManyRequests(ApiError):
+    """429: this caller's uid holds as much as the node allows one client. Retry
+    once some of its connections or streams are closed."""
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return True
+
+
+class TooManyClientConnections(TooManyRequests):
+    """429 ``too_many_client_connections``: this uid has
+    ``api_max_connections_per_uid`` connections open (256 by default)."""
+
+
+class TooManyStreams(TooManyRequests):
+    """429 ``too_many_streams``: this uid has ``api_max_streams_per_uid`` event
+    streams open (64 by default)."""
+
+
 class PayloadTooLarge(ApiError):
     """413: the request body is over a limit."""
 
@@ -217,6 +264,11 @@ class NotSaved(ApiError):
 class Unavailable(ApiError):
     """503 ``unavailable``: the node is shutting down, overloaded, or no copy of a
     snapshot answered in time. Retry."""
+
+
+class TooManyConnections(Unavailable):
+    """503 ``too_many_connections``: every connection the node serves at once
+    (``api_max_connections``, 1024 by default) is in use. Retry."""
 
 
 class NotAcknowledged(Unavailable):
@@ -273,15 +325,24 @@ CODES: Dict[str, Type[ApiError]] = {
     "not_a_setting": NotASetting,
     "body_too_large": BodyTooLarge,
     "not_saved": NotSaved,
+    "uid_not_allowed": UidNotAllowed,
+    "no_peer_credentials": NoPeerCredentials,
+    "body_timeout": BodyTimeout,
+    "too_many_client_connections": TooManyClientConnections,
+    "too_many_streams": TooManyStreams,
+    "too_many_connections": TooManyConnections,
 }
 
 _BY_STATUS: Dict[int, Type[ApiError]] = {
     400: BadRequest,
+    403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
     409: Conflict,
+    408: RequestTimeout,
     410: Gone,
     413: PayloadTooLarge,
+    429: TooManyRequests,
     503: Unavailable,
     507: LocalWriteFailed,
 }
@@ -322,6 +383,15 @@ __all__ = [
     "BadRequest",
     "BadAgentId",
     "BadMeta",
+    "Forbidden",
+    "UidNotAllowed",
+    "NoPeerCredentials",
+    "RequestTimeout",
+    "BodyTimeout",
+    "TooManyRequests",
+    "TooManyClientConnections",
+    "TooManyStreams",
+    "TooManyConnections",
     "NotFound",
     "UnknownAgent",
     "MethodNotAllowed",
