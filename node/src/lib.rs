@@ -2,7 +2,8 @@
 //!
 //! - [`node`]: the owner task of `vigil agent` (drives the core, executes effects).
 //! - [`transport`]: QUIC endpoint, connection cache, datagrams and streams.
-//! - [`tls`]: the cluster CA, node certificates, mutual TLS configuration.
+//! - [`tls`]: the cluster CA, node certificates, mutual TLS configuration and its
+//!   reload; [`pki`]: the trusted CAs and revocation lists (`vigil cert trust|revoke`).
 //! - [`api`] and [`client`]: the HTTP/JSON API on the Unix socket, and its client.
 //! - [`events`]: the indexed, resumable event log.
 //! - [`config`] and [`cli`]: settings from flags, environment and TOML;
@@ -35,6 +36,7 @@ pub mod launcher;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod pki;
 pub mod runtime;
 pub mod signals;
 pub mod store;

@@ -1080,7 +1080,7 @@ async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Bytes, &'static st
 
 /// Logs at most one warning per key every ten seconds, so a flood of bad input
 /// cannot flood the log.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct LogLimiter {
     last: Mutex<HashMap<&'static str, Instant>>,
 }
