@@ -785,3 +785,170 @@ fn parse_serial(text: &str) -> Result<Vec<u8>, PkiError> {
         .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).map_err(|_| bad()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{init_ca, issue_node_cert, load_node_tls};
+
+    fn name(n: &str) -> NodeName {
+        NodeName::new(n).unwrap()
+    }
+
+    fn ca(nodes: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), false).unwrap();
+        for n in nodes {
+            issue_node_cert(dir.path(), &name(n), dir.path(), 30, false).unwrap();
+        }
+        dir
+    }
+
+    /// A node's PKI directory trusting `ca_dir`'s CA, with `node`'s files from it.
+    fn node_dir(ca_dir: &Path, node: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        trust_add(dir.path(), &ca_dir.join(CA_CERT_FILE)).unwrap();
+        issue_node_cert(ca_dir, &name(node), dir.path(), 30, false).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_full_rotation_with_the_trust_commands() {
+        let old = ca(&[]);
+        let new = ca(&[]);
+        let n1 = node_dir(old.path(), "n1");
+        load_node_tls(n1.path(), &name("n1")).unwrap();
+
+        // Trust both, then re-issue from the new CA, then drop the old one.
+        let added = trust_add(n1.path(), &new.path().join(CA_CERT_FILE)).unwrap();
+        assert_eq!(added.added.len(), 1);
+        let again = trust_add(n1.path(), &new.path().join(CA_CERT_FILE)).unwrap();
+        assert!(again.added.is_empty() && again.already_trusted.len() == 1);
+        assert_eq!(trust_list(n1.path()).unwrap().cas.len(), 2);
+
+        let err = trust_remove(n1.path(), &CaSelector::File(old.path().join(CA_CERT_FILE)), false)
+            .unwrap_err();
+        assert!(matches!(err, PkiError::StillInUse { .. }), "{err:?}");
+        assert!(err.to_string().contains("n1.crt"), "{err}");
+
+        issue_node_cert(new.path(), &name("n1"), n1.path(), 30, true).unwrap();
+        let listing = trust_list(n1.path()).unwrap();
+        let new_fp = sha256_hex(&std::fs::read(new.path().join(CA_CERT_FILE)).map(|pem| {
+            CertificateDer::from_pem_slice(&pem).unwrap()
+        }).unwrap());
+        assert_eq!(listing.nodes.len(), 1);
+        assert_eq!(listing.nodes[0].signed_by.as_deref(), Some(new_fp.as_str()));
+
+        let removed =
+            trust_remove(n1.path(), &CaSelector::Fingerprint(listing.cas[0].summary.fingerprint[..12].to_uppercase()), false)
+                .unwrap();
+        assert_eq!(removed.removed.len(), 1);
+        assert_eq!(removed.remaining, 1);
+        let tls = load_node_tls(n1.path(), &name("n1")).unwrap();
+        assert_eq!(tls.summary().trusted.len(), 1);
+        assert_eq!(tls.summary().trusted[0].fingerprint, new_fp);
+
+        let err =
+            trust_remove(n1.path(), &CaSelector::File(new.path().join(CA_CERT_FILE)), true)
+                .unwrap_err();
+        assert!(matches!(err, PkiError::LastCa { .. }), "{err:?}");
+        let err = trust_remove(n1.path(), &CaSelector::Fingerprint("00000000".into()), false)
+            .unwrap_err();
+        assert!(matches!(err, PkiError::NoSuchCa { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn trust_add_refuses_node_certificates_and_empty_files() {
+        let dir = ca(&["n1"]);
+        let target = tempfile::tempdir().unwrap();
+        let err = trust_add(target.path(), &dir.path().join("n1.crt")).unwrap_err();
+        assert!(matches!(err, PkiError::NotACa { .. }), "{err:?}");
+        std::fs::write(target.path().join("empty.pem"), "nothing here\n").unwrap();
+        let err = trust_add(target.path(), &target.path().join("empty.pem")).unwrap_err();
+        assert!(matches!(err, PkiError::NothingToAdd { .. }), "{err:?}");
+        assert!(!target.path().join(CA_CERT_FILE).exists());
+    }
+
+    #[test]
+    fn revoke_by_name_serial_and_file_grows_one_list() {
+        let dir = ca(&["n1", "n2", "n3"]);
+        let first = revoke(dir.path(), &RevokeTarget::Name(name("n2")), 30).unwrap();
+        assert_eq!((first.number, first.revoked.len(), first.total), (1, 1, 1));
+        let again = revoke(dir.path(), &RevokeTarget::Name(name("n2")), 30).unwrap();
+        assert_eq!((again.number, again.revoked.len()), (2, 0));
+        assert_eq!(again.already_revoked, first.revoked);
+
+        let n3 = tls::read_issued(dir.path())
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name.as_str() == "n3")
+            .unwrap();
+        // Colons and upper case, as other tools print serials.
+        let spaced: Vec<String> = n3
+            .serial
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).to_uppercase())
+            .collect();
+        let by_serial = revoke(dir.path(), &RevokeTarget::Serial(spaced.join(":")), 30).unwrap();
+        assert_eq!(by_serial.revoked, vec![n3.serial.clone()]);
+        let by_file =
+            revoke(dir.path(), &RevokeTarget::Cert(dir.path().join("n1.crt")), 30).unwrap();
+        assert_eq!((by_file.number, by_file.total), (4, 3));
+
+        let listing = trust_list(dir.path()).unwrap();
+        assert_eq!(listing.crls.len(), 1);
+        assert_eq!(listing.crls[0].number.as_deref(), Some("4"));
+        assert!(listing.nodes.iter().all(|n| n.revoked));
+        assert!(listing.cas[0].issues_here);
+
+        let err = revoke(dir.path(), &RevokeTarget::Name(name("n9")), 30).unwrap_err();
+        assert!(matches!(err, PkiError::NothingToRevoke { .. }), "{err:?}");
+        let err = revoke(dir.path(), &RevokeTarget::Serial("xyz".into()), 30).unwrap_err();
+        assert!(matches!(err, PkiError::BadSerial { .. }), "{err:?}");
+        let other = ca(&["n1"]);
+        let err =
+            revoke(dir.path(), &RevokeTarget::Cert(other.path().join("n1.crt")), 30).unwrap_err();
+        assert!(matches!(err, PkiError::NotIssuedHere { .. }), "{err:?}");
+        let err = revoke(dir.path(), &RevokeTarget::Name(name("n1")), 0).unwrap_err();
+        assert!(matches!(err, PkiError::InvalidCrlDays { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn installing_a_list_keeps_the_newest_per_ca() {
+        let a = ca(&["n1"]);
+        let b = ca(&[]);
+        let node = node_dir(a.path(), "n2");
+        trust_add(node.path(), &b.path().join(CA_CERT_FILE)).unwrap();
+
+        revoke(a.path(), &RevokeTarget::Name(name("n1")), 30).unwrap();
+        let saved_first = std::fs::read(a.path().join(CRL_FILE)).unwrap();
+        std::fs::write(node.path().join("first.pem"), &saved_first).unwrap();
+        revoke(b.path(), &RevokeTarget::Serial("0badcafe".into()), 30).unwrap();
+        trust_add(node.path(), &b.path().join(CRL_FILE)).unwrap();
+        let installed = trust_add(node.path(), &a.path().join(CRL_FILE)).unwrap();
+        assert_eq!(installed.crls[0].replaced, None);
+        let tls = load_node_tls(node.path(), &name("n2")).unwrap();
+        assert_eq!(tls.summary().crls.len(), 2);
+
+        revoke(a.path(), &RevokeTarget::Serial("01".into()), 30).unwrap();
+        let installed = trust_add(node.path(), &a.path().join(CRL_FILE)).unwrap();
+        assert_eq!(installed.crls[0].replaced.as_deref(), Some("1"));
+        let err = trust_add(node.path(), &node.path().join("first.pem")).unwrap_err();
+        assert!(matches!(err, PkiError::OlderCrl { .. }), "{err:?}");
+        let tls = load_node_tls(node.path(), &name("n2")).unwrap();
+        assert_eq!(tls.summary().crls.len(), 2);
+
+        // A list of a CA the node does not trust is refused; removing a CA drops its list.
+        let c = ca(&[]);
+        revoke(c.path(), &RevokeTarget::Serial("02".into()), 30).unwrap();
+        let err = trust_add(node.path(), &c.path().join(CRL_FILE)).unwrap_err();
+        assert!(matches!(err, PkiError::CrlIssuerNotTrusted { .. }), "{err:?}");
+        let removed =
+            trust_remove(node.path(), &CaSelector::File(b.path().join(CA_CERT_FILE)), false)
+                .unwrap();
+        assert_eq!(removed.dropped_crls.len(), 1);
+        let tls = load_node_tls(node.path(), &name("n2")).unwrap();
+        assert_eq!(tls.summary().crls.len(), 1);
+    }
+}

@@ -731,6 +731,8 @@ pub struct CertSummary {
     pub fingerprint: String,
     /// RFC 3339.
     pub not_after: String,
+    /// The same, as Unix time.
+    pub not_after_unix: i64,
 }
 
 impl CertSummary {
@@ -742,6 +744,7 @@ impl CertSummary {
             serial: hex(cert.raw_serial()),
             fingerprint: sha256_hex(der),
             not_after: rfc3339(cert.validity().not_after.timestamp()),
+            not_after_unix: cert.validity().not_after.timestamp(),
         })
     }
 }

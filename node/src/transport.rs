@@ -14,6 +14,13 @@
 //! once); sends use the newest, and an unused one idles out. Nothing is closed as a
 //! "duplicate", so two nodes that dial each other at the same moment never tear down
 //! both connections.
+//!
+//! TLS reload ([`Transport::set_tls`]): new handshakes use the new configurations at
+//! once (listener and dialer), and every open connection's peer certificate is checked
+//! again against the new trust: those that no longer verify are closed
+//! (`close_code::UNTRUSTED`), the others stay. Each connection carries the trust
+//! generation it was verified under, so one whose handshake raced with a reload is
+//! checked when it is installed.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -27,7 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Connection, ConnectionError, SendDatagramError, UdpPoller, VarInt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use vigil_protocol::wire;
 use vigil_protocol::{NodeId, NodeName};
 
@@ -40,6 +47,9 @@ pub mod close_code {
     pub const EVICTED: u32 = 1;
     pub const REFUSED: u32 = 2;
     pub const SUPERSEDED: u32 = 3;
+    /// After a TLS reload, the peer's certificate no longer verifies (revoked, or its
+    /// CA no longer trusted); the reason says which.
+    pub const UNTRUSTED: u32 = 4;
 }
 
 /// Datagrams queued per peer while its handshake runs. Beyond this the oldest is
@@ -193,6 +203,8 @@ pub enum Inbound {
         dialed_by_us: bool,
         seed: Option<SocketAddr>,
         handshake: Duration,
+        /// The trust generation the handshake verified the peer under.
+        trust: u64,
     },
     DialFailed {
         name: NodeName,
@@ -267,6 +279,12 @@ struct Entry {
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    /// The TLS configurations in use; `trust` counts the reloads.
+    tls: NodeTls,
+    trust: u64,
+    /// What the accept loop hands new incoming connections.
+    server_tls: watch::Sender<ServerTls>,
+    quic: Arc<quinn::TransportConfig>,
     local_name: NodeName,
     peers: HashMap<NodeName, Entry>,
     config: TransportConfig,
@@ -275,6 +293,37 @@ pub struct Transport {
     stream_sends: Arc<Semaphore>,
     log_limit: Arc<LogLimiter>,
     limits: StreamLimits,
+}
+
+/// The listener's configuration and the trust generation it belongs to. Incoming
+/// connections are accepted with it explicitly: quinn would otherwise use the
+/// configuration of the moment the first packet arrived, possibly one from before a
+/// reload.
+#[derive(Clone)]
+struct ServerTls {
+    generation: u64,
+    config: Arc<quinn::ServerConfig>,
+}
+
+/// What a TLS reload did to the open connections ([`Transport::set_tls`]).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reverified {
+    /// Connections whose peer still verifies.
+    pub kept: usize,
+    /// Connections closed because their peer no longer verifies.
+    pub closed: Vec<ClosedConnection>,
+    /// New connections opened to present this node's new certificate.
+    pub renewed: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClosedConnection {
+    pub peer: String,
+    /// `revoked`, `unknown_ca`, `expired`, ... (as in `vigil_tls_rejected_total`).
+    pub reason: String,
+    /// Another connection to the peer, made with a certificate that verifies, stays
+    /// (the closed one was older: a rotation, not a refusal).
+    pub replaced: bool,
 }
 
 /// Capacity of the channel from the transport's tasks to the owner task.
@@ -292,7 +341,11 @@ impl Transport {
         let mut server_config = tls.quinn_server_config()?;
         server_config.transport_config(Arc::clone(&transport_config));
         let mut client_config = tls.quinn_client_config()?;
-        client_config.transport_config(transport_config);
+        client_config.transport_config(Arc::clone(&transport_config));
+        let (server_tls, accept_tls) = watch::channel(ServerTls {
+            generation: 0,
+            config: Arc::new(server_config.clone()),
+        });
 
         let socket =
             std::net::UdpSocket::bind(config.bind).map_err(|source| TransportError::Bind {
@@ -329,6 +382,7 @@ impl Transport {
         let log_limit = Arc::new(LogLimiter::default());
         tokio::spawn(accept_loop(
             endpoint.clone(),
+            accept_tls,
             inbound_tx.clone(),
             Arc::clone(&metrics),
             Arc::clone(&log_limit),
@@ -339,6 +393,10 @@ impl Transport {
             Transport {
                 endpoint,
                 client_config,
+                tls: tls.clone(),
+                trust: 0,
+                server_tls,
+                quic: transport_config,
                 local_name,
                 peers: HashMap::new(),
                 config,
@@ -435,7 +493,7 @@ impl Transport {
             None,
             self.inbound_tx.clone(),
             Arc::clone(&self.metrics),
-            self.config.dial_timeout,
+            (self.config.dial_timeout, self.trust),
             self.limits.clone(),
         ));
     }
@@ -453,7 +511,7 @@ impl Transport {
                     Some(addr),
                     self.inbound_tx.clone(),
                     Arc::clone(&self.metrics),
-                    self.config.dial_timeout,
+                    (self.config.dial_timeout, self.trust),
                     self.limits.clone(),
                 ));
             }
@@ -477,6 +535,7 @@ impl Transport {
                 dialed_by_us,
                 seed,
                 handshake,
+                trust,
             } => {
                 let direction = if dialed_by_us { "outbound" } else { "inbound" };
                 tracing::debug!(
@@ -500,6 +559,24 @@ impl Transport {
                     // A seed list that includes ourselves.
                     conn.close(VarInt::from_u32(close_code::REFUSED), b"self");
                     return None;
+                }
+                if trust != self.trust
+                    && let Err(refusal) =
+                        self.tls.verify_peer(conn.peer_identity(), &name, dialed_by_us)
+                {
+                    // Verified under the trust before a reload that came during the
+                    // handshake.
+                    self.metrics.count_tls_rejected(refusal.kind());
+                    self.log_limit.warn(
+                        "reverify_new",
+                        format_args!("refused the connection with {name}: {refusal}"),
+                    );
+                    conn.close(
+                        VarInt::from_u32(close_code::UNTRUSTED),
+                        refusal.kind().as_bytes(),
+                    );
+                    let error = refusal.to_string();
+                    return seed.map(|addr| SeedOutcome::Failed { addr, error });
                 }
                 self.install(name.clone(), conn, dialed_by_us);
                 seed.map(|addr| SeedOutcome::Reached { addr, name })
@@ -584,6 +661,106 @@ impl Transport {
             }
         }
         self.update_connection_gauge();
+    }
+
+    /// The TLS configurations in use.
+    pub fn tls(&self) -> &NodeTls {
+        &self.tls
+    }
+
+    /// Switches to `tls` (a reload, already checked by [`NodeTls::reload`]): new
+    /// handshakes, in both directions, use it at once; every open connection whose
+    /// peer certificate no longer verifies under its trust is closed with the reason,
+    /// the others stay. When this node's own certificate changed, a new connection is
+    /// dialed to every connected peer, so that each peer soon holds a connection
+    /// showing the new certificate (and sends on it, the newest): a later reload that
+    /// stops trusting the old one then closes only connections no longer in use.
+    pub fn set_tls(&mut self, tls: NodeTls) -> Result<Reverified, TransportError> {
+        let mut server = tls.quinn_server_config()?;
+        server.transport_config(Arc::clone(&self.quic));
+        let mut client = tls.quinn_client_config()?;
+        client.transport_config(Arc::clone(&self.quic));
+        let renew = !self.tls.same_certificate(&tls);
+        self.trust += 1;
+        self.endpoint.set_server_config(Some(server.clone()));
+        self.server_tls.send_replace(ServerTls {
+            generation: self.trust,
+            config: Arc::new(server),
+        });
+        self.client_config = client;
+        self.tls = tls;
+
+        let mut report = Reverified::default();
+        let tls = &self.tls;
+        for (name, entry) in &mut self.peers {
+            let Peer::Ready { conns } = &mut entry.peer else {
+                continue;
+            };
+            let verdicts: Vec<_> = conns
+                .iter()
+                .map(|l| tls.verify_peer(l.conn.peer_identity(), name, l.dialed_by_us))
+                .collect();
+            let replaced = verdicts.iter().any(Result::is_ok);
+            let mut verdicts = verdicts.into_iter();
+            conns.retain(|live| match verdicts.next() {
+                Some(Err(refusal)) => {
+                    live.conn.close(
+                        VarInt::from_u32(close_code::UNTRUSTED),
+                        refusal.kind().as_bytes(),
+                    );
+                    if replaced {
+                        tracing::info!(peer = %name, reason = refusal.kind(), "closed an older connection: {refusal}; a newer one verifies");
+                    } else {
+                        tracing::warn!(peer = %name, reason = refusal.kind(), "closed the connection with {name} after the TLS reload: {refusal}");
+                    }
+                    report.closed.push(ClosedConnection {
+                        peer: name.to_string(),
+                        reason: refusal.kind().to_owned(),
+                        replaced,
+                    });
+                    false
+                }
+                Some(Ok(())) | None => {
+                    report.kept += 1;
+                    true
+                }
+            });
+        }
+        self.peers.retain(|_, e| match &e.peer {
+            Peer::Ready { conns } => !conns.is_empty(),
+            Peer::Dialing { .. } => true,
+        });
+        self.update_connection_gauge();
+        if renew {
+            let targets: Vec<(NodeName, SocketAddr)> = self
+                .peers
+                .iter()
+                .filter_map(|(name, e)| match &e.peer {
+                    Peer::Ready { conns } => conns.last().map(|l| (name.clone(), l.conn.remote_address())),
+                    Peer::Dialing { .. } => None,
+                })
+                .collect();
+            for (name, addr) in targets {
+                // The peer's one UDP port serves both directions, so the address a
+                // connection came from is where it listens.
+                if let Ok(connecting) =
+                    self.endpoint
+                        .connect_with(self.client_config.clone(), addr, name.as_str())
+                {
+                    report.renewed += 1;
+                    tokio::spawn(dial(
+                        connecting,
+                        Some(name),
+                        None,
+                        self.inbound_tx.clone(),
+                        Arc::clone(&self.metrics),
+                        (self.config.dial_timeout, self.trust),
+                        self.limits.clone(),
+                    ));
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Evicts least recently used peers until one more fits.
@@ -815,13 +992,15 @@ fn send_on(
     Ok(())
 }
 
+/// `(timeout, trust)`: give up after `timeout`; `connecting` uses the client
+/// configuration of trust generation `trust`.
 async fn dial(
     connecting: quinn::Connecting,
     expected: Option<NodeName>,
     seed: Option<SocketAddr>,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
-    timeout: Duration,
+    (timeout, trust): (Duration, u64),
     limits: StreamLimits,
 ) {
     let started = Instant::now();
@@ -857,6 +1036,7 @@ async fn dial(
                 dialed_by_us: true,
                 seed,
                 handshake: started.elapsed(),
+                trust,
             };
             if inbound.send(report).await.is_ok() {
                 read_connection(name, conn, inbound, metrics, limits).await;
@@ -873,18 +1053,33 @@ async fn dial(
     }
 }
 
+/// TLS alert numbers (RFC 8446, section 6).
+const ALERT_CERTIFICATE_REVOKED: u64 = 44;
+const ALERT_CERTIFICATE_EXPIRED: u64 = 45;
+const ALERT_UNKNOWN_CA: u64 = 48;
+
 /// Metric label for a failed handshake. A TLS alert means the certificate was
 /// refused (by us or by the peer); `side` says whose certificate was checked here.
 fn handshake_failure_reason(e: &ConnectionError, side: &str) -> String {
     match e {
-        // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff.
+        // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff; the labels
+        // are those of `tls::refusal_kind` where the alert tells.
         ConnectionError::TransportError(t) if (0x100..=0x1ff).contains(&u64::from(t.code)) => {
-            format!("bad_{side}_certificate")
+            match u64::from(t.code) - 0x100 {
+                ALERT_CERTIFICATE_REVOKED => "revoked".into(),
+                ALERT_CERTIFICATE_EXPIRED => "expired".into(),
+                ALERT_UNKNOWN_CA => "unknown_ca".into(),
+                _ => format!("bad_{side}_certificate"),
+            }
         }
         ConnectionError::ConnectionClosed(c)
             if (0x100..=0x1ff).contains(&u64::from(c.error_code)) =>
         {
-            "certificate_refused_by_peer".into()
+            if u64::from(c.error_code) - 0x100 == ALERT_CERTIFICATE_REVOKED {
+                "revoked_by_peer".into()
+            } else {
+                "certificate_refused_by_peer".into()
+            }
         }
         ConnectionError::TimedOut => "handshake_timeout".into(),
         ConnectionError::ConnectionClosed(_) | ConnectionError::ApplicationClosed(_) => {
@@ -900,6 +1095,7 @@ fn handshake_failure_reason(e: &ConnectionError, side: &str) -> String {
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,
+    server_tls: watch::Receiver<ServerTls>,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     log_limit: Arc<LogLimiter>,
@@ -917,9 +1113,11 @@ async fn accept_loop(
         let metrics = Arc::clone(&metrics);
         let log_limit = Arc::clone(&log_limit);
         let limits = limits.clone();
+        let server = server_tls.borrow().clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let conn = match tokio::time::timeout(timeout, incoming).await {
+            let handshake = async move { incoming.accept_with(server.config)?.await };
+            let conn = match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
                     let reason = handshake_failure_reason(&e, "client");
@@ -957,6 +1155,7 @@ async fn accept_loop(
                 dialed_by_us: false,
                 seed: None,
                 handshake: Duration::ZERO,
+                trust: server.generation,
             };
             if inbound.send(report).await.is_ok() {
                 read_connection(name, conn, inbound, metrics, limits).await;
@@ -1002,6 +1201,15 @@ async fn read_connection(
                 });
             }
         }
+    }
+    if let Some(ConnectionError::ApplicationClosed(close)) = conn.close_reason()
+        && close.error_code == VarInt::from_u32(close_code::UNTRUSTED)
+    {
+        tracing::warn!(
+            peer = %name,
+            "{name} closed its connection with this node after reloading its certificates: {}",
+            String::from_utf8_lossy(&close.reason)
+        );
     }
     let _ = inbound
         .send(Inbound::Closed {
