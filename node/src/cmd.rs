@@ -15,9 +15,9 @@ use crate::cli::{
 use crate::client::{self, StreamItem};
 use crate::config::{self, AgentConfig};
 use crate::example_agent::{self, ExampleAgentConfig};
+use crate::pki::{self, CaSelector, RevokeTarget};
 use crate::runtime::{LiveValues, RuntimeConfig};
 use crate::{check, logging};
-use crate::pki::{self, CaSelector, RevokeTarget};
 use crate::{demo, tls};
 
 /// Exit status for bad settings or arguments.
@@ -103,7 +103,9 @@ pub fn main_entry() -> ExitCode {
         Command::Isolate(args) => run_client(isolation(args, true)),
         Command::Recover(args) => run_client(isolation(args, false)),
         Command::ExampleAgent(args) => run_client(run_example_agent(args)),
-        Command::Cert(CertCommand::Reload { socket, json }) => run_client(cert_reload(socket, json)),
+        Command::Cert(CertCommand::Reload { socket, json }) => {
+            run_client(cert_reload(socket, json))
+        }
         Command::Cert(cert) => match cert_command(cert) {
             Ok(()) => ExitCode::SUCCESS,
             Err(f) => {
@@ -589,7 +591,11 @@ fn trust_command(trust: TrustCommand) -> Result<(), Failure> {
                     short(&ca.summary.fingerprint),
                     ca.summary.subject,
                     ca.summary.not_after,
-                    if ca.issues_here { "  [ca.key here]" } else { "" },
+                    if ca.issues_here {
+                        "  [ca.key here]"
+                    } else {
+                        ""
+                    },
                     if ca.expired { "  [EXPIRED]" } else { "" },
                 );
             }
@@ -628,7 +634,11 @@ fn trust_command(trust: TrustCommand) -> Result<(), Failure> {
                     println!("now trusting {} ({})", ca.subject, short(&ca.fingerprint));
                 }
                 for ca in &added.already_trusted {
-                    println!("already trusted: {} ({})", ca.subject, short(&ca.fingerprint));
+                    println!(
+                        "already trusted: {} ({})",
+                        ca.subject,
+                        short(&ca.fingerprint)
+                    );
                 }
                 for crl in &added.crls {
                     println!(
@@ -657,7 +667,11 @@ fn trust_command(trust: TrustCommand) -> Result<(), Failure> {
             };
             let removed = pki::trust_remove(&pki, &which, force)?;
             for ca in &removed.removed {
-                println!("no longer trusting {} ({})", ca.subject, short(&ca.fingerprint));
+                println!(
+                    "no longer trusting {} ({})",
+                    ca.subject,
+                    short(&ca.fingerprint)
+                );
             }
             for issuer in &removed.dropped_crls {
                 println!("dropped the revocation list of {issuer}");

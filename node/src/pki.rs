@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams,
-    SerialNumber,
+    CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
 };
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
@@ -134,10 +133,12 @@ fn blocks(text: &str, path: &Path) -> Result<Vec<Block>, PkiError> {
         if trimmed.starts_with("-----END ")
             && let Some(block) = current.take()
         {
-            let (kind, der) = <(SectionKind, Vec<u8>)>::from_pem_slice(block.as_bytes())
-                .map_err(|e| PkiError::BadPem {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
+            let (kind, der) =
+                <(SectionKind, Vec<u8>)>::from_pem_slice(block.as_bytes()).map_err(|e| {
+                    PkiError::BadPem {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    }
                 })?;
             out.push(Block {
                 kind,
@@ -264,7 +265,8 @@ pub fn trust_list(pki: &Path) -> Result<TrustListing, PkiError> {
     for (block, ca) in &cas {
         listing.cas.push(CaEntry {
             summary: summary(&block.der, &ca_path)?,
-            issues_here: key_public.as_deref() == Some(ca.public_key().subject_public_key.data.as_ref()),
+            issues_here: key_public.as_deref()
+                == Some(ca.public_key().subject_public_key.data.as_ref()),
             expired: !ca.validity().is_valid(),
         });
     }
@@ -285,7 +287,10 @@ pub fn trust_list(pki: &Path) -> Result<TrustListing, PkiError> {
         })?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "crt") && p.file_name() != Some(CA_CERT_FILE.as_ref()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "crt")
+                && p.file_name() != Some(CA_CERT_FILE.as_ref())
+        })
         .collect();
     entries.sort();
     for path in entries {
@@ -304,9 +309,9 @@ pub fn trust_list(pki: &Path) -> Result<TrustListing, PkiError> {
             file: path.display().to_string(),
             summary: summary(&block.der, &path)?,
             signed_by: signer.map(|(b, _)| sha256_hex(&b.der)),
-            revoked: revoked
-                .iter()
-                .any(|(issuer, serial)| issuer == cert.issuer().as_raw() && serial == cert.raw_serial()),
+            revoked: revoked.iter().any(|(issuer, serial)| {
+                issuer == cert.issuer().as_raw() && serial == cert.raw_serial()
+            }),
         });
     }
     Ok(listing)
@@ -329,7 +334,7 @@ pub struct CrlInstalled {
 }
 
 /// `vigil cert trust add --pki DIR FILE`: adds the CA certificates in `file` to
-/// `DIR/ca.crt` and installs its revocation lists in `DIR/crl.pem` (a list replaces
+/// `DIR/ca.crt` (creating `DIR` if needed) and installs its revocation lists in `DIR/crl.pem` (a list replaces
 /// the installed one of the same CA unless it is older). A list must be signed by a CA
 /// `DIR/ca.crt` trusts (after this addition).
 pub fn trust_add(pki: &Path, file: &Path) -> Result<TrustAdded, PkiError> {
@@ -345,12 +350,21 @@ pub fn trust_add(pki: &Path, file: &Path) -> Result<TrustAdded, PkiError> {
         .iter()
         .filter(|b| b.kind == SectionKind::Certificate)
         .collect();
-    let new_crls: Vec<&Block> = input.iter().filter(|b| b.kind == SectionKind::Crl).collect();
+    let new_crls: Vec<&Block> = input
+        .iter()
+        .filter(|b| b.kind == SectionKind::Crl)
+        .collect();
     if new_cas.is_empty() && new_crls.is_empty() {
         return Err(PkiError::NothingToAdd {
             path: file.to_path_buf(),
         });
     }
+    // A new host's directory may not exist yet.
+    fs::create_dir_all(pki).map_err(|source| PkiError::Io {
+        action: "create directory",
+        path: pki.to_path_buf(),
+        source,
+    })?;
     let mut bundle = read_blocks(&ca_path)?;
     let mut added = TrustAdded::default();
     let mut changed = false;
@@ -724,7 +738,10 @@ pub fn revoke(ca_dir: &Path, target: &RevokeTarget, crl_days: u32) -> Result<Rev
         total: 0,
     };
     for serial in wanted {
-        if entries.iter().any(|e| e.serial_number.as_ref() == serial.as_slice()) {
+        if entries
+            .iter()
+            .any(|e| e.serial_number.as_ref() == serial.as_slice())
+        {
             result.already_revoked.push(hex(&serial));
             continue;
         }
@@ -826,34 +843,50 @@ mod tests {
         assert!(again.added.is_empty() && again.already_trusted.len() == 1);
         assert_eq!(trust_list(n1.path()).unwrap().cas.len(), 2);
 
-        let err = trust_remove(n1.path(), &CaSelector::File(old.path().join(CA_CERT_FILE)), false)
-            .unwrap_err();
+        let err = trust_remove(
+            n1.path(),
+            &CaSelector::File(old.path().join(CA_CERT_FILE)),
+            false,
+        )
+        .unwrap_err();
         assert!(matches!(err, PkiError::StillInUse { .. }), "{err:?}");
         assert!(err.to_string().contains("n1.crt"), "{err}");
 
         issue_node_cert(new.path(), &name("n1"), n1.path(), 30, true).unwrap();
         let listing = trust_list(n1.path()).unwrap();
-        let new_fp = sha256_hex(&std::fs::read(new.path().join(CA_CERT_FILE)).map(|pem| {
-            CertificateDer::from_pem_slice(&pem).unwrap()
-        }).unwrap());
+        let new_fp = sha256_hex(
+            &std::fs::read(new.path().join(CA_CERT_FILE))
+                .map(|pem| CertificateDer::from_pem_slice(&pem).unwrap())
+                .unwrap(),
+        );
         assert_eq!(listing.nodes.len(), 1);
         assert_eq!(listing.nodes[0].signed_by.as_deref(), Some(new_fp.as_str()));
 
-        let removed =
-            trust_remove(n1.path(), &CaSelector::Fingerprint(listing.cas[0].summary.fingerprint[..12].to_uppercase()), false)
-                .unwrap();
+        let removed = trust_remove(
+            n1.path(),
+            &CaSelector::Fingerprint(listing.cas[0].summary.fingerprint[..12].to_uppercase()),
+            false,
+        )
+        .unwrap();
         assert_eq!(removed.removed.len(), 1);
         assert_eq!(removed.remaining, 1);
         let tls = load_node_tls(n1.path(), &name("n1")).unwrap();
         assert_eq!(tls.summary().trusted.len(), 1);
         assert_eq!(tls.summary().trusted[0].fingerprint, new_fp);
 
-        let err =
-            trust_remove(n1.path(), &CaSelector::File(new.path().join(CA_CERT_FILE)), true)
-                .unwrap_err();
+        let err = trust_remove(
+            n1.path(),
+            &CaSelector::File(new.path().join(CA_CERT_FILE)),
+            true,
+        )
+        .unwrap_err();
         assert!(matches!(err, PkiError::LastCa { .. }), "{err:?}");
-        let err = trust_remove(n1.path(), &CaSelector::Fingerprint("00000000".into()), false)
-            .unwrap_err();
+        let err = trust_remove(
+            n1.path(),
+            &CaSelector::Fingerprint("00000000".into()),
+            false,
+        )
+        .unwrap_err();
         assert!(matches!(err, PkiError::NoSuchCa { .. }), "{err:?}");
     }
 
@@ -892,8 +925,12 @@ mod tests {
             .collect();
         let by_serial = revoke(dir.path(), &RevokeTarget::Serial(spaced.join(":")), 30).unwrap();
         assert_eq!(by_serial.revoked, vec![n3.serial.clone()]);
-        let by_file =
-            revoke(dir.path(), &RevokeTarget::Cert(dir.path().join("n1.crt")), 30).unwrap();
+        let by_file = revoke(
+            dir.path(),
+            &RevokeTarget::Cert(dir.path().join("n1.crt")),
+            30,
+        )
+        .unwrap();
         assert_eq!((by_file.number, by_file.total), (4, 3));
 
         let listing = trust_list(dir.path()).unwrap();
@@ -907,8 +944,12 @@ mod tests {
         let err = revoke(dir.path(), &RevokeTarget::Serial("xyz".into()), 30).unwrap_err();
         assert!(matches!(err, PkiError::BadSerial { .. }), "{err:?}");
         let other = ca(&["n1"]);
-        let err =
-            revoke(dir.path(), &RevokeTarget::Cert(other.path().join("n1.crt")), 30).unwrap_err();
+        let err = revoke(
+            dir.path(),
+            &RevokeTarget::Cert(other.path().join("n1.crt")),
+            30,
+        )
+        .unwrap_err();
         assert!(matches!(err, PkiError::NotIssuedHere { .. }), "{err:?}");
         let err = revoke(dir.path(), &RevokeTarget::Name(name("n1")), 0).unwrap_err();
         assert!(matches!(err, PkiError::InvalidCrlDays { .. }), "{err:?}");
@@ -943,10 +984,16 @@ mod tests {
         let c = ca(&[]);
         revoke(c.path(), &RevokeTarget::Serial("02".into()), 30).unwrap();
         let err = trust_add(node.path(), &c.path().join(CRL_FILE)).unwrap_err();
-        assert!(matches!(err, PkiError::CrlIssuerNotTrusted { .. }), "{err:?}");
-        let removed =
-            trust_remove(node.path(), &CaSelector::File(b.path().join(CA_CERT_FILE)), false)
-                .unwrap();
+        assert!(
+            matches!(err, PkiError::CrlIssuerNotTrusted { .. }),
+            "{err:?}"
+        );
+        let removed = trust_remove(
+            node.path(),
+            &CaSelector::File(b.path().join(CA_CERT_FILE)),
+            false,
+        )
+        .unwrap();
         assert_eq!(removed.dropped_crls.len(), 1);
         let tls = load_node_tls(node.path(), &name("n2")).unwrap();
         assert_eq!(tls.summary().crls.len(), 1);

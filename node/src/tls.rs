@@ -430,8 +430,8 @@ pub fn issue_node_cert(
 
     // Recorded before the files exist: a certificate the index does not list could
     // not be revoked by name.
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(cert.der()).map_err(|e| generate_error(e, &files.cert))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.der())
+        .map_err(|e| generate_error(e, &files.cert))?;
     let entry = IssuedEntry {
         serial: hex(parsed.raw_serial()),
         name: name.clone(),
@@ -987,12 +987,11 @@ fn read_crls(
         .map_err(|e| bad(e.to_string()))?;
     let mut cas = Vec::new();
     for der in ca_certs {
-        let (_, ca) = x509_parser::parse_x509_certificate(der).map_err(|e| {
-            TlsError::BadCertificate {
+        let (_, ca) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
                 path: ca_path.to_path_buf(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         cas.push(ca);
     }
     let mut loaded = LoadedCrls::default();
@@ -1167,7 +1166,8 @@ fn log_refusal(log: &LogLimiter, end_entity: &CertificateDer<'_>, error: &Error,
         "expired" | "not_yet_valid" => "tls_refused_not_current",
         _ => "tls_refused_other",
     };
-    let who = leaf_node_name(end_entity).map_or_else(|_| "a peer".to_owned(), |n| format!("node {n}"));
+    let who =
+        leaf_node_name(end_entity).map_or_else(|_| "a peer".to_owned(), |n| format!("node {n}"));
     let serial = x509_parser::parse_x509_certificate(end_entity)
         .map_or_else(|_| "unparsable".to_owned(), |(_, c)| hex(c.raw_serial()));
     log.warn(
@@ -2006,7 +2006,11 @@ mod tests {
             ca.subject().to_string()
         };
         assert_ne!(subject(a.path()), subject(b.path()));
-        assert!(subject(a.path()).contains("created "), "{}", subject(a.path()));
+        assert!(
+            subject(a.path()).contains("created "),
+            "{}",
+            subject(a.path())
+        );
     }
 
     #[test]
@@ -2032,11 +2036,18 @@ mod tests {
         tls.verify_peer(chain_of(&n2), &name("n2"), true).unwrap();
         tls.verify_peer(chain_of(&n2), &name("n2"), false).unwrap();
         // Installed under another name, or with no certificate at all.
-        let err = tls.verify_peer(chain_of(&n2), &name("n3"), false).unwrap_err();
+        let err = tls
+            .verify_peer(chain_of(&n2), &name("n3"), false)
+            .unwrap_err();
         assert_eq!(err.kind(), "wrong_name");
-        let err = tls.verify_peer(chain_of(&n2), &name("n3"), true).unwrap_err();
+        let err = tls
+            .verify_peer(chain_of(&n2), &name("n3"), true)
+            .unwrap_err();
         assert_eq!(err.kind(), "wrong_name");
-        assert_eq!(tls.verify_peer(None, &name("n2"), true).unwrap_err().kind(), "no_certificate");
+        assert_eq!(
+            tls.verify_peer(None, &name("n2"), true).unwrap_err().kind(),
+            "no_certificate"
+        );
 
         // A node of another CA.
         let other = pki(&["n2"]);
@@ -2056,12 +2067,16 @@ mod tests {
         // The configuration loaded before the revocation still accepts n2; a reload
         // reads crl.pem and refuses it, both ways.
         let n2 = dir.path().join("n2.crt");
-        before.verify_peer(chain_of(&n2), &name("n2"), true).unwrap();
+        before
+            .verify_peer(chain_of(&n2), &name("n2"), true)
+            .unwrap();
         let after = before.reload().unwrap();
         assert_eq!(after.summary().crls.len(), 1);
         assert_eq!(after.summary().crls[0].revoked.len(), 1);
         for dialed_by_us in [true, false] {
-            let err = after.verify_peer(chain_of(&n2), &name("n2"), dialed_by_us).unwrap_err();
+            let err = after
+                .verify_peer(chain_of(&n2), &name("n2"), dialed_by_us)
+                .unwrap_err();
             assert_eq!(err.kind(), "revoked", "{err}");
         }
         after
@@ -2069,7 +2084,10 @@ mod tests {
             .unwrap();
 
         let err = load_node_tls(dir.path(), &name("n2")).unwrap_err();
-        assert!(matches!(err, TlsError::CertificateRevoked { .. }), "{err:?}");
+        assert!(
+            matches!(err, TlsError::CertificateRevoked { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("crl.pem"), "{err}");
         // A new certificate for the same name is not revoked.
         issue_node_cert(dir.path(), &name("n2"), dir.path(), 30, true).unwrap();
@@ -2095,7 +2113,11 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(
-            x509_parser::parse_x509_certificate(cert.der()).unwrap().1.subject().as_raw(),
+            x509_parser::parse_x509_certificate(cert.der())
+                .unwrap()
+                .1
+                .subject()
+                .as_raw(),
             ca.subject().as_raw()
         );
         let issuer = Issuer::from_ca_cert_der(cert.der(), key).unwrap();
@@ -2129,14 +2151,22 @@ mod tests {
 
         // From a CA this node does not trust: cannot apply, left out and reported.
         let other = pki(&[]);
-        crate::pki::revoke(other.path(), &crate::pki::RevokeTarget::Serial("01".into()), 30)
-            .unwrap();
+        crate::pki::revoke(
+            other.path(),
+            &crate::pki::RevokeTarget::Serial("01".into()),
+            30,
+        )
+        .unwrap();
         fs::copy(other.path().join(CRL_FILE), dir.path().join(CRL_FILE)).unwrap();
         let tls = load_node_tls(dir.path(), &name("n1")).unwrap();
         assert!(tls.summary().crls.is_empty());
         assert_eq!(tls.summary().ignored_crls.len(), 1);
 
-        fs::write(dir.path().join(CRL_FILE), "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
+        fs::write(
+            dir.path().join(CRL_FILE),
+            "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
         let err = load_node_tls(dir.path(), &name("n1")).unwrap_err();
         assert!(matches!(err, TlsError::BadCrl { .. }), "{err:?}");
     }

@@ -562,7 +562,8 @@ impl Transport {
                 }
                 if trust != self.trust
                     && let Err(refusal) =
-                        self.tls.verify_peer(conn.peer_identity(), &name, dialed_by_us)
+                        self.tls
+                            .verify_peer(conn.peer_identity(), &name, dialed_by_us)
                 {
                     // Verified under the trust before a reload that came during the
                     // handshake.
@@ -736,7 +737,9 @@ impl Transport {
                 .peers
                 .iter()
                 .filter_map(|(name, e)| match &e.peer {
-                    Peer::Ready { conns } => conns.last().map(|l| (name.clone(), l.conn.remote_address())),
+                    Peer::Ready { conns } => conns
+                        .last()
+                        .map(|l| (name.clone(), l.conn.remote_address())),
                     Peer::Dialing { .. } => None,
                 })
                 .collect();
@@ -1039,7 +1042,15 @@ async fn dial(
                 trust,
             };
             if inbound.send(report).await.is_ok() {
-                read_connection(name, conn, inbound, metrics, limits).await;
+                read_connection(
+                    name.clone(),
+                    conn.clone(),
+                    inbound.clone(),
+                    Arc::clone(&metrics),
+                    limits,
+                )
+                .await;
+                refused_after_handshake(&conn, name, seed, &inbound, &metrics).await;
             }
         }
         Err(error) => {
@@ -1051,6 +1062,34 @@ async fn dial(
             let _ = inbound.send(report).await;
         }
     }
+}
+
+/// The listener checks the dialer's certificate once the dialer's side of the
+/// handshake is complete, so its refusal (another CA, revoked) reaches the dialer as
+/// the close of a connection that looked established. Reported like a failed dial:
+/// counted, logged, and for a seed a `join_failed` event with the reason.
+async fn refused_after_handshake(
+    conn: &Connection,
+    name: NodeName,
+    seed: Option<SocketAddr>,
+    inbound: &mpsc::Sender<Inbound>,
+    metrics: &Metrics,
+) {
+    let Some(ConnectionError::ConnectionClosed(close)) = conn.close_reason() else {
+        return;
+    };
+    if !(0x100..=0x1ff).contains(&u64::from(close.error_code)) {
+        return;
+    }
+    let reason =
+        handshake_failure_reason(&ConnectionError::ConnectionClosed(close.clone()), "client");
+    metrics.count_tls_rejected(&reason);
+    let error = format!("{name} refused this node's certificate ({reason}): {close}");
+    let report = match seed {
+        Some(addr) => Inbound::SeedFailed { addr, error },
+        None => Inbound::DialFailed { name, error },
+    };
+    let _ = inbound.send(report).await;
 }
 
 /// TLS alert numbers (RFC 8446, section 6).

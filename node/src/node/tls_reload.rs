@@ -144,7 +144,8 @@ impl Owner {
             Err(e) => {
                 let error = format!("{e}; the node keeps its current certificates");
                 tracing::error!(trigger, "certificate reload failed: {error}");
-                self.events.push_local("tls_reload_failed", Some(error.clone()));
+                self.events
+                    .push_local("tls_reload_failed", Some(error.clone()));
                 Err(ApiFailure {
                     status: 422,
                     code: "tls_reload_failed".into(),
