@@ -270,6 +270,19 @@ pub enum ApiRequest {
         since: Option<u64>,
         reply: oneshot::Sender<Result<Subscription, SinceError>>,
     },
+    /// Reload the PKI directory (`POST /v1/tls/reload`).
+    TlsReload(oneshot::Sender<Result<TlsReloadJson, ApiFailure>>),
+}
+
+/// The answer of a TLS reload: what was loaded and what happened to the open
+/// connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsReloadJson {
+    /// What started it: `api` or `sighup`.
+    pub trigger: String,
+    #[serde(flatten)]
+    pub loaded: crate::tls::PkiSummary,
+    pub connections: crate::transport::Reverified,
 }
 
 #[derive(Clone)]
@@ -470,6 +483,7 @@ fn router(state: ApiState) -> Router {
             put(put_snapshot).get(get_snapshot),
         )
         .route("/v1/config", get(show_config).put(set_config))
+        .route("/v1/tls/reload", post(tls_reload))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -782,6 +796,17 @@ async fn set_config(
     };
     match ask(&state, |reply| ApiRequest::SetConfig { patch, reply }).await {
         Ok(Ok(settings)) => axum::Json(settings).into_response(),
+        Ok(Err(f)) => f.response(),
+        Err(response) => response,
+    }
+}
+
+/// `POST /v1/tls/reload`: re-reads the PKI directory; a bad file set changes nothing
+/// and is answered with the reason. Reading and checking the files takes a few
+/// milliseconds, but a reload queued behind another waits for it.
+async fn tls_reload(State(state): State<ApiState>) -> Response {
+    match ask(&state, ApiRequest::TlsReload).await {
+        Ok(Ok(reloaded)) => axum::Json(reloaded).into_response(),
         Ok(Err(f)) => f.response(),
         Err(response) => response,
     }

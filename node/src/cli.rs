@@ -52,7 +52,8 @@ pub enum Command {
     /// or on SIGTERM; 2 when another node owns the agent (start it there) or for bad
     /// arguments; 1 when the node failed every request for 30 s.
     ExampleAgent(ExampleAgentArgs),
-    /// Create the cluster CA and node certificates.
+    /// Create the cluster CA and node certificates, rotate CAs, revoke certificates,
+    /// reload a node's certificates.
     #[command(subcommand)]
     Cert(CertCommand),
     /// Start a local 5-node cluster, kill one node, and print how fast it was detected.
@@ -401,6 +402,80 @@ pub enum CertCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
         /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage the CAs and revocation lists a node's PKI directory trusts (ca.crt,
+    /// crl.pem). Run `vigil cert reload` afterwards to apply the change.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Revoke node certificates: add them to the revocation list DIR/crl.pem of the CA
+    /// in DIR. Then install that list on every node (`vigil cert trust add --pki
+    /// NODE_PKI DIR/crl.pem`) and reload them (`vigil cert reload`).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["name", "serial", "cert"])))]
+    Revoke {
+        /// Directory holding ca.crt and ca.key (and issued.txt, crl.pem).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Every certificate this CA issued for this node (listed in DIR/issued.txt).
+        #[arg(long)]
+        name: Option<String>,
+        /// One certificate, by serial number (hex).
+        #[arg(long)]
+        serial: Option<String>,
+        /// The certificate in this file.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// Validity of the new revocation list, in days (nodes keep applying a list
+        /// after it; revoke again or reissue it before to keep its dates meaningful).
+        #[arg(long, default_value_t = 365)]
+        crl_days: u32,
+    },
+    /// Make the running node re-read its PKI directory (POST /v1/tls/reload; SIGHUP
+    /// does the same). Prints what it loaded, or why it kept its current certificates.
+    Reload {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Show the trusted CAs, the revocation lists and the node certificates of DIR.
+    List {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust the CA certificates in FILE (e.g. a new CA's ca.crt) and install the
+    /// revocation lists in it (e.g. a CA's crl.pem); a list replaces the older one of
+    /// the same CA.
+    Add {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// PEM files with CA certificates and/or revocation lists.
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Stop trusting a CA (and drop its revocation list). Refused while a node
+    /// certificate in DIR depends on it, unless --force.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ca", "fingerprint"])))]
+    Remove {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// Remove the CAs in this file (e.g. the old CA directory's ca.crt).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Remove the CA with this SHA-256 fingerprint (or a unique prefix of at least
+        /// 8 hex digits; `vigil cert trust list` shows them).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Remove it even if a node certificate in DIR depends on it.
         #[arg(long)]
         force: bool,
     },

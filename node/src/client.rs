@@ -406,3 +406,9 @@ pub async fn set_config(
     let reply = call(socket, Method::PUT, "/v1/config", body).await?;
     json_reply(&reply)
 }
+
+/// Reloads the node's certificates (`POST /v1/tls/reload`).
+pub async fn tls_reload(socket: &Path) -> Result<crate::api::TlsReloadJson, ClientError> {
+    let reply = call(socket, Method::POST, "/v1/tls/reload", Bytes::new()).await?;
+    json_reply(&reply)
+}

@@ -10,11 +10,12 @@ use crate::api::{AgentJson, MemberJson};
 use crate::cli::{
     AgentsArgs, CertCommand, Cli, Command, ConfigCommand, ConfigGetArgs, ConfigSetArgs, EventsArgs,
     ExampleAgentArgs, HealthArgs, HeartbeatArgs, IsolationArgs, MembersArgs, RegisterArgs,
-    SnapshotCommand,
+    SnapshotCommand, SocketArgs, TrustCommand,
 };
 use crate::client::{self, StreamItem};
 use crate::config::{self, AgentConfig};
 use crate::example_agent::{self, ExampleAgentConfig};
+use crate::pki::{self, CaSelector, RevokeTarget};
 use crate::runtime::{LiveValues, RuntimeConfig};
 use crate::{check, logging};
 use crate::{demo, tls};
@@ -102,6 +103,9 @@ pub fn main_entry() -> ExitCode {
         Command::Isolate(args) => run_client(isolation(args, true)),
         Command::Recover(args) => run_client(isolation(args, false)),
         Command::ExampleAgent(args) => run_client(run_example_agent(args)),
+        Command::Cert(CertCommand::Reload { socket, json }) => {
+            run_client(cert_reload(socket, json))
+        }
         Command::Cert(cert) => match cert_command(cert) {
             Ok(()) => ExitCode::SUCCESS,
             Err(f) => {
@@ -507,16 +511,219 @@ fn cert_command(cert: CertCommand) -> Result<(), Failure> {
             days,
             force,
         } => {
-            let name = vigil_protocol::NodeName::new(&name).map_err(|e| Failure {
-                message: format!(
-                    "invalid --name {name:?}: the name {e}. Fix: use a DNS label such as \"web-3\""
-                ),
-                code: EXIT_USAGE,
-            })?;
+            let name = node_name(&name)?;
             let out = out.unwrap_or_else(|| ca.clone());
             let files = tls::issue_node_cert(&ca, &name, &out, days, force)?;
             println!("wrote {} and {}", files.cert.display(), files.key.display());
         }
+        CertCommand::Trust(trust) => trust_command(trust)?,
+        CertCommand::Revoke {
+            ca,
+            name,
+            serial,
+            cert,
+            crl_days,
+        } => {
+            let target = match (name, serial, cert) {
+                (Some(name), _, _) => RevokeTarget::Name(node_name(&name)?),
+                (None, Some(serial), _) => RevokeTarget::Serial(serial),
+                (None, None, Some(cert)) => RevokeTarget::Cert(cert),
+                // clap requires one of the three.
+                (None, None, None) => return Err(usage("give --name, --serial or --cert")),
+            };
+            let done = pki::revoke(&ca, &target, crl_days)?;
+            for serial in &done.revoked {
+                println!("revoked serial {serial}");
+            }
+            for serial in &done.already_revoked {
+                println!("serial {serial} was revoked already");
+            }
+            println!(
+                "wrote {} (revocation list number {}, {} revoked certificate(s))",
+                done.crl.display(),
+                done.number,
+                done.total
+            );
+            println!(
+                "next, on every node: `vigil cert trust add --pki PKI_DIR {}`, then `vigil cert reload`",
+                done.crl.display()
+            );
+        }
+        CertCommand::Reload { .. } => return Err(usage("`vigil cert reload` talks to a node")),
+    }
+    Ok(())
+}
+
+fn usage(message: &str) -> Failure {
+    Failure {
+        message: message.to_owned(),
+        code: EXIT_USAGE,
+    }
+}
+
+fn node_name(name: &str) -> Result<vigil_protocol::NodeName, Failure> {
+    vigil_protocol::NodeName::new(name).map_err(|e| Failure {
+        message: format!(
+            "invalid --name {name:?}: the name {e}. Fix: use a DNS label such as \"web-3\""
+        ),
+        code: EXIT_USAGE,
+    })
+}
+
+/// Up to 16 hex digits of a fingerprint: enough to tell CAs apart, and to pass to
+/// `trust remove --fingerprint`.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..16).unwrap_or(fingerprint)
+}
+
+fn trust_command(trust: TrustCommand) -> Result<(), Failure> {
+    match trust {
+        TrustCommand::List { pki, json } => {
+            let listing = pki::trust_list(&pki)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+                return Ok(());
+            }
+            println!("trusted CAs ({}):", pki.join(tls::CA_CERT_FILE).display());
+            for ca in &listing.cas {
+                println!(
+                    "  {}  {}  expires {}{}{}",
+                    short(&ca.summary.fingerprint),
+                    ca.summary.subject,
+                    ca.summary.not_after,
+                    if ca.issues_here {
+                        "  [ca.key here]"
+                    } else {
+                        ""
+                    },
+                    if ca.expired { "  [EXPIRED]" } else { "" },
+                );
+            }
+            println!("revocation lists ({}):", pki.join(tls::CRL_FILE).display());
+            if listing.crls.is_empty() {
+                println!("  none");
+            }
+            for crl in &listing.crls {
+                println!(
+                    "  {}  number {}, updated {}, {} revoked",
+                    crl.issuer,
+                    crl.number.as_deref().unwrap_or("-"),
+                    crl.this_update,
+                    crl.revoked.len()
+                );
+            }
+            println!("node certificates:");
+            for node in &listing.nodes {
+                println!(
+                    "  {}  serial {}  expires {}  {}{}",
+                    node.file,
+                    node.summary.serial,
+                    node.summary.not_after,
+                    node.signed_by.as_deref().map_or_else(
+                        || "signed by no trusted CA".to_owned(),
+                        |fp| format!("signed by {}", short(fp))
+                    ),
+                    if node.revoked { "  [REVOKED]" } else { "" },
+                );
+            }
+        }
+        TrustCommand::Add { pki, files } => {
+            for file in files {
+                let added = pki::trust_add(&pki, &file)?;
+                for ca in &added.added {
+                    println!("now trusting {} ({})", ca.subject, short(&ca.fingerprint));
+                }
+                for ca in &added.already_trusted {
+                    println!(
+                        "already trusted: {} ({})",
+                        ca.subject,
+                        short(&ca.fingerprint)
+                    );
+                }
+                for crl in &added.crls {
+                    println!(
+                        "installed the revocation list of {} (number {}, {} revoked{})",
+                        crl.crl.issuer,
+                        crl.crl.number.as_deref().unwrap_or("-"),
+                        crl.crl.revoked.len(),
+                        crl.replaced
+                            .as_deref()
+                            .map_or_else(String::new, |n| format!("; replaced number {n}"))
+                    );
+                }
+            }
+            println!("run `vigil cert reload` for the node to apply it");
+        }
+        TrustCommand::Remove {
+            pki,
+            ca,
+            fingerprint,
+            force,
+        } => {
+            let which = match (ca, fingerprint) {
+                (Some(file), _) => CaSelector::File(file),
+                (None, Some(fp)) => CaSelector::Fingerprint(fp),
+                (None, None) => return Err(usage("give --ca or --fingerprint")),
+            };
+            let removed = pki::trust_remove(&pki, &which, force)?;
+            for ca in &removed.removed {
+                println!(
+                    "no longer trusting {} ({})",
+                    ca.subject,
+                    short(&ca.fingerprint)
+                );
+            }
+            for issuer in &removed.dropped_crls {
+                println!("dropped the revocation list of {issuer}");
+            }
+            println!(
+                "{} CA(s) left; run `vigil cert reload` for the node to apply it",
+                removed.remaining
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `vigil cert reload`: `POST /v1/tls/reload`.
+async fn cert_reload(socket: SocketArgs, json: bool) -> Result<(), Failure> {
+    let socket = config::resolve_socket(&socket)?;
+    let r = client::tls_reload(&socket).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let c = &r.loaded.certificate;
+    println!(
+        "reloaded {}: certificate serial {} from {}, expires {}",
+        r.loaded.pki, c.serial, c.issuer, c.not_after
+    );
+    println!(
+        "trusting {} CA(s); {} revocation list(s) with {} revoked certificate(s)",
+        r.loaded.trusted.len(),
+        r.loaded.crls.len(),
+        r.loaded.crls.iter().map(|l| l.revoked.len()).sum::<usize>()
+    );
+    for issuer in &r.loaded.ignored_crls {
+        println!("ignored the revocation list of {issuer}: not a trusted CA");
+    }
+    println!(
+        "connections: {} kept, {} closed, {} renewed",
+        r.connections.kept,
+        r.connections.closed.len(),
+        r.connections.renewed
+    );
+    for closed in &r.connections.closed {
+        println!(
+            "  closed {} ({}{})",
+            closed.peer,
+            closed.reason,
+            if closed.replaced {
+                "; a newer connection verifies"
+            } else {
+                ""
+            }
+        );
     }
     Ok(())
 }

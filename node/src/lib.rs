@@ -2,7 +2,8 @@
 //!
 //! - [`node`]: the owner task of `vigil agent` (drives the core, executes effects).
 //! - [`transport`]: QUIC endpoint, connection cache, datagrams and streams.
-//! - [`tls`]: the cluster CA, node certificates, mutual TLS configuration.
+//! - [`tls`]: the cluster CA, node certificates, mutual TLS configuration and its
+//!   reload; [`pki`]: the trusted CAs and revocation lists (`vigil cert trust|revoke`).
 //! - [`api`] and [`client`]: the HTTP/JSON API on the Unix socket, and its client;
 //!   [`listener`]: who may connect to it (and to the metrics listener), and the
 //!   limits of each client.
@@ -39,6 +40,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod pki;
 pub mod runtime;
 pub mod signals;
 pub mod store;

@@ -147,6 +147,11 @@ pub struct Metrics {
     pub standby_capacity_free: Family<ZoneLabel, Gauge>,
     pub capacity_free: Family<ZoneLabel, Gauge>,
     build_info: Family<BuildLabel, Gauge>,
+    /// TLS reloads (SIGHUP, `POST /v1/tls/reload`) by outcome, open connections a
+    /// reload closed by reason, and this node's certificate expiry.
+    pub tls_reloads: Family<OutcomeLabel, Counter>,
+    pub tls_reload_closed: Family<ReasonLabel, Counter>,
+    pub tls_certificate_expiry: Gauge,
 }
 
 /// Buckets of the recovery time histogram, in seconds: fine around the LAN profile's
@@ -229,6 +234,9 @@ impl Metrics {
             standby_capacity_free: Family::default(),
             capacity_free: Family::default(),
             build_info: Family::default(),
+            tls_reloads: Family::default(),
+            tls_reload_closed: Family::default(),
+            tls_certificate_expiry: Gauge::default(),
         };
         // Series whose label values are known in advance start at 0, so that rates
         // and alerts see them before the first event.
@@ -262,6 +270,11 @@ impl Metrics {
         for direction in ["inbound", "outbound"] {
             let _ = m.connections_opened.get_or_create(&DirectionLabel {
                 direction: direction.into(),
+            });
+        }
+        for outcome in ["ok", "failed"] {
+            let _ = m.tls_reloads.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
             });
         }
         m.build_info
@@ -565,6 +578,23 @@ impl Metrics {
             "build_info",
             "Version of this build and of its wire protocol",
             m.build_info.clone(),
+        );
+        described(
+            &mut r,
+            "tls_reloads",
+            "Reloads of the PKI directory (SIGHUP or POST /v1/tls/reload), by outcome: ok, failed (the node kept its certificates)",
+            m.tls_reloads.clone(),
+        );
+        described(
+            &mut r,
+            "tls_reload_closed",
+            "Open connections a TLS reload closed because the peer's certificate no longer verifies, by reason (revoked, unknown_ca, expired, ...)",
+            m.tls_reload_closed.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When this node's certificate expires (Unix time), as loaded at start or by the last reload",
+            m.tls_certificate_expiry.clone(),
         );
         (Arc::new(m), r)
     }

@@ -44,6 +44,8 @@ use crate::transport::{
     TransportConfig, TransportError,
 };
 
+mod tls_reload;
+
 /// First wait between join attempts; doubles up to [`JOIN_BACKOFF_MAX`].
 const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -80,6 +82,11 @@ enum DiskDone {
     Loaded {
         op: u64,
         result: Result<(SnapMeta, Bytes), LoadError>,
+    },
+    /// The PKI directory was read again for a TLS reload.
+    TlsLoaded {
+        trigger: &'static str,
+        result: Result<tls::NodeTls, tls::TlsError>,
     },
 }
 
@@ -139,6 +146,9 @@ pub async fn run_agent(
     let generation = data_dir.next_generation()?;
     let node_tls = tls::load_node_tls(&config.pki, &config.name)?;
     let (metrics, registry) = Metrics::new();
+    metrics
+        .tls_certificate_expiry
+        .set(node_tls.summary().certificate.not_after_unix);
     let repl = config.replication.clone();
     let budget = SnapshotBudget::new(repl.memory, &metrics);
     let opened = SnapshotStore::open(
@@ -304,6 +314,7 @@ pub async fn run_agent(
         store: Arc::new(opened.store),
         disk_tx,
         config_saving: false,
+        tls_reloads: tls_reload::TlsReloads::default(),
         pending: PendingApi::default(),
         core,
         transport,
@@ -463,6 +474,7 @@ struct Owner {
     disk_tx: mpsc::Sender<DiskDone>,
     /// A `PUT /v1/config` is being written to `runtime.toml`.
     config_saving: bool,
+    tls_reloads: tls_reload::TlsReloads,
     pending: PendingApi,
     transport: Transport,
     events: EventLog,
@@ -506,6 +518,8 @@ impl Owner {
         };
         let mut sigterm = signal(SignalKind::terminate()).map_err(signal_err)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(signal_err)?;
+        // `systemctl reload vigil`: reload the certificates (see tls_reload).
+        let mut sighup = signal(SignalKind::hangup()).map_err(signal_err)?;
         let (resolved_tx, mut resolved_rx) = mpsc::channel::<Vec<SocketAddr>>(16);
         self.update_member_gauges();
         if self.config.seeds.is_empty() {
@@ -530,6 +544,7 @@ impl Owner {
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
+                _ = sighup.recv() => self.reload_tls("sighup", None),
                 // In this loop on purpose: if it wedges, the pings stop and systemd
                 // restarts the node (WatchdogSec=).
                 () = sleep_until_opt(ping_at) => {
@@ -970,6 +985,7 @@ impl Owner {
                 let _ = reply.send(self.settings());
             }
             ApiRequest::SetConfig { patch, reply } => self.set_config(&patch, reply),
+            ApiRequest::TlsReload(reply) => self.reload_tls("api", Some(reply)),
             ApiRequest::Subscribe { since, reply } => {
                 let _ = reply.send(self.events.subscribe(since));
             }
@@ -1808,6 +1824,7 @@ impl Owner {
             } => self.config_saved(next, changes, reply, result),
             DiskDone::Persisted { op, result } => self.replicator.on_persisted(now, op, result),
             DiskDone::Loaded { op, result } => self.replicator.on_loaded(now, op, result),
+            DiskDone::TlsLoaded { trigger, result } => self.tls_loaded(trigger, result),
         }
         self.drain_repl();
     }

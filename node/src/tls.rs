@@ -9,23 +9,33 @@
 //! certificate that chains to the CA and names a valid node; the transport then compares
 //! [`peer_node_name`] with the identity the peer claims in its messages.
 //!
+//! Revocation: `crl.pem` in the PKI directory (optional) holds X.509 CRLs, at most one
+//! per trusted CA, made by `vigil cert revoke` ([`crate::pki`]). Both verifiers check
+//! the peer's certificate against them (webpki), so a revoked node completes no
+//! handshake. A node reloads its PKI directory on SIGHUP or `POST /v1/tls/reload`
+//! ([`NodeTls::reload`]); the transport then re-checks the peer certificate of every
+//! open connection with [`NodeTls::verify_peer`].
+//!
 //! Reconnecting is cheap: both configurations keep rustls' default in-memory session
 //! caches, so a node redialing a peer it talked to before resumes the session (no
 //! certificate signatures or chain checks), and may send its first message in 0-RTT
 //! (`quinn::Connecting::into_0rtt`). 0-RTT is safe to allow here because rustls only
 //! accepts early data with its stateful, single-use ticket cache, so a replayed first
 //! flight is refused within a listener process; the peer's identity in 0-RTT is the one
-//! its certificate proved in the resumed session.
+//! its certificate proved in the resumed session. A reload builds new configurations,
+//! and with them empty session caches: no session resumed after a reload skips the
+//! check against the new trust.
 //!
-//! Files in a PKI directory: `ca.crt`, `ca.key` (only where certificates are issued),
-//! `NAME.crt`, `NAME.key`. Private keys are written with mode 0600 and refused at load
-//! time when other users can access them.
+//! Files in a PKI directory: `ca.crt` (the trusted CAs), `crl.pem` (optional),
+//! `NAME.crt`, `NAME.key`; where certificates are issued also `ca.key` and `issued.txt`
+//! (the serials this CA issued, for `vigil cert revoke --name`). Private keys are
+//! written with mode 0600 and refused at load time when other users can access them.
 
 use std::any::Any;
 use std::fmt;
-use std::fs::{self, File, Permissions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,18 +45,21 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName as TlsDistinguishedName, Error,
     OtherError, RootCertStore, SignatureScheme,
 };
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use vigil_protocol::{NameError, NodeName};
+
+use crate::transport::LogLimiter;
 
 /// ALPN protocol id for vigil's QUIC connections.
 pub const ALPN: &[u8] = b"vigil/1";
@@ -58,6 +71,11 @@ pub const SEED_SERVER_NAME: &str = "seed.vigil.invalid";
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// File name of the CA private key in a PKI directory.
 pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the certificate revocation lists in a PKI directory (optional).
+pub const CRL_FILE: &str = "crl.pem";
+/// File, next to `ca.key`, listing every certificate that CA issued (serial, name,
+/// expiry), so `vigil cert revoke --name` finds the serials of a node.
+pub const ISSUED_FILE: &str = "issued.txt";
 
 const CA_COMMON_NAME: &str = "vigil cluster CA";
 const CA_VALIDITY_DAYS: u64 = 3653;
@@ -69,7 +87,7 @@ pub const MAX_CERT_DAYS: u32 = 36_525;
 const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
 const SECS_PER_DAY: u64 = 24 * 60 * 60;
 const KEY_FILE_MODE: u32 = 0o600;
-const CERT_FILE_MODE: u32 = 0o644;
+pub(crate) const CERT_FILE_MODE: u32 = 0o644;
 /// Key files whose mode has any of these bits (access by "others") are refused.
 const FORBIDDEN_KEY_MODE_BITS: u32 = 0o007;
 
@@ -185,6 +203,43 @@ pub enum TlsError {
         reason: Error,
     },
     #[error(
+        "the certificate at {} is revoked by {}: node {name} was taken out of the cluster; if that was a mistake, issue it a new certificate with `vigil cert issue --ca CA_DIR --name {name} --force`",
+        path.display(), crl.display()
+    )]
+    CertificateRevoked {
+        path: PathBuf,
+        crl: PathBuf,
+        name: NodeName,
+    },
+    #[error(
+        "{} holds an invalid certificate revocation list ({reason}); restore it: it is the crl.pem `vigil cert revoke` wrote in the CA directory",
+        path.display()
+    )]
+    BadCrl { path: PathBuf, reason: String },
+    #[error(
+        "{} holds a revocation list for \"{issuer}\" that no CA in {} signed; replace it with the crl.pem of that CA's directory, or remove it",
+        path.display(), ca.display()
+    )]
+    CrlNotSigned {
+        path: PathBuf,
+        ca: PathBuf,
+        issuer: String,
+    },
+    #[error(
+        "{} holds two revocation lists of the CA \"{issuer}\"; keep one (`vigil cert trust add` keeps the newest)",
+        path.display()
+    )]
+    DuplicateCrl { path: PathBuf, issuer: String },
+    #[error(
+        "{} trusts several CAs named \"{issuer}\" and {} holds a revocation list for that name, which cannot tell them apart; CAs made by `vigil cert init` of this version have unique names: rotate to one of those",
+        ca.display(), path.display()
+    )]
+    AmbiguousCrl {
+        path: PathBuf,
+        ca: PathBuf,
+        issuer: String,
+    },
+    #[error(
         "the private key at {} does not belong to the certificate at {}; issue both again with `vigil cert issue --ca CA_DIR --name NAME --force`",
         key.display(), cert.display()
     )]
@@ -264,7 +319,18 @@ pub fn init_ca(out_dir: &Path, force: bool) -> Result<CaFiles, TlsError> {
     };
     let key = KeyPair::generate().map_err(generate)?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = common_name(CA_COMMON_NAME);
+    // A name of its own for every CA: webpki picks a certificate's revocation list by
+    // issuer name, so two trusted CAs with one name (old and new during a rotation)
+    // would have each other's lists checked against them and every certificate of one
+    // refused. The date tells operators which CA is which in `vigil cert trust list`.
+    let mut id = [0u8; 6];
+    fill_random(&mut id, &files.cert)?;
+    let mut distinguished_name = common_name(CA_COMMON_NAME);
+    distinguished_name.push(
+        DnType::OrganizationalUnitName,
+        format!("created {} id {}", today(), hex(&id)),
+    );
+    params.distinguished_name = distinguished_name;
     // Path length 0: the CA signs node certificates directly, never sub-CAs.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -331,6 +397,7 @@ pub fn issue_node_cert(
         reason: e.to_string(),
     })?;
     let ca_cert = matching_ca_cert(&ca_certs, &ca_key, &ca_cert_path, &ca_key_path)?;
+    let ca_fingerprint = sha256_hex(ca_cert);
     let issuer =
         Issuer::from_ca_cert_der(ca_cert, ca_key).map_err(|e| TlsError::BadCertificate {
             path: ca_cert_path.clone(),
@@ -361,6 +428,18 @@ pub fn issue_node_cert(
     params.serial_number = Some(random_serial(&files.cert)?);
     let cert = params.signed_by(&key, &issuer).map_err(generate)?;
 
+    // Recorded before the files exist: a certificate the index does not list could
+    // not be revoked by name.
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.der())
+        .map_err(|e| generate_error(e, &files.cert))?;
+    let entry = IssuedEntry {
+        serial: hex(parsed.raw_serial()),
+        name: name.clone(),
+        not_after: rfc3339(parsed.validity().not_after.timestamp()),
+        ca: ca_fingerprint,
+    };
+    append_issued(ca_dir, &entry)?;
+
     create_dir(out_dir)?;
     write_atomically(
         &files.key,
@@ -379,21 +458,117 @@ pub fn issue_node_cert(
     Ok(files)
 }
 
+fn generate_error(reason: impl fmt::Display, path: &Path) -> TlsError {
+    TlsError::Generate {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// One line of a CA directory's [`ISSUED_FILE`]: `SERIAL NAME NOT_AFTER CA`, where CA
+/// is the SHA-256 fingerprint of the issuing CA's certificate (a directory whose CA
+/// was replaced with `init --force` keeps the old lines; they name the old CA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedEntry {
+    /// The serial number in hex, as in the certificate's DER encoding.
+    pub serial: String,
+    pub name: NodeName,
+    pub not_after: String,
+    pub ca: String,
+}
+
+impl IssuedEntry {
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        let serial = fields.next()?.to_owned();
+        let name = NodeName::new(fields.next()?).ok()?;
+        let not_after = fields.next()?.to_owned();
+        let ca = fields.next()?.to_owned();
+        Some(Self {
+            serial,
+            name,
+            not_after,
+            ca,
+        })
+    }
+}
+
+/// Appends `entry` to `ca_dir`'s [`ISSUED_FILE`] (created with a header) and syncs it.
+fn append_issued(ca_dir: &Path, entry: &IssuedEntry) -> Result<(), TlsError> {
+    let path = ca_dir.join(ISSUED_FILE);
+    let io_error = |action: &'static str| {
+        let path = path.clone();
+        move |source: io::Error| TlsError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(CERT_FILE_MODE)
+        .open(&path)
+        .map_err(io_error("open"))?;
+    let empty = file.metadata().map_err(io_error("inspect"))?.len() == 0;
+    let mut text = String::new();
+    if empty {
+        text.push_str("# Certificates this CA issued: serial, node name, expiry, CA fingerprint (SHA-256).\n# `vigil cert revoke --name` reads it; keep it next to ca.key.\n");
+    }
+    text.push_str(&format!(
+        "{} {} {} {}\n",
+        entry.serial, entry.name, entry.not_after, entry.ca
+    ));
+    file.write_all(text.as_bytes()).map_err(io_error("write"))?;
+    file.sync_all().map_err(io_error("sync"))
+}
+
+/// The lines of `ca_dir`'s [`ISSUED_FILE`] (none when it does not exist). Lines that
+/// do not parse are skipped: the file is a record for people as much as for vigil.
+pub fn read_issued(ca_dir: &Path) -> Result<Vec<IssuedEntry>, TlsError> {
+    let path = ca_dir.join(ISSUED_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TlsError::Io {
+                action: "read",
+                path,
+                source,
+            });
+        }
+    };
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(IssuedEntry::parse)
+        .collect())
+}
+
 /// TLS configurations of one node, for quinn.
 #[derive(Debug, Clone)]
 pub struct NodeTls {
     /// The node these configurations present.
     pub name: NodeName,
     /// For quinn's listener: client certificates are required and must chain to a CA in
-    /// `ca.crt` and name a valid node.
+    /// `ca.crt`, not be revoked by `crl.pem`, and name a valid node.
     pub server: Arc<rustls::ServerConfig>,
     /// For quinn dialing. Verifies that the server certificate chains to a CA in
-    /// `ca.crt`. When the server name passed to `connect` is a node name, the
-    /// certificate must name exactly that node; when it is [`SEED_SERVER_NAME`], any node
-    /// the CA vouches for is accepted and [`peer_node_name`] says which one it was.
-    /// Presents this node's certificate as client certificate.
+    /// `ca.crt` and is not revoked. When the server name passed to `connect` is a node
+    /// name, the certificate must name exactly that node; when it is
+    /// [`SEED_SERVER_NAME`], any node the CA vouches for is accepted and
+    /// [`peer_node_name`] says which one it was. Presents this node's certificate as
+    /// client certificate.
     pub client: Arc<rustls::ClientConfig>,
     pki_dir: PathBuf,
+    /// The verifiers inside `server` and `client`, to check the peers of open
+    /// connections again after a reload ([`NodeTls::verify_peer`]).
+    server_verifier: Arc<NodeServerVerifier>,
+    client_verifier: Arc<NodeClientVerifier>,
+    own_cert: CertificateDer<'static>,
+    summary: Arc<PkiSummary>,
+    /// Rate-limits the verifiers' refusal lines; kept across reloads.
+    log: Arc<LogLimiter>,
 }
 
 impl NodeTls {
@@ -414,16 +589,208 @@ impl NodeTls {
             })?;
         Ok(quinn::ClientConfig::new(Arc::new(crypto)))
     }
+
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki_dir
+    }
+
+    /// What was loaded: this node's certificate, the trusted CAs, the revocation lists.
+    pub fn summary(&self) -> &PkiSummary {
+        &self.summary
+    }
+
+    /// Reads and checks the PKI directory again, exactly as at start, into new
+    /// configurations. `self` is untouched, so a bad file set changes nothing.
+    pub fn reload(&self) -> Result<NodeTls, TlsError> {
+        load(&self.pki_dir, &self.name, Arc::clone(&self.log))
+    }
+
+    /// Whether `other` presents the same certificate as this one.
+    pub fn same_certificate(&self, other: &NodeTls) -> bool {
+        self.own_cert == other.own_cert
+    }
+
+    /// Checks the certificate chain a peer presented on an open connection (pass
+    /// `connection.peer_identity()`) against this configuration's trust, now: it must
+    /// chain to a trusted CA, be current, not be revoked, and name node `name`.
+    /// `dialed_by_us` says which side's check the handshake made (server certificate
+    /// when we dialed, client certificate when we accepted), and so which is redone.
+    pub fn verify_peer(
+        &self,
+        peer_identity: Option<Box<dyn Any>>,
+        name: &NodeName,
+        dialed_by_us: bool,
+    ) -> Result<(), PeerRefusal> {
+        let chain = peer_identity
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or_else(|| PeerRefusal::new(Error::NoCertificatesPresented))?;
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(PeerRefusal::new(Error::NoCertificatesPresented));
+        };
+        let now = UnixTime::now();
+        let verified = if dialed_by_us {
+            let server_name = ServerName::try_from(name.as_str().to_owned())
+                .map_err(|_| Error::InvalidCertificate(CertificateError::NotValidForName));
+            server_name.and_then(|server_name| {
+                self.server_verifier
+                    .check(leaf, intermediates, &server_name, now)
+            })
+        } else {
+            self.client_verifier.check(leaf, intermediates, now)
+        };
+        verified.map_err(PeerRefusal::new)?;
+        match leaf_node_name(leaf) {
+            Ok(found) if found == *name => Ok(()),
+            Ok(_) => Err(PeerRefusal::new(Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ))),
+            Err(e) => Err(PeerRefusal::new(not_a_node(e))),
+        }
+    }
+}
+
+/// Why an open connection's peer no longer verifies ([`NodeTls::verify_peer`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} ({error})", describe_refusal(self.kind))]
+pub struct PeerRefusal {
+    kind: &'static str,
+    error: Error,
+}
+
+impl PeerRefusal {
+    fn new(error: Error) -> Self {
+        Self {
+            kind: refusal_kind(&error),
+            error,
+        }
+    }
+
+    /// Short, stable label for metrics (the same labels as handshake refusals).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+}
+
+/// Label of a certificate refusal, for metrics and logs. The handshake refusals the
+/// transport counts from TLS alerts use the same labels.
+pub fn refusal_kind(error: &Error) -> &'static str {
+    use CertificateError as E;
+    match error {
+        Error::InvalidCertificate(cert) => match cert {
+            E::Revoked => "revoked",
+            E::UnknownIssuer | E::BadSignature => "unknown_ca",
+            E::Expired | E::ExpiredContext { .. } => "expired",
+            E::NotValidYet | E::NotValidYetContext { .. } => "not_yet_valid",
+            E::NotValidForName | E::NotValidForNameContext { .. } => "wrong_name",
+            E::Other(_) => "not_a_node",
+            // Non-exhaustive: anything else (key usage, encoding) is "bad".
+            _ => "bad_certificate",
+        },
+        Error::NoCertificatesPresented => "no_certificate",
+        _ => "bad_certificate",
+    }
+}
+
+/// What a refusal label means, for people.
+fn describe_refusal(kind: &str) -> &'static str {
+    match kind {
+        "revoked" => "its certificate is revoked (listed in crl.pem)",
+        "unknown_ca" => "its certificate is not signed by any CA in ca.crt",
+        "expired" => "its certificate has expired",
+        "not_yet_valid" => "its certificate is not valid yet (check the clocks)",
+        "wrong_name" => "its certificate names another node",
+        "not_a_node" => "its certificate does not name exactly one valid node",
+        "no_certificate" => "it presented no certificate",
+        _ => "its certificate is unusable",
+    }
+}
+
+/// What a node loaded from its PKI directory (the answer of `POST /v1/tls/reload`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PkiSummary {
+    /// The PKI directory.
+    pub pki: String,
+    /// This node's certificate.
+    pub certificate: CertSummary,
+    /// The trusted CAs (`ca.crt`).
+    pub trusted: Vec<CertSummary>,
+    /// The revocation lists in use (`crl.pem`).
+    pub crls: Vec<CrlSummary>,
+    /// Issuers of revocation lists in `crl.pem` that no trusted CA has: they cannot
+    /// apply to any certificate the node accepts, so they are left out.
+    pub ignored_crls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertSummary {
+    pub subject: String,
+    pub issuer: String,
+    /// Serial number in hex.
+    pub serial: String,
+    /// SHA-256 of the DER certificate, in hex.
+    pub fingerprint: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// The same, as Unix time.
+    pub not_after_unix: i64,
+}
+
+impl CertSummary {
+    pub(crate) fn of(der: &CertificateDer<'_>) -> Result<Self, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+        Ok(Self {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            serial: hex(cert.raw_serial()),
+            fingerprint: sha256_hex(der),
+            not_after: rfc3339(cert.validity().not_after.timestamp()),
+            not_after_unix: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CrlSummary {
+    pub issuer: String,
+    /// The CRL number (each `vigil cert revoke` adds one).
+    pub number: Option<String>,
+    /// RFC 3339.
+    pub this_update: String,
+    pub next_update: Option<String>,
+    /// Serial numbers (hex) of the revoked certificates.
+    pub revoked: Vec<String>,
+}
+
+impl CrlSummary {
+    pub(crate) fn of(crl: &x509_parser::revocation_list::CertificateRevocationList<'_>) -> Self {
+        Self {
+            issuer: crl.issuer().to_string(),
+            number: crl.crl_number().map(ToString::to_string),
+            this_update: rfc3339(crl.last_update().timestamp()),
+            next_update: crl.next_update().map(|t| rfc3339(t.timestamp())),
+            revoked: crl
+                .iter_revoked_certificates()
+                .map(|r| hex(r.raw_serial()))
+                .collect(),
+        }
+    }
 }
 
 /// Loads node `name`'s TLS configurations from `pki_dir`: `ca.crt` (every certificate in
-/// it is trusted, which is how a CA rotation works), `NAME.crt` and `NAME.key`.
+/// it is trusted, which is how a CA rotation works), `crl.pem` if present, `NAME.crt`
+/// and `NAME.key`.
 ///
 /// Fails with a specific error when the certificate names another node, does not chain
-/// to a CA in `ca.crt`, is expired, does not match the key, or when the key file can be
-/// read by other users.
+/// to a CA in `ca.crt`, is expired or revoked, does not match the key, when the key
+/// file can be read by other users, or when a revocation list is not signed by the CA
+/// it names.
 pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsError> {
+    load(pki_dir, name, Arc::new(LogLimiter::default()))
+}
+
+fn load(pki_dir: &Path, name: &NodeName, log: Arc<LogLimiter>) -> Result<NodeTls, TlsError> {
     let ca_path = pki_dir.join(CA_CERT_FILE);
+    let crl_path = pki_dir.join(CRL_FILE);
     let cert_path = node_cert_path(pki_dir, name);
     let key_path = node_key_path(pki_dir, name);
     let node_missing = |path: &Path| TlsError::NodeFileMissing {
@@ -442,13 +809,17 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         node_missing(&cert_path)
     })?;
     let key = read_key(&key_path, || node_missing(&key_path))?;
+    let crls = read_crls(&crl_path, &ca_path, &ca_certs)?;
 
     let mut roots = RootCertStore::empty();
+    let mut trusted = Vec::new();
     for ca in ca_certs {
-        roots.add(ca).map_err(|e| TlsError::BadCertificate {
+        let bad_ca = |reason: String| TlsError::BadCertificate {
             path: ca_path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        trusted.push(CertSummary::of(&ca).map_err(bad_ca)?);
+        roots.add(ca).map_err(|e| bad_ca(e.to_string()))?;
     }
     let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -469,21 +840,42 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         });
     }
 
+    let verifier_error = |e: rustls::server::VerifierBuilderError| match e {
+        rustls::server::VerifierBuilderError::InvalidCrl(reason) => TlsError::BadCrl {
+            path: crl_path.clone(),
+            reason: format!("{reason:?}"),
+        },
+        other => TlsError::BadCertificate {
+            path: ca_path.clone(),
+            reason: other.to_string(),
+        },
+    };
+    // Revocation: only the node certificate is checked (the CA signs node certificates
+    // directly), and a certificate whose CA has no list in crl.pem is accepted (the
+    // file is optional, and may list only some CAs). A list past its next update still
+    // applies: it can only be missing newer revocations.
     let server_verifier = Arc::new(NodeServerVerifier {
-        roots: roots.clone(),
-        algorithms: provider.signature_verification_algorithms,
+        inner: WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(crls.ders.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(verifier_error)?,
+        log: Arc::clone(&log),
     });
     let client_verifier = Arc::new(NodeClientVerifier {
         inner: WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(crls.ders.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
             .build()
-            .map_err(|e| TlsError::BadCertificate {
-                path: ca_path.clone(),
-                reason: e.to_string(),
-            })?,
+            .map_err(verifier_error)?,
+        log: Arc::clone(&log),
     });
 
     // Checking both directions now turns a certificate peers would reject into a
-    // startup error instead of a node that runs but never manages to talk to anyone.
+    // startup (or reload) error instead of a node that runs but never manages to talk
+    // to anyone.
     let now = UnixTime::now();
     let as_server_name =
         ServerName::try_from(name.as_str().to_owned()).map_err(|e| TlsError::BadCertificate {
@@ -491,14 +883,9 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
             reason: e.to_string(),
         })?;
     server_verifier
-        .verify_server_cert(leaf, &chain[1..], &as_server_name, &[], now)
-        .map(|_| ())
-        .and_then(|()| {
-            client_verifier
-                .verify_client_cert(leaf, &chain[1..], now)
-                .map(|_| ())
-        })
-        .map_err(|reason| classify_rejection(reason, &cert_path, &ca_path, name))?;
+        .check(leaf, &chain[1..], &as_server_name, now)
+        .and_then(|()| client_verifier.check(leaf, &chain[1..], now))
+        .map_err(|reason| classify_rejection(reason, &cert_path, &ca_path, &crl_path, name))?;
 
     let config_error = |source: Error| TlsError::Config {
         dir: pki_dir.to_path_buf(),
@@ -517,10 +904,22 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         source => config_error(source),
     };
 
+    let summary = PkiSummary {
+        pki: pki_dir.display().to_string(),
+        certificate: CertSummary::of(leaf).map_err(|reason| TlsError::BadCertificate {
+            path: cert_path.clone(),
+            reason,
+        })?,
+        trusted,
+        crls: crls.summaries,
+        ignored_crls: crls.ignored,
+    };
+    let own_cert = leaf.clone();
+
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
-        .with_client_cert_verifier(client_verifier)
+        .with_client_cert_verifier(client_verifier.clone())
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(key_error)?;
     server.alpn_protocols = vec![ALPN.to_vec()];
@@ -531,7 +930,7 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
         .dangerous()
-        .with_custom_certificate_verifier(server_verifier)
+        .with_custom_certificate_verifier(server_verifier.clone())
         .with_client_auth_cert(chain, key)
         .map_err(key_error)?;
     client.alpn_protocols = vec![ALPN.to_vec()];
@@ -542,7 +941,107 @@ pub fn load_node_tls(pki_dir: &Path, name: &NodeName) -> Result<NodeTls, TlsErro
         server: Arc::new(server),
         client: Arc::new(client),
         pki_dir: pki_dir.to_path_buf(),
+        server_verifier,
+        client_verifier,
+        own_cert,
+        summary: Arc::new(summary),
+        log,
     })
+}
+
+/// The usable revocation lists of a PKI directory.
+#[derive(Default)]
+struct LoadedCrls {
+    ders: Vec<CertificateRevocationListDer<'static>>,
+    summaries: Vec<CrlSummary>,
+    ignored: Vec<String>,
+}
+
+/// Reads `crl.pem` (absent: no revocation) and checks each list against the trusted
+/// CAs: it must be signed by the trusted CA whose name it carries, one list per CA.
+/// webpki finds a certificate's list by issuer name and only then checks the list's
+/// signature, so a list it cannot attribute to exactly one CA would refuse every
+/// certificate of that CA; it is refused here instead, with the reason.
+fn read_crls(
+    path: &Path,
+    ca_path: &Path,
+    ca_certs: &[CertificateDer<'static>],
+) -> Result<LoadedCrls, TlsError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadedCrls::default()),
+        Err(source) => {
+            return Err(TlsError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let bad = |reason: String| TlsError::BadCrl {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let ders = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut cas = Vec::new();
+    for der in ca_certs {
+        let (_, ca) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::BadCertificate {
+                path: ca_path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        cas.push(ca);
+    }
+    let mut loaded = LoadedCrls::default();
+    let mut issuers: Vec<Vec<u8>> = Vec::new();
+    for der in ders {
+        let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| bad(e.to_string()))?;
+        let issuer = crl.issuer().to_string();
+        let mut keys: Vec<&[u8]> = cas
+            .iter()
+            .filter(|ca| ca.subject().as_raw() == crl.issuer().as_raw())
+            .map(|ca| ca.public_key().raw)
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let signer = match keys.as_slice() {
+            [] => {
+                loaded.ignored.push(issuer);
+                continue;
+            }
+            [_] => cas
+                .iter()
+                .find(|ca| ca.subject().as_raw() == crl.issuer().as_raw()),
+            _ => {
+                return Err(TlsError::AmbiguousCrl {
+                    path: path.to_path_buf(),
+                    ca: ca_path.to_path_buf(),
+                    issuer,
+                });
+            }
+        };
+        let signed = signer.is_some_and(|ca| crl.verify_signature(ca.public_key()).is_ok());
+        if !signed {
+            return Err(TlsError::CrlNotSigned {
+                path: path.to_path_buf(),
+                ca: ca_path.to_path_buf(),
+                issuer,
+            });
+        }
+        let raw_issuer = crl.issuer().as_raw().to_vec();
+        if issuers.contains(&raw_issuer) {
+            return Err(TlsError::DuplicateCrl {
+                path: path.to_path_buf(),
+                issuer,
+            });
+        }
+        issuers.push(raw_issuer);
+        loaded.summaries.push(CrlSummary::of(&crl));
+        loaded.ders.push(der);
+    }
+    Ok(loaded)
 }
 
 /// Why a peer's certificate does not prove a node name.
@@ -585,7 +1084,7 @@ pub fn peer_node_name(peer_identity: Option<Box<dyn Any>>) -> Result<NodeName, P
     leaf_node_name(leaf)
 }
 
-fn leaf_node_name(leaf: &CertificateDer<'_>) -> Result<NodeName, PeerNameError> {
+pub(crate) fn leaf_node_name(leaf: &CertificateDer<'_>) -> Result<NodeName, PeerNameError> {
     let names = dns_names(leaf).map_err(PeerNameError::Unparsable)?;
     match names.as_slice() {
         [] => Err(PeerNameError::NoDnsName),
@@ -624,7 +1123,13 @@ fn describe_names(names: &[String]) -> String {
         .join(", ")
 }
 
-fn classify_rejection(reason: Error, cert: &Path, ca: &Path, name: &NodeName) -> TlsError {
+fn classify_rejection(
+    reason: Error,
+    cert: &Path,
+    ca: &Path,
+    crl: &Path,
+    name: &NodeName,
+) -> TlsError {
     use CertificateError as E;
     let (path, name) = (cert.to_path_buf(), name.clone());
     match &reason {
@@ -639,18 +1144,76 @@ fn classify_rejection(reason: Error, cert: &Path, ca: &Path, name: &NodeName) ->
         Error::InvalidCertificate(
             E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. },
         ) => TlsError::CertificateNotCurrent { path, name, reason },
+        Error::InvalidCertificate(E::Revoked) => TlsError::CertificateRevoked {
+            path,
+            crl: crl.to_path_buf(),
+            name,
+        },
         // rustls' error enums are non-exhaustive; everything else (wrong key usage, a CA
         // certificate used as a node certificate, ...) gets the generic advice.
         _ => TlsError::CertificateRejected { path, name, reason },
     }
 }
 
-/// The dialer's check of the listener's certificate. Unlike rustls' stock webpki
-/// verifier, it lets [`SEED_SERVER_NAME`] stand for "whichever node the CA vouches for".
+/// Logs a certificate a verifier refused during a handshake, naming the node when
+/// the certificate names one, at most once per ten seconds per kind of refusal (the
+/// transport counts the refusal, from the TLS alert, in `vigil_tls_rejected_total`).
+fn log_refusal(log: &LogLimiter, end_entity: &CertificateDer<'_>, error: &Error, when: &str) {
+    let kind = refusal_kind(error);
+    let key = match kind {
+        "revoked" => "tls_refused_revoked",
+        "unknown_ca" => "tls_refused_unknown_ca",
+        "expired" | "not_yet_valid" => "tls_refused_not_current",
+        _ => "tls_refused_other",
+    };
+    let who =
+        leaf_node_name(end_entity).map_or_else(|_| "a peer".to_owned(), |n| format!("node {n}"));
+    let serial = x509_parser::parse_x509_certificate(end_entity)
+        .map_or_else(|_| "unparsable".to_owned(), |(_, c)| hex(c.raw_serial()));
+    log.warn(
+        key,
+        format_args!(
+            "refused {who} {when}: {} (serial {serial}, reason={kind}: {error})",
+            describe_refusal(kind)
+        ),
+    );
+}
+
+/// The dialer's check of the listener's certificate: webpki's (chain, serverAuth EKU,
+/// validity, revocation, name), except that [`SEED_SERVER_NAME`] stands for "whichever
+/// node the CA vouches for".
 #[derive(Debug)]
 struct NodeServerVerifier {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
+    inner: Arc<WebPkiServerVerifier>,
+    log: Arc<LogLimiter>,
+}
+
+impl NodeServerVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), Error> {
+        let dialing_seed =
+            matches!(server_name, ServerName::DnsName(dns) if dns.as_ref() == SEED_SERVER_NAME);
+        if dialing_seed {
+            // Checked against the name it carries, so everything but the name is checked.
+            let node = leaf_node_name(end_entity).map_err(not_a_node)?;
+            let own = ServerName::try_from(node.as_str().to_owned())
+                .map_err(|_| Error::InvalidCertificate(CertificateError::NotValidForName))?;
+            self.inner
+                .verify_server_cert(end_entity, intermediates, &own, &[], now)
+                .map_err(same_name_issuer_is_unknown)?;
+        } else {
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, &[], now)
+                .map_err(same_name_issuer_is_unknown)?;
+            leaf_node_name(end_entity).map_err(not_a_node)?;
+        }
+        Ok(())
+    }
 }
 
 impl ServerCertVerifier for NodeServerVerifier {
@@ -662,81 +1225,9 @@ impl ServerCertVerifier for NodeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        // Checks the serverAuth EKU as well as the chain and validity period.
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )
-        .map_err(same_name_issuer_is_unknown)?;
-        leaf_node_name(end_entity).map_err(not_a_node)?;
-        let dialing_seed =
-            matches!(server_name, ServerName::DnsName(dns) if dns.as_ref() == SEED_SERVER_NAME);
-        if !dialing_seed {
-            verify_server_name(&cert, server_name)?;
-        }
+        self.check(end_entity, intermediates, server_name, now)
+            .inspect_err(|e| log_refusal(&self.log, end_entity, e, "(we dialed it)"))?;
         Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The listener's check of the dialer's certificate: webpki's (chain, clientAuth EKU,
-/// validity), plus "it names exactly one valid node", so a certificate the CA issued
-/// for something else never gets a connection to reach the membership layer.
-#[derive(Debug)]
-struct NodeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-}
-
-impl ClientCertVerifier for NodeClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[TlsDistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)
-            .map_err(same_name_issuer_is_unknown)?;
-        leaf_node_name(end_entity).map_err(not_a_node)?;
-        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -762,8 +1253,81 @@ impl ClientCertVerifier for NodeClientVerifier {
     }
 }
 
-/// Every vigil CA has the same subject name, so webpki finds a candidate issuer for a
-/// certificate from another cluster's CA and reports the signature as bad. Reporting it
+/// The listener's check of the dialer's certificate: webpki's (chain, clientAuth EKU,
+/// validity, revocation), plus "it names exactly one valid node", so a certificate
+/// the CA issued for something else never gets a connection to reach the membership
+/// layer.
+#[derive(Debug)]
+struct NodeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    log: Arc<LogLimiter>,
+}
+
+impl NodeClientVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(same_name_issuer_is_unknown)?;
+        leaf_node_name(end_entity).map_err(not_a_node)?;
+        Ok(())
+    }
+}
+
+impl ClientCertVerifier for NodeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[TlsDistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.check(end_entity, intermediates, now)
+            .inspect_err(|e| log_refusal(&self.log, end_entity, e, "(it dialed us)"))?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// CAs made by older versions of vigil all have the same subject name, so webpki finds
+/// a candidate issuer for a certificate from another cluster's CA and reports the
+/// signature as bad. Reporting it
 /// as an unknown issuer (alert `unknown_ca`) tells the operator what actually happened:
 /// the peer belongs to another CA.
 fn same_name_issuer_is_unknown(error: Error) -> Error {
@@ -811,21 +1375,69 @@ fn set_validity(params: &mut CertificateParams, days: u64, path: &Path) -> Resul
 /// need no state shared between the machines that issue certificates.
 fn random_serial(path: &Path) -> Result<SerialNumber, TlsError> {
     let mut bytes = [0u8; 16];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| TlsError::Generate {
-            path: path.to_path_buf(),
-            reason: "the system random number generator failed".to_owned(),
-        })?;
+    fill_random(&mut bytes, path)?;
     // The top bit clear keeps the DER INTEGER positive.
     bytes[0] &= 0x7f;
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+fn fill_random(bytes: &mut [u8], path: &Path) -> Result<(), TlsError> {
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(bytes)
+        .map_err(|_| TlsError::Generate {
+            path: path.to_path_buf(),
+            reason: "the system random number generator failed".to_owned(),
+        })
+}
+
+/// Lower-case hex, no separators (how serials and fingerprints are printed).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// SHA-256 of `data` in hex: a certificate's fingerprint, as `openssl x509
+/// -fingerprint -sha256` prints it (without the colons). Uses the hash of rustls'
+/// crypto provider rather than another crate for one function.
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+        rustls::SupportedCipherSuite::Tls13(suite) => {
+            hex(suite.common.hash_provider.hash(data).as_ref())
+        }
+        rustls::SupportedCipherSuite::Tls12(_) => String::new(),
+    }
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(i64::try_from(secs).unwrap_or(0))
+        .get(..10)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A Unix time as RFC 3339 (UTC), or the number when it is out of range.
+pub(crate) fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// The certificate in `ca.crt` that `ca.key` signs for. `ca.crt` can list several CAs
 /// during a rotation; only the one with the key can issue.
-fn matching_ca_cert<'a>(
+pub(crate) fn matching_ca_cert<'a>(
     ca_certs: &'a [CertificateDer<'static>],
     ca_key: &KeyPair,
     cert_path: &Path,
@@ -892,7 +1504,7 @@ fn create_dir(dir: &Path) -> Result<(), TlsError> {
 
 /// Writes `contents` to `path` so that readers see either the old file or the complete
 /// new one, never a torn write, and a crash right after returning cannot lose it.
-fn write_atomically(
+pub(crate) fn write_atomically(
     path: &Path,
     contents: &[u8],
     mode: u32,
@@ -972,7 +1584,7 @@ fn read_all(mut file: File, path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
-fn read_certs(
+pub(crate) fn read_certs(
     path: &Path,
     expected: &'static str,
     missing: impl FnOnce() -> TlsError,
@@ -994,7 +1606,7 @@ fn read_certs(
     Ok(certs)
 }
 
-fn read_key(
+pub(crate) fn read_key(
     path: &Path,
     missing: impl FnOnce() -> TlsError,
 ) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -1362,20 +1974,13 @@ mod tests {
 
     #[test]
     fn server_verifier_takes_the_name_from_the_certificate_only_for_seeds() {
-        let dir = pki(&["n1"]);
-        let tls_roots = {
-            let mut roots = RootCertStore::empty();
-            roots.add(leaf(&dir.path().join("ca.crt"))).unwrap();
-            Arc::new(roots)
-        };
-        let verifier = NodeServerVerifier {
-            roots: tls_roots,
-            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        };
+        let dir = pki(&["n1", "n2"]);
+        let tls = load_node_tls(dir.path(), &name("n2")).unwrap();
         let cert = leaf(&dir.path().join("n1.crt"));
         let verify = |server_name: &str| {
             let server_name = ServerName::try_from(server_name.to_owned()).unwrap();
-            verifier.verify_server_cert(&cert, &[], &server_name, &[], UnixTime::now())
+            tls.server_verifier
+                .check(&cert, &[], &server_name, UnixTime::now())
         };
         verify("n1").unwrap();
         verify(SEED_SERVER_NAME).unwrap();
@@ -1385,5 +1990,198 @@ mod tests {
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
             ))
         ));
+    }
+
+    fn chain_of(path: &Path) -> Option<Box<dyn Any>> {
+        identity(vec![leaf(path)])
+    }
+
+    #[test]
+    fn every_ca_gets_a_name_of_its_own() {
+        let a = pki(&[]);
+        let b = pki(&[]);
+        let subject = |dir: &Path| {
+            let der = leaf(&dir.join(CA_CERT_FILE));
+            let (_, ca) = x509_parser::parse_x509_certificate(&der).unwrap();
+            ca.subject().to_string()
+        };
+        assert_ne!(subject(a.path()), subject(b.path()));
+        assert!(
+            subject(a.path()).contains("created "),
+            "{}",
+            subject(a.path())
+        );
+    }
+
+    #[test]
+    fn issue_records_each_certificate_in_the_ca_directory() {
+        let dir = pki(&["n1", "n2"]);
+        issue_node_cert(dir.path(), &name("n1"), dir.path(), 30, true).unwrap();
+        let issued = read_issued(dir.path()).unwrap();
+        let names: Vec<&str> = issued.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n1"]);
+        let ca = sha256_hex(&leaf(&dir.path().join(CA_CERT_FILE)));
+        assert!(issued.iter().all(|e| e.ca == ca));
+        // The last line is the certificate now in n1.crt.
+        let summary = CertSummary::of(&leaf(&dir.path().join("n1.crt"))).unwrap();
+        assert_eq!(issued[2].serial, summary.serial);
+        assert_ne!(issued[0].serial, issued[2].serial);
+    }
+
+    #[test]
+    fn verify_peer_follows_the_trust_of_the_configuration() {
+        let dir = pki(&["n1", "n2"]);
+        let tls = load_node_tls(dir.path(), &name("n1")).unwrap();
+        let n2 = dir.path().join("n2.crt");
+        tls.verify_peer(chain_of(&n2), &name("n2"), true).unwrap();
+        tls.verify_peer(chain_of(&n2), &name("n2"), false).unwrap();
+        // Installed under another name, or with no certificate at all.
+        let err = tls
+            .verify_peer(chain_of(&n2), &name("n3"), false)
+            .unwrap_err();
+        assert_eq!(err.kind(), "wrong_name");
+        let err = tls
+            .verify_peer(chain_of(&n2), &name("n3"), true)
+            .unwrap_err();
+        assert_eq!(err.kind(), "wrong_name");
+        assert_eq!(
+            tls.verify_peer(None, &name("n2"), true).unwrap_err().kind(),
+            "no_certificate"
+        );
+
+        // A node of another CA.
+        let other = pki(&["n2"]);
+        let err = tls
+            .verify_peer(chain_of(&other.path().join("n2.crt")), &name("n2"), false)
+            .unwrap_err();
+        assert_eq!(err.kind(), "unknown_ca");
+        assert!(err.to_string().contains("not signed by any CA"), "{err}");
+    }
+
+    #[test]
+    fn a_revoked_certificate_is_refused_by_peers_and_at_its_own_load() {
+        let dir = pki(&["n1", "n2"]);
+        let before = load_node_tls(dir.path(), &name("n1")).unwrap();
+        crate::pki::revoke(dir.path(), &crate::pki::RevokeTarget::Name(name("n2")), 30).unwrap();
+
+        // The configuration loaded before the revocation still accepts n2; a reload
+        // reads crl.pem and refuses it, both ways.
+        let n2 = dir.path().join("n2.crt");
+        before
+            .verify_peer(chain_of(&n2), &name("n2"), true)
+            .unwrap();
+        let after = before.reload().unwrap();
+        assert_eq!(after.summary().crls.len(), 1);
+        assert_eq!(after.summary().crls[0].revoked.len(), 1);
+        for dialed_by_us in [true, false] {
+            let err = after
+                .verify_peer(chain_of(&n2), &name("n2"), dialed_by_us)
+                .unwrap_err();
+            assert_eq!(err.kind(), "revoked", "{err}");
+        }
+        after
+            .verify_peer(chain_of(&dir.path().join("n1.crt")), &name("n1"), false)
+            .unwrap();
+
+        let err = load_node_tls(dir.path(), &name("n2")).unwrap_err();
+        assert!(
+            matches!(err, TlsError::CertificateRevoked { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("crl.pem"), "{err}");
+        // A new certificate for the same name is not revoked.
+        issue_node_cert(dir.path(), &name("n2"), dir.path(), 30, true).unwrap();
+        load_node_tls(dir.path(), &name("n2")).unwrap();
+    }
+
+    /// A CA with the same name as the one in `dir` but another key (what two CAs of
+    /// older vigil versions look like), as PEM.
+    fn same_name_ca(dir: &Path) -> (String, Issuer<'static, KeyPair>) {
+        let der = leaf(&dir.join(CA_CERT_FILE));
+        let (_, ca) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for cn in ca.subject().iter_common_name() {
+            dn.push(DnType::CommonName, cn.as_str().unwrap());
+        }
+        for ou in ca.subject().iter_organizational_unit() {
+            dn.push(DnType::OrganizationalUnitName, ou.as_str().unwrap());
+        }
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            x509_parser::parse_x509_certificate(cert.der())
+                .unwrap()
+                .1
+                .subject()
+                .as_raw(),
+            ca.subject().as_raw()
+        );
+        let issuer = Issuer::from_ca_cert_der(cert.der(), key).unwrap();
+        (cert.pem(), issuer)
+    }
+
+    fn crl_pem(issuer: &Issuer<'_, KeyPair>) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + Duration::from_secs(3600),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    #[test]
+    fn revocation_lists_that_no_trusted_ca_signed_are_refused_or_ignored() {
+        let dir = pki(&["n1"]);
+        // Signed by a key that is not the CA's, under the CA's name: a forgery.
+        let (_, impostor) = same_name_ca(dir.path());
+        fs::write(dir.path().join(CRL_FILE), crl_pem(&impostor)).unwrap();
+        let err = load_node_tls(dir.path(), &name("n1")).unwrap_err();
+        assert!(matches!(err, TlsError::CrlNotSigned { .. }), "{err:?}");
+
+        // From a CA this node does not trust: cannot apply, left out and reported.
+        let other = pki(&[]);
+        crate::pki::revoke(
+            other.path(),
+            &crate::pki::RevokeTarget::Serial("01".into()),
+            30,
+        )
+        .unwrap();
+        fs::copy(other.path().join(CRL_FILE), dir.path().join(CRL_FILE)).unwrap();
+        let tls = load_node_tls(dir.path(), &name("n1")).unwrap();
+        assert!(tls.summary().crls.is_empty());
+        assert_eq!(tls.summary().ignored_crls.len(), 1);
+
+        fs::write(
+            dir.path().join(CRL_FILE),
+            "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let err = load_node_tls(dir.path(), &name("n1")).unwrap_err();
+        assert!(matches!(err, TlsError::BadCrl { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_revocation_list_for_two_same_name_cas_is_refused() {
+        let dir = pki(&["n1"]);
+        let (twin, twin_issuer) = same_name_ca(dir.path());
+        let mut bundle = fs::read_to_string(dir.path().join(CA_CERT_FILE)).unwrap();
+        bundle.push_str(&twin);
+        fs::write(dir.path().join(CA_CERT_FILE), bundle).unwrap();
+        // Without revocation lists, two same-name CAs are fine.
+        load_node_tls(dir.path(), &name("n1")).unwrap();
+        fs::write(dir.path().join(CRL_FILE), crl_pem(&twin_issuer)).unwrap();
+        let err = load_node_tls(dir.path(), &name("n1")).unwrap_err();
+        assert!(matches!(err, TlsError::AmbiguousCrl { .. }), "{err:?}");
     }
 }

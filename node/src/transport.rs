@@ -14,6 +14,13 @@
 //! once); sends use the newest, and an unused one idles out. Nothing is closed as a
 //! "duplicate", so two nodes that dial each other at the same moment never tear down
 //! both connections.
+//!
+//! TLS reload ([`Transport::set_tls`]): new handshakes use the new configurations at
+//! once (listener and dialer), and every open connection's peer certificate is checked
+//! again against the new trust: those that no longer verify are closed
+//! (`close_code::UNTRUSTED`), the others stay. Each connection carries the trust
+//! generation it was verified under, so one whose handshake raced with a reload is
+//! checked when it is installed.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -27,7 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Connection, ConnectionError, SendDatagramError, UdpPoller, VarInt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use vigil_protocol::wire;
 use vigil_protocol::{NodeId, NodeName};
 
@@ -35,12 +42,18 @@ use crate::admission::{Admission, GateLimits, HandshakeGate};
 use crate::metrics::{DirectionLabel, Metrics};
 use crate::tls::{self, NodeTls};
 
+mod reload;
+pub use reload::{ClosedConnection, Reverified};
+
 /// QUIC application close codes.
 pub mod close_code {
     pub const SHUTDOWN: u32 = 0;
     pub const EVICTED: u32 = 1;
     pub const REFUSED: u32 = 2;
     pub const SUPERSEDED: u32 = 3;
+    /// After a TLS reload, the peer's certificate no longer verifies (revoked, or its
+    /// CA no longer trusted); the reason says which.
+    pub const UNTRUSTED: u32 = 4;
 }
 
 /// Datagrams queued per peer while its handshake runs. Beyond this the oldest is
@@ -205,6 +218,8 @@ pub enum Inbound {
         dialed_by_us: bool,
         seed: Option<SocketAddr>,
         handshake: Duration,
+        /// The trust generation the handshake verified the peer under.
+        trust: u64,
     },
     DialFailed {
         name: NodeName,
@@ -279,6 +294,12 @@ struct Entry {
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    /// The TLS configurations in use; `trust` counts the reloads.
+    tls: NodeTls,
+    trust: u64,
+    /// What the accept loop hands new incoming connections.
+    server_tls: watch::Sender<ServerTls>,
+    quic: Arc<quinn::TransportConfig>,
     local_name: NodeName,
     peers: HashMap<NodeName, Entry>,
     config: TransportConfig,
@@ -290,6 +311,16 @@ pub struct Transport {
     /// Peers this transport started dialling since the owner last asked
     /// ([`Transport::take_dials_started`]).
     dials_started: Vec<NodeName>,
+}
+
+/// The listener's configuration and the trust generation it belongs to. Incoming
+/// connections are accepted with it explicitly: quinn would otherwise use the
+/// configuration of the moment the first packet arrived, possibly one from before a
+/// reload.
+#[derive(Clone)]
+struct ServerTls {
+    generation: u64,
+    config: Arc<quinn::ServerConfig>,
 }
 
 /// Capacity of the channel from the transport's tasks to the owner task.
@@ -304,11 +335,11 @@ impl Transport {
         limits: StreamLimits,
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
         let transport_config = Arc::new(quic_transport_config(&config)?);
-        let mut server_config = tls.quinn_server_config()?;
-        server_config.transport_config(Arc::clone(&transport_config));
-        limit_incoming(&mut server_config);
-        let mut client_config = tls.quinn_client_config()?;
-        client_config.transport_config(transport_config);
+        let (server_config, client_config) = quinn_configs(tls, &transport_config)?;
+        let (server_tls, accept_tls) = watch::channel(ServerTls {
+            generation: 0,
+            config: Arc::new(server_config.clone()),
+        });
 
         let socket =
             std::net::UdpSocket::bind(config.bind).map_err(|source| TransportError::Bind {
@@ -345,6 +376,7 @@ impl Transport {
         let log_limit = Arc::new(LogLimiter::default());
         tokio::spawn(accept_loop(
             endpoint.clone(),
+            accept_tls,
             inbound_tx.clone(),
             Arc::clone(&metrics),
             Arc::clone(&log_limit),
@@ -355,6 +387,10 @@ impl Transport {
             Transport {
                 endpoint,
                 client_config,
+                tls: tls.clone(),
+                trust: 0,
+                server_tls,
+                quic: transport_config,
                 local_name,
                 peers: HashMap::new(),
                 config,
@@ -459,7 +495,7 @@ impl Transport {
             None,
             self.inbound_tx.clone(),
             Arc::clone(&self.metrics),
-            self.config.dial_timeout,
+            (self.config.dial_timeout, self.trust),
             self.limits.clone(),
         ));
     }
@@ -477,7 +513,7 @@ impl Transport {
                     Some(addr),
                     self.inbound_tx.clone(),
                     Arc::clone(&self.metrics),
-                    self.config.dial_timeout,
+                    (self.config.dial_timeout, self.trust),
                     self.limits.clone(),
                 ));
             }
@@ -501,6 +537,7 @@ impl Transport {
                 dialed_by_us,
                 seed,
                 handshake,
+                trust,
             } => {
                 let direction = if dialed_by_us { "outbound" } else { "inbound" };
                 tracing::debug!(
@@ -524,6 +561,25 @@ impl Transport {
                     // A seed list that includes ourselves.
                     conn.close(VarInt::from_u32(close_code::REFUSED), b"self");
                     return None;
+                }
+                if trust != self.trust
+                    && let Err(refusal) =
+                        self.tls
+                            .verify_peer(conn.peer_identity(), &name, dialed_by_us)
+                {
+                    // Verified under the trust before a reload that came during the
+                    // handshake.
+                    self.metrics.count_tls_rejected(refusal.kind());
+                    self.log_limit.warn(
+                        "reverify_new",
+                        format_args!("refused the connection with {name}: {refusal}"),
+                    );
+                    conn.close(
+                        VarInt::from_u32(close_code::UNTRUSTED),
+                        refusal.kind().as_bytes(),
+                    );
+                    let error = refusal.to_string();
+                    return seed.map(|addr| SeedOutcome::Failed { addr, error });
                 }
                 self.install(name.clone(), conn, dialed_by_us);
                 seed.map(|addr| SeedOutcome::Reached { addr, name })
@@ -700,6 +756,20 @@ const MAX_INCOMING: usize = 1024;
 /// Bytes buffered per waiting attempt (its Initial and early packets).
 const INCOMING_BUFFER: u64 = 16 * 1024;
 
+/// The listener's and the dialer's quinn configurations. Every setting of either
+/// belongs here: a TLS reload rebuilds both from this ([`Transport::set_tls`]).
+fn quinn_configs(
+    tls: &NodeTls,
+    quic: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    let mut server = tls.quinn_server_config()?;
+    server.transport_config(Arc::clone(quic));
+    limit_incoming(&mut server);
+    let mut client = tls.quinn_client_config()?;
+    client.transport_config(Arc::clone(quic));
+    Ok((server, client))
+}
+
 /// Endpoint settings: 4-byte connection IDs instead of quinn's 8 save 4 bytes on
 /// every packet (a SWIM datagram carries about 60 bytes); a node holds at most a few
 /// hundred connections, so 32 random bits keep them apart.
@@ -855,13 +925,15 @@ fn send_on(
     Ok(())
 }
 
+/// `(timeout, trust)`: give up after `timeout`; `connecting` uses the client
+/// configuration of trust generation `trust`.
 async fn dial(
     connecting: quinn::Connecting,
     expected: Option<NodeName>,
     seed: Option<SocketAddr>,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
-    timeout: Duration,
+    (timeout, trust): (Duration, u64),
     limits: StreamLimits,
 ) {
     let started = Instant::now();
@@ -897,9 +969,18 @@ async fn dial(
                 dialed_by_us: true,
                 seed,
                 handshake: started.elapsed(),
+                trust,
             };
             if inbound.send(report).await.is_ok() {
-                read_connection(name, conn, inbound, metrics, limits).await;
+                read_connection(
+                    name.clone(),
+                    conn.clone(),
+                    inbound.clone(),
+                    Arc::clone(&metrics),
+                    limits,
+                )
+                .await;
+                refused_after_handshake(&conn, name, seed, &inbound, &metrics).await;
             }
         }
         Err(error) => {
@@ -913,18 +994,61 @@ async fn dial(
     }
 }
 
+/// The listener checks the dialer's certificate once the dialer's side of the
+/// handshake is complete, so its refusal (another CA, revoked) reaches the dialer as
+/// the close of a connection that looked established. Reported like a failed dial:
+/// counted, logged, and for a seed a `join_failed` event with the reason.
+async fn refused_after_handshake(
+    conn: &Connection,
+    name: NodeName,
+    seed: Option<SocketAddr>,
+    inbound: &mpsc::Sender<Inbound>,
+    metrics: &Metrics,
+) {
+    let Some(ConnectionError::ConnectionClosed(close)) = conn.close_reason() else {
+        return;
+    };
+    if !(0x100..=0x1ff).contains(&u64::from(close.error_code)) {
+        return;
+    }
+    let reason =
+        handshake_failure_reason(&ConnectionError::ConnectionClosed(close.clone()), "client");
+    metrics.count_tls_rejected(&reason);
+    let error = format!("{name} refused this node's certificate ({reason}): {close}");
+    let report = match seed {
+        Some(addr) => Inbound::SeedFailed { addr, error },
+        None => Inbound::DialFailed { name, error },
+    };
+    let _ = inbound.send(report).await;
+}
+
+/// TLS alert numbers (RFC 8446, section 6).
+const ALERT_CERTIFICATE_REVOKED: u64 = 44;
+const ALERT_CERTIFICATE_EXPIRED: u64 = 45;
+const ALERT_UNKNOWN_CA: u64 = 48;
+
 /// Metric label for a failed handshake. A TLS alert means the certificate was
 /// refused (by us or by the peer); `side` says whose certificate was checked here.
 fn handshake_failure_reason(e: &ConnectionError, side: &str) -> String {
     match e {
-        // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff.
+        // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff; the labels
+        // are those of `tls::refusal_kind` where the alert tells.
         ConnectionError::TransportError(t) if (0x100..=0x1ff).contains(&u64::from(t.code)) => {
-            format!("bad_{side}_certificate")
+            match u64::from(t.code) - 0x100 {
+                ALERT_CERTIFICATE_REVOKED => "revoked".into(),
+                ALERT_CERTIFICATE_EXPIRED => "expired".into(),
+                ALERT_UNKNOWN_CA => "unknown_ca".into(),
+                _ => format!("bad_{side}_certificate"),
+            }
         }
         ConnectionError::ConnectionClosed(c)
             if (0x100..=0x1ff).contains(&u64::from(c.error_code)) =>
         {
-            "certificate_refused_by_peer".into()
+            if u64::from(c.error_code) - 0x100 == ALERT_CERTIFICATE_REVOKED {
+                "revoked_by_peer".into()
+            } else {
+                "certificate_refused_by_peer".into()
+            }
         }
         ConnectionError::TimedOut => "handshake_timeout".into(),
         ConnectionError::ConnectionClosed(_) | ConnectionError::ApplicationClosed(_) => {
@@ -940,6 +1064,7 @@ fn handshake_failure_reason(e: &ConnectionError, side: &str) -> String {
 
 async fn accept_loop(
     endpoint: quinn::Endpoint,
+    server_tls: watch::Receiver<ServerTls>,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     log_limit: Arc<LogLimiter>,
@@ -986,8 +1111,10 @@ async fn accept_loop(
         let metrics = Arc::clone(&metrics);
         let log_limit = Arc::clone(&log_limit);
         let limits = limits.clone();
+        let server = server_tls.borrow().clone();
         tokio::spawn(async move {
-            let conn = match tokio::time::timeout(timeout, incoming).await {
+            let handshake = async move { incoming.accept_with(server.config)?.await };
+            let conn = match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
                     ticket.failed(Instant::now());
@@ -1030,6 +1157,7 @@ async fn accept_loop(
                 dialed_by_us: false,
                 seed: None,
                 handshake: Duration::ZERO,
+                trust: server.generation,
             };
             if inbound.send(report).await.is_ok() {
                 read_connection(name, conn, inbound, metrics, limits).await;
@@ -1075,6 +1203,15 @@ async fn read_connection(
                 });
             }
         }
+    }
+    if let Some(ConnectionError::ApplicationClosed(close)) = conn.close_reason()
+        && close.error_code == VarInt::from_u32(close_code::UNTRUSTED)
+    {
+        tracing::warn!(
+            peer = %name,
+            "{name} closed its connection with this node after reloading its certificates: {}",
+            String::from_utf8_lossy(&close.reason)
+        );
     }
     let _ = inbound
         .send(Inbound::Closed {
@@ -1161,7 +1298,7 @@ async fn read_frame(
 
 /// Logs at most one warning per key every ten seconds, so a flood of bad input
 /// cannot flood the log.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct LogLimiter {
     last: Mutex<HashMap<&'static str, Instant>>,
 }

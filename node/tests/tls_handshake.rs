@@ -431,6 +431,64 @@ async fn resumed_and_zero_rtt_connections_keep_both_identities() {
 }
 
 #[tokio::test]
+async fn after_a_reload_a_revoked_node_is_refused_both_ways_even_with_a_session_to_resume() {
+    let dir = pki(&["n1", "n2"]);
+    let mut n1 = Node::start(dir.path(), "n1");
+    let n2 = Node::start(dir.path(), "n2");
+    // n2 holds a session ticket of n1 from before the revocation.
+    let (client, tickets) = counting_client(&n2.tls);
+    let connecting = n2
+        .endpoint
+        .connect_with(client.clone(), n1.addr(), "n1")
+        .unwrap();
+    let accepting = async { n1.endpoint.accept().await.unwrap().await };
+    let (first, _first_listener) = tokio::join!(connecting, accepting);
+    let _first = first.unwrap();
+    tickets.wait_for_tickets(1).await;
+
+    vigil::pki::revoke(dir.path(), &vigil::pki::RevokeTarget::Name(name("n2")), 30).unwrap();
+    // What Transport::set_tls does with a reloaded configuration.
+    let reloaded = n1.tls.reload().unwrap();
+    n1.endpoint
+        .set_server_config(Some(reloaded.quinn_server_config().unwrap()));
+    n1.endpoint
+        .set_default_client_config(reloaded.quinn_client_config().unwrap());
+
+    // n2 dials with its ticket: the new configuration does not know the session, so
+    // the handshake is a full one and the listener refuses the revoked certificate.
+    let connecting = n2
+        .endpoint
+        .connect_with(client.clone(), n1.addr(), "n1")
+        .unwrap();
+    let accepting = async { n1.endpoint.accept().await.unwrap().await };
+    let (dialer, listener) = tokio::join!(connecting, accepting);
+    let listener_error = listener.unwrap_err();
+    assert_eq!(
+        crypto_alert(&listener_error),
+        Some(AlertDescription::CertificateRevoked),
+        "{listener_error:?}"
+    );
+    let dialer_error = refusal_seen_by_dialer(dialer).await;
+    assert_eq!(
+        crypto_alert(&dialer_error),
+        Some(AlertDescription::CertificateRevoked),
+        "{dialer_error:?}"
+    );
+
+    // n1 dials n2, by name and as a seed: its check of n2's certificate refuses it.
+    for server_name in ["n2", SEED_SERVER_NAME] {
+        let (dialer, listener) = dial(&n1, &n2, server_name).await;
+        let dialer_error = dialer.unwrap_err();
+        assert_eq!(
+            crypto_alert(&dialer_error),
+            Some(AlertDescription::CertificateRevoked),
+            "{server_name}: {dialer_error:?}"
+        );
+        assert!(listener.is_err());
+    }
+}
+
+#[tokio::test]
 async fn key_file_loosened_after_start_does_not_affect_running_node() {
     // The mode check is a load-time check: a running node keeps working.
     let dir = pki(&["n1", "n2"]);

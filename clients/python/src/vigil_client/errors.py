@@ -257,6 +257,12 @@ class BodyTooLarge(PayloadTooLarge):
     """413: a ``PUT /v1/config`` body over 16 KiB."""
 
 
+class TlsReloadFailed(ApiError):
+    """422 ``tls_reload_failed``: the node's PKI directory did not pass the checks
+    of a reload (the message names the file and the fix); the node keeps its
+    certificates. An operator must fix the files."""
+
+
 class NotSaved(ApiError):
     """500: ``runtime.toml`` could not be written; nothing changed."""
 
@@ -331,6 +337,7 @@ CODES: Dict[str, Type[ApiError]] = {
     "too_many_client_connections": TooManyClientConnections,
     "too_many_streams": TooManyStreams,
     "too_many_connections": TooManyConnections,
+    "tls_reload_failed": TlsReloadFailed,
 }
 
 _BY_STATUS: Dict[int, Type[ApiError]] = {
