@@ -201,6 +201,11 @@ pub struct AgentArgs {
     /// An agent that has not heartbeated for this long has failed, e.g. 2s [default: 2s].
     #[arg(long, env = "VIGIL_HEARTBEAT_TIMEOUT", value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
+    /// Test fixture, not for production: also speak the next wire version (2), so
+    /// that this build can stand in for "the next release" in mixed-version tests
+    /// (tests/tests/upgrade.rs). Hidden from --help; flag only.
+    #[arg(long, hide = true)]
+    pub test_next_wire_version: bool,
 }
 
 /// Where to find the local node.

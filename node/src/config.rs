@@ -3,13 +3,14 @@
 //! what to do about it.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Deserialize;
+use vigil_protocol::wire::WireVersions;
 use vigil_protocol::{AckMode, NodeName, Profile, ReplicationConfig, Zone};
 
 use crate::cli::{AgentArgs, SocketArgs};
@@ -52,6 +53,8 @@ pub struct AgentConfig {
     pub metrics_bind: Option<SocketAddr>,
     pub replication: Replication,
     pub recovery: Recovery,
+    /// The wire versions this node speaks (`--test-next-wire-version` adds the next).
+    pub wire_versions: WireVersions,
 }
 
 /// Recovery and local agent settings.
@@ -373,6 +376,7 @@ impl AgentConfig {
         matches: &ArgMatches,
     ) -> Result<AgentConfig, Vec<ConfigError>> {
         let mut errs = Errors::default();
+        let test_next_wire_version = args.test_next_wire_version;
         let mut file = match &args.config {
             Some(path) => read_file(path).map_err(|e| vec![e])?,
             None => FileConfig::default(),
@@ -628,6 +632,11 @@ impl AgentConfig {
             metrics_bind,
             replication,
             recovery,
+            wire_versions: if test_next_wire_version {
+                WireVersions::WITH_NEXT
+            } else {
+                WireVersions::DEFAULT
+            },
         })
     }
 }
@@ -859,13 +868,14 @@ fn resolve_recovery(
     r
 }
 
+/// Why zone-scoped IPv6 addresses are refused, and what to use instead.
+const SCOPED_V6_PROBLEM: &str = "zone-scoped IPv6 addresses (fe80::...%eth0) are not supported: the scope names an interface of one host, and peers on other hosts cannot dial it";
+const SCOPED_V6_FIX: &str = "use a global or unique-local IPv6 address, e.g. [fd00::5]:7946, or IPv4; to listen on every interface, bind [::]:7946 and advertise such an address";
+
 fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {
     let addr: SocketAddr = raw.value.parse().map_err(|_| {
         if raw.value.contains('%') {
-            raw.invalid(
-                "zone-scoped (link-local) IPv6 addresses are not supported",
-                "use a global or unique-local IPv6 address, or IPv4",
-            )
+            raw.invalid(SCOPED_V6_PROBLEM, SCOPED_V6_FIX)
         } else {
             raw.invalid(
                 "not an IP:PORT socket address",
@@ -873,20 +883,25 @@ fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {
             )
         }
     })?;
-    if let IpAddr::V6(v6) = addr.ip()
-        && v6.is_unicast_link_local()
-    {
-        return Err(raw.invalid(
-            "link-local IPv6 addresses need an interface scope, which is not supported",
-            "use a global or unique-local IPv6 address, or IPv4",
-        ));
+    if let SocketAddr::V6(v6) = addr {
+        // A numeric scope (`%2`) parses, but the wire carries no scope: peers would
+        // get the address without it.
+        if v6.scope_id() != 0 {
+            return Err(raw.invalid(SCOPED_V6_PROBLEM, SCOPED_V6_FIX));
+        }
+        if v6.ip().is_unicast_link_local() {
+            return Err(raw.invalid(
+                "link-local IPv6 addresses (fe80::/10) need an interface scope, which is not supported",
+                SCOPED_V6_FIX,
+            ));
+        }
     }
     Ok(addr)
 }
 
 /// A seed is HOST:PORT; the host may be a name, resolved at each join attempt.
 fn validate_seed(raw: &Raw) -> Result<(), ConfigError> {
-    if raw.value.parse::<SocketAddr>().is_ok() {
+    if raw.value.parse::<SocketAddr>().is_ok() || raw.value.contains('%') {
         return parse_socket_addr(raw).map(|_| ());
     }
     let fix =
@@ -982,6 +997,64 @@ mod tests {
         assert!(err.contains("--advertise"), "{err}");
         let ok = resolve(&["--name", "n1", "--advertise", "10.0.0.5:7946"]).unwrap();
         assert_eq!(ok.bind, DEFAULT_BIND.parse().unwrap());
+    }
+
+    #[test]
+    fn ipv6_addresses_bind_advertise_and_seed() {
+        let c = resolve(&[
+            "--name",
+            "n1",
+            "--bind",
+            "[::]:7946",
+            "--advertise",
+            "[2001:db8::5]:0",
+            "--seed",
+            "[::1]:7001",
+            "--seed",
+            "[fd00::2]:7946",
+            "--seed",
+            "127.0.0.1:7002",
+        ])
+        .unwrap();
+        assert_eq!(c.bind, "[::]:7946".parse().unwrap());
+        assert_eq!(c.advertise, Some("[2001:db8::5]:0".parse().unwrap()));
+        assert_eq!(c.seeds, vec!["[::1]:7001", "[fd00::2]:7946", "127.0.0.1:7002"]);
+        let err = resolve(&["--name", "n1", "--bind", "[::]:7946"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--advertise"), "{err}");
+    }
+
+    #[test]
+    fn zone_scoped_ipv6_addresses_are_refused_naming_the_field_and_the_fix() {
+        let cases: [(&str, &str); 6] = [
+            ("--bind", "[fe80::1%eth0]:7946"),
+            ("--bind", "[fe80::1%2]:7946"),
+            ("--bind", "[fe80::1]:7946"),
+            ("--advertise", "[fe80::fc:ff:fe00:1%eth0]:7946"),
+            ("--advertise", "[2001:db8::1%3]:7946"),
+            ("--seed", "[fe80::1%eth0]:7946"),
+        ];
+        for (flag, value) in cases {
+            let mut argv = vec!["--name", "n1", "--bind", "[::1]:0", flag, value];
+            if flag == "--bind" {
+                argv.drain(2..4);
+            }
+            let err = resolve(&argv).unwrap_err().to_string();
+            assert!(
+                err.contains(flag) && err.contains(value) && err.contains("Fix:"),
+                "{flag} {value}: {err}"
+            );
+            assert!(
+                err.contains("zone-scoped") || err.contains("link-local"),
+                "{flag} {value}: {err}"
+            );
+            assert!(err.contains("[fd00::5]:7946"), "{flag} {value}: {err}");
+        }
+        let err = resolve(&["--name", "n1", "--bind", "[::1]:0", "--seed", "[fe80::1]:7946"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--seed") && err.contains("link-local"), "{err}");
     }
 
     #[test]

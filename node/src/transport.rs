@@ -15,6 +15,7 @@
 //! "duplicate", so two nodes that dial each other at the same moment never tear down
 //! both connections.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Connection, ConnectionError, SendDatagramError, UdpPoller, VarInt};
 use tokio::sync::{Semaphore, mpsc};
-use vigil_protocol::wire;
+use vigil_protocol::wire::{self, WireVersions};
 use vigil_protocol::{NodeId, NodeName};
 
 use crate::admission::{Admission, GateLimits, HandshakeGate};
@@ -205,6 +206,8 @@ pub enum Inbound {
         dialed_by_us: bool,
         seed: Option<SocketAddr>,
         handshake: Duration,
+        /// The wire version the handshake negotiated (ALPN).
+        wire_version: u8,
     },
     DialFailed {
         name: NodeName,
@@ -250,6 +253,9 @@ pub enum SeedOutcome {
 struct Live {
     conn: Connection,
     dialed_by_us: bool,
+    /// What this connection speaks: envelopes of a newer version are transcoded down
+    /// before they go out on it.
+    wire_version: u8,
     /// Datagram send buffer space with nothing queued (quinn counts some bookkeeping
     /// against the configured size), to tell when everything queued has gone out.
     idle_send_space: usize,
@@ -287,6 +293,7 @@ pub struct Transport {
     stream_sends: Arc<Semaphore>,
     log_limit: Arc<LogLimiter>,
     limits: StreamLimits,
+    wire_versions: WireVersions,
 }
 
 /// Capacity of the channel from the transport's tasks to the owner task.
@@ -307,17 +314,10 @@ impl Transport {
         let mut client_config = tls.quinn_client_config()?;
         client_config.transport_config(transport_config);
 
-        let socket =
-            std::net::UdpSocket::bind(config.bind).map_err(|source| TransportError::Bind {
-                addr: config.bind,
-                source,
-            })?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|source| TransportError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        let socket = bind_udp(config.bind).map_err(|source| TransportError::Bind {
+            addr: config.bind,
+            source,
+        })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TransportError::Setup("no async runtime found".into()))?;
         let inner = runtime
@@ -347,22 +347,24 @@ impl Transport {
             Arc::clone(&log_limit),
             config.dial_timeout,
             limits.clone(),
+            tls.wire_versions,
         ));
-        Ok((
-            Transport {
-                endpoint,
-                client_config,
-                local_name,
-                peers: HashMap::new(),
-                config,
-                inbound_tx,
-                metrics,
-                stream_sends: Arc::new(Semaphore::new(MAX_CONCURRENT_STREAM_SENDS)),
-                log_limit,
-                limits,
-            },
-            inbound_rx,
-        ))
+        let transport = Transport {
+            endpoint,
+            client_config,
+            local_name,
+            peers: HashMap::new(),
+            config,
+            inbound_tx,
+            metrics,
+            stream_sends: Arc::new(Semaphore::new(MAX_CONCURRENT_STREAM_SENDS)),
+            log_limit,
+            limits,
+            wire_versions: tls.wire_versions,
+        };
+        // The per-version series exist (at 0) before the first connection.
+        transport.update_connection_gauge();
+        Ok((transport, inbound_rx))
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -403,7 +405,7 @@ impl Transport {
                 Peer::Ready { conns } => {
                     // Newest connection first; drop the ones found dead.
                     while let Some(live) = conns.last() {
-                        match send_out(&live.conn, &out, &self.metrics, &self.stream_sends) {
+                        match send_out(live, &out, &self.metrics, &self.stream_sends) {
                             Ok(()) => return,
                             Err(()) => {
                                 conns.pop();
@@ -450,6 +452,7 @@ impl Transport {
             Arc::clone(&self.metrics),
             self.config.dial_timeout,
             self.limits.clone(),
+            self.wire_versions,
         ));
     }
 
@@ -468,6 +471,7 @@ impl Transport {
                     Arc::clone(&self.metrics),
                     self.config.dial_timeout,
                     self.limits.clone(),
+                    self.wire_versions,
                 ));
             }
             Err(e) => {
@@ -490,12 +494,14 @@ impl Transport {
                 dialed_by_us,
                 seed,
                 handshake,
+                wire_version,
             } => {
                 let direction = if dialed_by_us { "outbound" } else { "inbound" };
                 tracing::debug!(
                     peer = %name,
                     direction,
                     handshake_ms = handshake.as_millis(),
+                    wire_version,
                     "connection up"
                 );
                 self.metrics
@@ -514,7 +520,7 @@ impl Transport {
                     conn.close(VarInt::from_u32(close_code::REFUSED), b"self");
                     return None;
                 }
-                self.install(name.clone(), conn, dialed_by_us);
+                self.install(name.clone(), conn, dialed_by_us, wire_version);
                 seed.map(|addr| SeedOutcome::Reached { addr, name })
             }
             Inbound::DialFailed { name, error } => {
@@ -556,11 +562,12 @@ impl Transport {
         }
     }
 
-    fn install(&mut self, name: NodeName, conn: Connection, dialed_by_us: bool) {
+    fn install(&mut self, name: NodeName, conn: Connection, dialed_by_us: bool, wire_version: u8) {
         let idle_send_space = conn.datagram_send_buffer_space();
         let live = Live {
             conn,
             dialed_by_us,
+            wire_version,
             idle_send_space,
         };
         match self.peers.get_mut(&name) {
@@ -570,7 +577,7 @@ impl Transport {
                     Peer::Dialing { queue } => {
                         let queue = std::mem::take(queue);
                         for out in queue {
-                            let _ = send_out(&live.conn, &out, &self.metrics, &self.stream_sends);
+                            let _ = send_out(&live, &out, &self.metrics, &self.stream_sends);
                         }
                         entry.peer = Peer::Ready { conns: vec![live] };
                     }
@@ -636,6 +643,21 @@ impl Transport {
         self.metrics
             .connections
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+        for version in self.wire_versions.newest_first() {
+            let n = self
+                .peers
+                .values()
+                .map(|e| match &e.peer {
+                    Peer::Ready { conns } => {
+                        conns.iter().filter(|l| l.wire_version == version).count()
+                    }
+                    Peer::Dialing { .. } => 0,
+                })
+                .sum::<usize>();
+            self.metrics
+                .connections_by_wire_version(version)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Whether each cached peer's newest connection was dialed by us (for tests and
@@ -671,6 +693,21 @@ impl Transport {
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         self.peers.clear();
     }
+}
+
+/// The endpoint's UDP socket. An IPv6 socket is made dual-stack (IPV6_V6ONLY off,
+/// whatever the host's `net.ipv6.bindv6only`), so `[::]:PORT` also serves IPv4 peers
+/// (as `::ffff:a.b.c.d`); quinn maps IPv4 destinations the same way when it dials
+/// from it.
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Bounds the connection attempts quinn holds before the accept loop decides on
@@ -728,20 +765,32 @@ pub fn quic_transport_config(
     Ok(t)
 }
 
-/// Sends one outgoing message on `conn`. `Err` means the connection is dead.
+/// Sends one outgoing message on `live`, in its wire version. `Err` means the
+/// connection is dead.
 fn send_out(
-    conn: &Connection,
+    live: &Live,
     out: &Outgoing,
     metrics: &Arc<Metrics>,
     stream_sends: &Arc<Semaphore>,
 ) -> Result<(), ()> {
+    let conn = &live.conn;
     match out {
-        Outgoing::Envelope(envelope) => send_on(conn, envelope.clone(), metrics, stream_sends),
+        Outgoing::Envelope(envelope) => {
+            let Some(envelope) = envelope_for(envelope, live.wire_version) else {
+                metrics.count_dropped("not_in_peer_wire_version");
+                return Ok(());
+            };
+            send_on(conn, envelope, metrics, stream_sends)
+        }
         Outgoing::Stream { frame, payload } => {
             if conn.close_reason().is_some() {
                 return Err(());
             }
-            let (conn, frame, payload) = (conn.clone(), frame.clone(), payload.clone());
+            let Some(frame) = frame_for(frame, live.wire_version) else {
+                metrics.count_dropped("not_in_peer_wire_version");
+                return Ok(());
+            };
+            let (conn, payload) = (conn.clone(), payload.clone());
             let metrics = Arc::clone(metrics);
             let len = payload.as_ref().map_or(0, |p| p.len() as u64);
             let frame_len = frame.len() as u64;
@@ -774,6 +823,26 @@ fn send_out(
             });
             Ok(())
         }
+    }
+}
+
+/// `envelope` as a connection of wire version `version` takes it: as it is when it is
+/// of that version or older, else transcoded down (`wire::transcode`). `None`: it has
+/// no form in that version.
+fn envelope_for(envelope: &Bytes, version: u8) -> Option<Bytes> {
+    match wire::transcode(envelope, version, wire::MAX_STREAM_FRAME_LEN) {
+        Ok(Cow::Borrowed(_)) => Some(envelope.clone()),
+        Ok(Cow::Owned(down)) => Some(Bytes::from(down)),
+        Err(_) => None,
+    }
+}
+
+/// [`envelope_for`] for a length-prefixed stream frame.
+fn frame_for(frame: &Bytes, version: u8) -> Option<Bytes> {
+    match wire::transcode(frame.get(4..)?, version, wire::MAX_STREAM_FRAME_LEN) {
+        Ok(Cow::Borrowed(_)) => Some(frame.clone()),
+        Ok(Cow::Owned(down)) => wire::frame_for_stream(&down).ok().map(Bytes::from),
+        Err(_) => None,
     }
 }
 
@@ -852,11 +921,21 @@ async fn dial(
     metrics: Arc<Metrics>,
     timeout: Duration,
     limits: StreamLimits,
+    versions: WireVersions,
 ) {
     let started = Instant::now();
     let result = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(conn)) => match tls::peer_node_name(conn.peer_identity()) {
-            Ok(name) if expected.as_ref().is_none_or(|e| *e == name) => Ok((name, conn)),
+            Ok(name) if expected.as_ref().is_none_or(|e| *e == name) => {
+                match negotiated(&conn, versions) {
+                    Ok(version) => Ok((name, conn, version)),
+                    Err(error) => {
+                        metrics.count_tls_rejected(NO_COMMON_WIRE_VERSION);
+                        conn.close(VarInt::from_u32(close_code::REFUSED), b"wire version");
+                        Err(error)
+                    }
+                }
+            }
             Ok(name) => {
                 // webpki already checked the name; this is a second line of defence.
                 metrics.count_tls_rejected("server_name_mismatch");
@@ -870,8 +949,9 @@ async fn dial(
             }
         },
         Ok(Err(e)) => {
-            metrics.count_tls_rejected(&handshake_failure_reason(&e, "server"));
-            Err(e.to_string())
+            let reason = handshake_failure_reason(&e, "server");
+            metrics.count_tls_rejected(&reason);
+            Err(explain_handshake_failure(&e, &reason, versions))
         }
         Err(_) => {
             metrics.count_tls_rejected("handshake_timeout");
@@ -879,16 +959,17 @@ async fn dial(
         }
     };
     match result {
-        Ok((name, conn)) => {
+        Ok((name, conn, wire_version)) => {
             let report = Inbound::Connected {
                 name: name.clone(),
                 conn: conn.clone(),
                 dialed_by_us: true,
                 seed,
                 handshake: started.elapsed(),
+                wire_version,
             };
             if inbound.send(report).await.is_ok() {
-                read_connection(name, conn, inbound, metrics, limits).await;
+                read_connection(name, conn, wire_version, inbound, metrics, limits).await;
             }
         }
         Err(error) => {
@@ -902,10 +983,54 @@ async fn dial(
     }
 }
 
+/// `vigil_tls_rejected_total` reason of a handshake between nodes with no wire
+/// version in common.
+pub const NO_COMMON_WIRE_VERSION: &str = "no_common_wire_version";
+/// QUIC's code for the TLS alert `no_application_protocol` (0x100 + 120), sent when
+/// the two ALPN lists share nothing: here, no wire version in common.
+const NO_APPLICATION_PROTOCOL: u64 = 0x178;
+
+/// The wire version a completed handshake chose, which must be one of `versions`.
+fn negotiated(conn: &Connection, versions: WireVersions) -> Result<u8, String> {
+    match tls::negotiated_wire_version(conn.handshake_data()) {
+        Some(v) if versions.contains(v) => Ok(v),
+        other => Err(format!(
+            "the handshake chose {}, not one of this node's wire versions {versions}",
+            other.map_or("no wire version".to_string(), |v| format!("wire version {v}"))
+        )),
+    }
+}
+
+/// A failed handshake in words an operator can act on.
+fn explain_handshake_failure(e: &ConnectionError, reason: &str, versions: WireVersions) -> String {
+    if reason == NO_COMMON_WIRE_VERSION {
+        let offered: Vec<String> = versions
+            .newest_first()
+            .map(|v| String::from_utf8_lossy(&tls::alpn_id(v)).into_owned())
+            .collect();
+        format!(
+            "{e}: no wire version in common: this node speaks wire versions {versions} (ALPN {}), the peer none of them (or offered no ALPN); run builds whose versions overlap (docs/OPERATIONS.md, \"Upgrades\")",
+            offered.join(", ")
+        )
+    } else {
+        format!("{e} ({reason})")
+    }
+}
+
 /// Metric label for a failed handshake. A TLS alert means the certificate was
-/// refused (by us or by the peer); `side` says whose certificate was checked here.
+/// refused (by us or by the peer), except `no_application_protocol`, which means the
+/// ALPN lists, i.e. the wire versions, have nothing in common; `side` says whose
+/// certificate was checked here.
 fn handshake_failure_reason(e: &ConnectionError, side: &str) -> String {
     match e {
+        ConnectionError::TransportError(t) if u64::from(t.code) == NO_APPLICATION_PROTOCOL => {
+            NO_COMMON_WIRE_VERSION.into()
+        }
+        ConnectionError::ConnectionClosed(c)
+            if u64::from(c.error_code) == NO_APPLICATION_PROTOCOL =>
+        {
+            NO_COMMON_WIRE_VERSION.into()
+        }
         // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff.
         ConnectionError::TransportError(t) if (0x100..=0x1ff).contains(&u64::from(t.code)) => {
             format!("bad_{side}_certificate")
@@ -934,6 +1059,7 @@ async fn accept_loop(
     log_limit: Arc<LogLimiter>,
     timeout: Duration,
     limits: StreamLimits,
+    versions: WireVersions,
 ) {
     let gate = HandshakeGate::new(GateLimits::default());
     while let Some(incoming) = endpoint.accept().await {
@@ -984,7 +1110,10 @@ async fn accept_loop(
                     metrics.count_tls_rejected(&reason);
                     log_limit.warn(
                         "incoming_handshake",
-                        format_args!("refused connection from {remote}: {e} ({reason})"),
+                        format_args!(
+                            "refused connection from {remote}: {}",
+                            explain_handshake_failure(&e, &reason, versions)
+                        ),
                     );
                     return;
                 }
@@ -1013,24 +1142,40 @@ async fn accept_loop(
                     return;
                 }
             };
+            let wire_version = match negotiated(&conn, versions) {
+                Ok(v) => v,
+                Err(error) => {
+                    metrics.count_tls_rejected(NO_COMMON_WIRE_VERSION);
+                    log_limit.warn(
+                        "incoming_wire_version",
+                        format_args!("refused connection from {name} at {remote}: {error}"),
+                    );
+                    conn.close(VarInt::from_u32(close_code::REFUSED), b"wire version");
+                    return;
+                }
+            };
             let report = Inbound::Connected {
                 name: name.clone(),
                 conn: conn.clone(),
                 dialed_by_us: false,
                 seed: None,
                 handshake: Duration::ZERO,
+                wire_version,
             };
             if inbound.send(report).await.is_ok() {
-                read_connection(name, conn, inbound, metrics, limits).await;
+                read_connection(name, conn, wire_version, inbound, metrics, limits).await;
             }
         });
     }
 }
 
-/// Reads datagrams and stream frames from one connection until it closes.
+/// Reads datagrams and stream frames from one connection until it closes. Envelopes
+/// of a newer wire version than the connection negotiated are refused here
+/// (`unsupported_version`), as a node that speaks only that version would.
 async fn read_connection(
     name: NodeName,
     conn: Connection,
+    wire_version: u8,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     limits: StreamLimits,
@@ -1041,6 +1186,10 @@ async fn read_connection(
                 let Ok(bytes) = datagram else { break };
                 metrics.datagrams_received.inc();
                 metrics.datagram_bytes_in.inc_by(bytes.len() as u64);
+                if let Err(e) = check_version(&bytes, wire_version) {
+                    metrics.count_input_error(e.kind());
+                    continue;
+                }
                 // Never wait on the owner for a datagram: if it is behind, dropping
                 // keeps memory bounded and SWIM treats it as loss.
                 if inbound.try_send(Inbound::Message { from: name.clone(), bytes }).is_err() {
@@ -1054,7 +1203,7 @@ async fn read_connection(
                 let from = name.clone();
                 let limits = limits.clone();
                 tokio::spawn(async move {
-                    match read_stream(stream, from, &limits, &metrics).await {
+                    match read_stream(stream, from, wire_version, &limits, &metrics).await {
                         Ok(message) => {
                             metrics.stream_frames_received.inc();
                             let _ = inbound.send(message).await;
@@ -1078,6 +1227,7 @@ async fn read_connection(
 async fn read_stream(
     mut stream: quinn::RecvStream,
     from: NodeName,
+    wire_version: u8,
     limits: &StreamLimits,
     metrics: &Metrics,
 ) -> Result<Inbound, &'static str> {
@@ -1089,6 +1239,7 @@ async fn read_stream(
     .map_err(|_| "stream_timeout")??;
     // The 4-byte length prefix included, as on the sending side.
     metrics.stream_bytes_in.inc_by(frame.len() as u64 + 4);
+    check_version(&frame, wire_version).map_err(|e| e.kind())?;
     let msg = match wire::decode(&frame, wire::MAX_STREAM_FRAME_LEN) {
         Ok(wire::Body::Repl(msg)) => msg,
         // Membership messages (and undecodable ones, which the core reports by kind).
@@ -1125,6 +1276,15 @@ async fn read_stream(
         msg,
         payload: Some(reservation.attach(body)),
     })
+}
+
+/// Refuses an envelope of a newer wire version than the connection negotiated.
+/// Anything else wrong with it is left to the decoder that reads it.
+fn check_version(envelope: &[u8], negotiated: u8) -> Result<(), wire::DecodeError> {
+    match wire::version_of(envelope, wire::MAX_STREAM_FRAME_LEN) {
+        Ok(found) if found > negotiated => Err(wire::DecodeError::UnsupportedVersion { found }),
+        _ => Ok(()),
+    }
 }
 
 /// Reads one length-prefixed frame; the length is checked, and its memory reserved

@@ -668,6 +668,9 @@ pub struct Core {
     self_suspected: bool,
     /// This node's incarnation as its own messages last carried it.
     own_incarnation: u16,
+    /// The wire version this core encodes at: the newest its node speaks. The driver
+    /// transcodes down for peers that speak an older one (`wire::transcode`).
+    wire_version: u8,
 }
 
 impl Core {
@@ -720,7 +723,18 @@ impl Core {
             probe_rtts: VecDeque::new(),
             self_suspected: false,
             own_incarnation: 0,
+            wire_version: wire::WIRE_VERSION,
         }
+    }
+
+    /// Encode at the newest of `versions` from now on (default: [`wire::WIRE_VERSION`]).
+    pub fn set_wire_versions(&mut self, versions: wire::WireVersions) {
+        self.wire_version = versions.max();
+    }
+
+    /// The wire version this core encodes at.
+    pub fn wire_version(&self) -> u8 {
+        self.wire_version
     }
 
     /// What this core counted since it started (probe outcomes, suspicions,
@@ -981,7 +995,7 @@ impl Core {
                 sender: self.identity().name.clone(),
                 members: part.to_vec(),
             };
-            match wire::encode(&body, wire::MAX_STREAM_FRAME_LEN) {
+            match wire::encode_as(self.wire_version, &body, wire::MAX_STREAM_FRAME_LEN) {
                 Ok(envelope) => self.effects.push_back(Effect::Send {
                     to: to.clone(),
                     envelope: Bytes::from(envelope),
@@ -1015,7 +1029,7 @@ impl Core {
             incarnation: entry.info.incarnation,
         };
         let to = entry.info.id.clone();
-        if let Ok(envelope) = wire::encode(&body, wire::MAX_DATAGRAM_LEN) {
+        if let Ok(envelope) = wire::encode_as(self.wire_version, &body, wire::MAX_DATAGRAM_LEN) {
             self.effects.push_back(Effect::Send {
                 to,
                 envelope: Bytes::from(envelope),
@@ -1073,7 +1087,7 @@ impl Core {
                 .map(|b| b.to_le_bytes())
                 .collect(),
         };
-        if let Ok(envelope) = wire::encode(&body, wire::MAX_DATAGRAM_LEN) {
+        if let Ok(envelope) = wire::encode_as(self.wire_version, &body, wire::MAX_DATAGRAM_LEN) {
             self.last_pull = Some(now);
             self.effects.push_back(Effect::Send {
                 to,
@@ -1441,7 +1455,7 @@ impl Core {
                 digest,
                 packet: &packet,
             };
-            match wire::encode(&body, wire::MAX_STREAM_FRAME_LEN) {
+            match wire::encode_as(self.wire_version, &body, wire::MAX_STREAM_FRAME_LEN) {
                 Ok(envelope) => self.effects.push_back(Effect::Send {
                     to,
                     envelope: Bytes::from(envelope),
