@@ -201,11 +201,12 @@ pub struct AgentArgs {
     /// An agent that has not heartbeated for this long has failed, e.g. 2s [default: 2s].
     #[arg(long, env = "VIGIL_HEARTBEAT_TIMEOUT", value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
-    /// Test fixture, not for production: also speak the next wire version (2), so
-    /// that this build can stand in for "the next release" in mixed-version tests
-    /// (tests/tests/upgrade.rs). Hidden from --help; flag only.
-    #[arg(long, hide = true)]
-    pub test_next_wire_version: bool,
+    /// Test fixture, not for production: the wire versions to speak, MIN-MAX, e.g.
+    /// 1-2 to also speak the next version (2) and stand in for "the next release",
+    /// or 2-2 for a release that dropped version 1 (tests/tests/upgrade.rs).
+    /// Hidden from --help; flag only [default: 1-1].
+    #[arg(long, hide = true, value_name = "MIN-MAX")]
+    pub test_wire_versions: Option<String>,
 }
 
 /// Where to find the local node.

@@ -376,7 +376,7 @@ impl AgentConfig {
         matches: &ArgMatches,
     ) -> Result<AgentConfig, Vec<ConfigError>> {
         let mut errs = Errors::default();
-        let test_next_wire_version = args.test_next_wire_version;
+        let wire_versions = args.test_wire_versions.clone();
         let mut file = match &args.config {
             Some(path) => read_file(path).map_err(|e| vec![e])?,
             None => FileConfig::default(),
@@ -610,6 +610,16 @@ impl AgentConfig {
         };
 
         let replication = resolve_replication(&src, &args_repl, file_repl, &mut errs);
+        let wire_versions = match wire_versions {
+            None => WireVersions::DEFAULT,
+            Some(value) => {
+                let raw = Raw {
+                    value,
+                    origin: Origin::Flag("test-wire-versions"),
+                };
+                errs.ok(parse_wire_versions(&raw)).unwrap_or_default()
+            }
+        };
 
         let (Some(name), Some(zone), Some(bind_addr), true) =
             (name, zone, bind_addr, errs.0.is_empty())
@@ -632,11 +642,7 @@ impl AgentConfig {
             metrics_bind,
             replication,
             recovery,
-            wire_versions: if test_next_wire_version {
-                WireVersions::WITH_NEXT
-            } else {
-                WireVersions::DEFAULT
-            },
+            wire_versions,
         })
     }
 }
@@ -899,6 +905,27 @@ fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {
     Ok(addr)
 }
 
+/// `MIN-MAX` (or a single version) of the hidden `--test-wire-versions`.
+fn parse_wire_versions(raw: &Raw) -> Result<WireVersions, ConfigError> {
+    let value = raw.value.trim();
+    let (min, max) = value.split_once('-').unwrap_or((value, value));
+    min.trim()
+        .parse()
+        .ok()
+        .zip(max.trim().parse().ok())
+        .and_then(|(min, max)| WireVersions::new(min, max))
+        .ok_or_else(|| {
+            raw.invalid(
+                format!(
+                    "not a range of wire versions this build knows ({} to {})",
+                    vigil_protocol::wire::MIN_WIRE_VERSION,
+                    vigil_protocol::wire::NEXT_WIRE_VERSION
+                ),
+                "write MIN-MAX, e.g. 1-2; this setting exists for tests only, leave it out in production",
+            )
+        })
+}
+
 /// A seed is HOST:PORT; the host may be a name, resolved at each join attempt.
 fn validate_seed(raw: &Raw) -> Result<(), ConfigError> {
     if raw.value.parse::<SocketAddr>().is_ok() || raw.value.contains('%') {
@@ -1000,6 +1027,31 @@ mod tests {
     }
 
     #[test]
+    fn the_hidden_wire_version_fixture_takes_a_known_range_only() {
+        let base = ["--name", "n1", "--bind", "127.0.0.1:1"];
+        assert_eq!(resolve(&base).unwrap().wire_versions, WireVersions::DEFAULT);
+        let next = resolve(&[&base[..], &["--test-wire-versions", "1-2"]].concat()).unwrap();
+        assert_eq!(next.wire_versions, WireVersions::WITH_NEXT);
+        let only = resolve(&[&base[..], &["--test-wire-versions", "2"]].concat()).unwrap();
+        assert_eq!(only.wire_versions, WireVersions::new(2, 2).unwrap());
+        for bad in ["0-1", "2-1", "1-3", "x", ""] {
+            let err = resolve(&[&base[..], &["--test-wire-versions", bad]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--test-wire-versions") && err.contains("Fix:"),
+                "{err}"
+            );
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("agent")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("wire-versions"), "{help}");
+    }
+
+    #[test]
     fn ipv6_addresses_bind_advertise_and_seed() {
         let c = resolve(&[
             "--name",
@@ -1018,7 +1070,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.bind, "[::]:7946".parse().unwrap());
         assert_eq!(c.advertise, Some("[2001:db8::5]:0".parse().unwrap()));
-        assert_eq!(c.seeds, vec!["[::1]:7001", "[fd00::2]:7946", "127.0.0.1:7002"]);
+        assert_eq!(
+            c.seeds,
+            vec!["[::1]:7001", "[fd00::2]:7946", "127.0.0.1:7002"]
+        );
         let err = resolve(&["--name", "n1", "--bind", "[::]:7946"])
             .unwrap_err()
             .to_string();
@@ -1051,10 +1106,20 @@ mod tests {
             );
             assert!(err.contains("[fd00::5]:7946"), "{flag} {value}: {err}");
         }
-        let err = resolve(&["--name", "n1", "--bind", "[::1]:0", "--seed", "[fe80::1]:7946"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--seed") && err.contains("link-local"), "{err}");
+        let err = resolve(&[
+            "--name",
+            "n1",
+            "--bind",
+            "[::1]:0",
+            "--seed",
+            "[fe80::1]:7946",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--seed") && err.contains("link-local"),
+            "{err}"
+        );
     }
 
     #[test]

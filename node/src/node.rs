@@ -1102,8 +1102,12 @@ impl Owner {
                 ReplEffect::Send { to, msg, payload } => {
                     let kind = msg.kind();
                     let body = wire::Body::Repl(msg);
-                    match wire::encode_as(self.core.wire_version(), &body, wire::MAX_STREAM_FRAME_LEN)
-                        .and_then(|e| wire::frame_for_stream(&e))
+                    match wire::encode_as(
+                        self.core.wire_version(),
+                        &body,
+                        wire::MAX_STREAM_FRAME_LEN,
+                    )
+                    .and_then(|e| wire::frame_for_stream(&e))
                     {
                         Ok(frame) => self.transport.send_stream(&to, Bytes::from(frame), payload),
                         Err(e) => {

@@ -996,7 +996,9 @@ fn negotiated(conn: &Connection, versions: WireVersions) -> Result<u8, String> {
         Some(v) if versions.contains(v) => Ok(v),
         other => Err(format!(
             "the handshake chose {}, not one of this node's wire versions {versions}",
-            other.map_or("no wire version".to_string(), |v| format!("wire version {v}"))
+            other.map_or("no wire version".to_string(), |v| format!(
+                "wire version {v}"
+            ))
         )),
     }
 }
