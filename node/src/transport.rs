@@ -418,6 +418,14 @@ impl Transport {
             self.peers.remove(&to.name);
             self.update_connection_gauge();
         }
+        if let Some(why) = self.cannot_reach(to.addr) {
+            self.metrics.count_dropped("unreachable_address_family");
+            self.log_limit.warn(
+                "dial_family",
+                format_args!("cannot dial {} at {}: {why}", to.name, to.addr),
+            );
+            return;
+        }
         self.make_room();
         self.peers.insert(
             to.name.clone(),
@@ -458,6 +466,12 @@ impl Transport {
 
     /// Dials a seed by address; its name comes from its certificate.
     pub fn dial_seed(&self, addr: SocketAddr) {
+        if let Some(error) = self.cannot_reach(addr) {
+            let _ = self
+                .inbound_tx
+                .try_send(Inbound::SeedFailed { addr, error });
+            return;
+        }
         match self
             .endpoint
             .connect_with(self.client_config.clone(), addr, tls::SEED_SERVER_NAME)
@@ -481,6 +495,27 @@ impl Transport {
                 });
             }
         }
+    }
+
+    /// Why this node's socket cannot send to `to`, if it cannot: an IPv4 socket
+    /// reaches no IPv6 address, and an IPv6 socket bound to a specific address no
+    /// IPv4 one (only `[::]` is dual-stack). Said at once, instead of a handshake
+    /// that times out.
+    fn cannot_reach(&self, to: SocketAddr) -> Option<String> {
+        let local = self.endpoint.local_addr().ok()?;
+        let is_v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        };
+        let (family, other) = match (is_v4(local), is_v4(to)) {
+            (true, false) => ("IPv4", "IPv6"),
+            (false, true) if !local.ip().is_unspecified() => ("IPv6", "IPv4"),
+            _ => return None,
+        };
+        Some(format!(
+            "this node is bound to the {family} address {local}, which cannot reach {other} peers; bind [::]:{} to reach both families (docs/OPERATIONS.md, \"IPv6\")",
+            local.port()
+        ))
     }
 
     /// Applies a control report from a task. Returns how a seed dial ended, if the
