@@ -454,8 +454,7 @@ impl Transport {
             };
         tokio::spawn(dial(
             connecting,
-            Some(to.name.clone()),
-            None,
+            Dialed::Node(to.name.clone()),
             self.inbound_tx.clone(),
             Arc::clone(&self.metrics),
             self.config.dial_timeout,
@@ -479,8 +478,7 @@ impl Transport {
             Ok(connecting) => {
                 tokio::spawn(dial(
                     connecting,
-                    None,
-                    Some(addr),
+                    Dialed::Seed(addr),
                     self.inbound_tx.clone(),
                     Arc::clone(&self.metrics),
                     self.config.dial_timeout,
@@ -948,10 +946,16 @@ fn send_on(
     Ok(())
 }
 
+/// Whom a dial is for: a node by name, or a seed by address (its name comes from its
+/// certificate).
+enum Dialed {
+    Node(NodeName),
+    Seed(SocketAddr),
+}
+
 async fn dial(
     connecting: quinn::Connecting,
-    expected: Option<NodeName>,
-    seed: Option<SocketAddr>,
+    target: Dialed,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     timeout: Duration,
@@ -961,7 +965,10 @@ async fn dial(
     let started = Instant::now();
     let result = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(conn)) => match tls::peer_node_name(conn.peer_identity()) {
-            Ok(name) if expected.as_ref().is_none_or(|e| *e == name) => {
+            Ok(name)
+                if matches!(&target, Dialed::Node(e) if *e == name)
+                    || matches!(target, Dialed::Seed(_)) =>
+            {
                 match negotiated(&conn, versions) {
                     Ok(version) => Ok((name, conn, version)),
                     Err(error) => {
@@ -999,7 +1006,10 @@ async fn dial(
                 name: name.clone(),
                 conn: conn.clone(),
                 dialed_by_us: true,
-                seed,
+                seed: match target {
+                    Dialed::Seed(addr) => Some(addr),
+                    Dialed::Node(_) => None,
+                },
                 handshake: started.elapsed(),
                 wire_version,
             };
@@ -1008,10 +1018,9 @@ async fn dial(
             }
         }
         Err(error) => {
-            let report = match (expected, seed) {
-                (_, Some(addr)) => Inbound::SeedFailed { addr, error },
-                (Some(name), None) => Inbound::DialFailed { name, error },
-                (None, None) => return,
+            let report = match target {
+                Dialed::Seed(addr) => Inbound::SeedFailed { addr, error },
+                Dialed::Node(name) => Inbound::DialFailed { name, error },
             };
             let _ = inbound.send(report).await;
         }
