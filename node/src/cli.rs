@@ -237,6 +237,12 @@ pub struct AgentArgs {
     /// written for this long closes the connection [default: 30s].
     #[arg(long, env = "VIGIL_API_IO_TIMEOUT", value_name = "DURATION")]
     pub api_io_timeout: Option<String>,
+    /// Test fixture, not for production: the wire versions to speak, MIN-MAX, e.g.
+    /// 1-2 to also speak the next version (2) and stand in for "the next release",
+    /// or 2-2 for a release that dropped version 1 (tests/tests/upgrade.rs).
+    /// Hidden from --help; flag only [default: 1-1].
+    #[arg(long, hide = true, value_name = "MIN-MAX")]
+    pub test_wire_versions: Option<String>,
 }
 
 /// Where to find the local node.

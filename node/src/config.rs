@@ -3,13 +3,14 @@
 //! what to do about it.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Deserialize;
+use vigil_protocol::wire::WireVersions;
 use vigil_protocol::{AckMode, NodeName, Profile, ReplicationConfig, Zone};
 
 use crate::cli::{AgentArgs, SocketArgs};
@@ -54,6 +55,8 @@ pub struct AgentConfig {
     pub recovery: Recovery,
     /// Who may use the API socket, and what one client may hold.
     pub api: ApiAccess,
+    /// The wire versions this node speaks (`--test-next-wire-version` adds the next).
+    pub wire_versions: WireVersions,
 }
 
 /// Who may talk to the API socket, and the limits of each client (docs/OPERATIONS.md,
@@ -475,6 +478,7 @@ impl AgentConfig {
         matches: &ArgMatches,
     ) -> Result<AgentConfig, Vec<ConfigError>> {
         let mut errs = Errors::default();
+        let wire_versions = args.test_wire_versions.clone();
         let mut file = match &args.config {
             Some(path) => read_file(path).map_err(|e| vec![e])?,
             None => FileConfig::default(),
@@ -709,6 +713,16 @@ impl AgentConfig {
         };
 
         let replication = resolve_replication(&src, &args_repl, file_repl, &mut errs);
+        let wire_versions = match wire_versions {
+            None => WireVersions::DEFAULT,
+            Some(value) => {
+                let raw = Raw {
+                    value,
+                    origin: Origin::Flag("test-wire-versions"),
+                };
+                errs.ok(parse_wire_versions(&raw)).unwrap_or_default()
+            }
+        };
 
         let (Some(name), Some(zone), Some(bind_addr), true) =
             (name, zone, bind_addr, errs.0.is_empty())
@@ -732,6 +746,7 @@ impl AgentConfig {
             replication,
             recovery,
             api,
+            wire_versions,
         })
     }
 }
@@ -1183,13 +1198,14 @@ fn resolve_recovery(
     r
 }
 
+/// Why zone-scoped IPv6 addresses are refused, and what to use instead.
+const SCOPED_V6_PROBLEM: &str = "zone-scoped IPv6 addresses (fe80::...%eth0) are not supported: the scope names an interface of one host, and peers on other hosts cannot dial it";
+const SCOPED_V6_FIX: &str = "use a global or unique-local IPv6 address, e.g. [fd00::5]:7946, or IPv4; to listen on every interface, bind [::]:7946 and advertise such an address";
+
 fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {
     let addr: SocketAddr = raw.value.parse().map_err(|_| {
         if raw.value.contains('%') {
-            raw.invalid(
-                "zone-scoped (link-local) IPv6 addresses are not supported",
-                "use a global or unique-local IPv6 address, or IPv4",
-            )
+            raw.invalid(SCOPED_V6_PROBLEM, SCOPED_V6_FIX)
         } else {
             raw.invalid(
                 "not an IP:PORT socket address",
@@ -1197,20 +1213,46 @@ fn parse_socket_addr(raw: &Raw) -> Result<SocketAddr, ConfigError> {
             )
         }
     })?;
-    if let IpAddr::V6(v6) = addr.ip()
-        && v6.is_unicast_link_local()
-    {
-        return Err(raw.invalid(
-            "link-local IPv6 addresses need an interface scope, which is not supported",
-            "use a global or unique-local IPv6 address, or IPv4",
-        ));
+    if let SocketAddr::V6(v6) = addr {
+        // A numeric scope (`%2`) parses, but the wire carries no scope: peers would
+        // get the address without it.
+        if v6.scope_id() != 0 {
+            return Err(raw.invalid(SCOPED_V6_PROBLEM, SCOPED_V6_FIX));
+        }
+        if v6.ip().is_unicast_link_local() {
+            return Err(raw.invalid(
+                "link-local IPv6 addresses (fe80::/10) need an interface scope, which is not supported",
+                SCOPED_V6_FIX,
+            ));
+        }
     }
     Ok(addr)
 }
 
+/// `MIN-MAX` (or a single version) of the hidden `--test-wire-versions`.
+fn parse_wire_versions(raw: &Raw) -> Result<WireVersions, ConfigError> {
+    let value = raw.value.trim();
+    let (min, max) = value.split_once('-').unwrap_or((value, value));
+    min.trim()
+        .parse()
+        .ok()
+        .zip(max.trim().parse().ok())
+        .and_then(|(min, max)| WireVersions::new(min, max))
+        .ok_or_else(|| {
+            raw.invalid(
+                format!(
+                    "not a range of wire versions this build knows ({} to {})",
+                    vigil_protocol::wire::MIN_WIRE_VERSION,
+                    vigil_protocol::wire::NEXT_WIRE_VERSION
+                ),
+                "write MIN-MAX, e.g. 1-2; this setting exists for tests only, leave it out in production",
+            )
+        })
+}
+
 /// A seed is HOST:PORT; the host may be a name, resolved at each join attempt.
 fn validate_seed(raw: &Raw) -> Result<(), ConfigError> {
-    if raw.value.parse::<SocketAddr>().is_ok() {
+    if raw.value.parse::<SocketAddr>().is_ok() || raw.value.contains('%') {
         return parse_socket_addr(raw).map(|_| ());
     }
     let fix =
@@ -1306,6 +1348,102 @@ mod tests {
         assert!(err.contains("--advertise"), "{err}");
         let ok = resolve(&["--name", "n1", "--advertise", "10.0.0.5:7946"]).unwrap();
         assert_eq!(ok.bind, DEFAULT_BIND.parse().unwrap());
+    }
+
+    #[test]
+    fn the_hidden_wire_version_fixture_takes_a_known_range_only() {
+        let base = ["--name", "n1", "--bind", "127.0.0.1:1"];
+        assert_eq!(resolve(&base).unwrap().wire_versions, WireVersions::DEFAULT);
+        let next = resolve(&[&base[..], &["--test-wire-versions", "1-2"]].concat()).unwrap();
+        assert_eq!(next.wire_versions, WireVersions::WITH_NEXT);
+        let only = resolve(&[&base[..], &["--test-wire-versions", "2"]].concat()).unwrap();
+        assert_eq!(only.wire_versions, WireVersions::new(2, 2).unwrap());
+        for bad in ["0-1", "2-1", "1-3", "x", ""] {
+            let err = resolve(&[&base[..], &["--test-wire-versions", bad]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--test-wire-versions") && err.contains("Fix:"),
+                "{err}"
+            );
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("agent")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("wire-versions"), "{help}");
+    }
+
+    #[test]
+    fn ipv6_addresses_bind_advertise_and_seed() {
+        let c = resolve(&[
+            "--name",
+            "n1",
+            "--bind",
+            "[::]:7946",
+            "--advertise",
+            "[2001:db8::5]:0",
+            "--seed",
+            "[::1]:7001",
+            "--seed",
+            "[fd00::2]:7946",
+            "--seed",
+            "127.0.0.1:7002",
+        ])
+        .unwrap();
+        assert_eq!(c.bind, "[::]:7946".parse().unwrap());
+        assert_eq!(c.advertise, Some("[2001:db8::5]:0".parse().unwrap()));
+        assert_eq!(
+            c.seeds,
+            vec!["[::1]:7001", "[fd00::2]:7946", "127.0.0.1:7002"]
+        );
+        let err = resolve(&["--name", "n1", "--bind", "[::]:7946"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--advertise"), "{err}");
+    }
+
+    #[test]
+    fn zone_scoped_ipv6_addresses_are_refused_naming_the_field_and_the_fix() {
+        let cases: [(&str, &str); 6] = [
+            ("--bind", "[fe80::1%eth0]:7946"),
+            ("--bind", "[fe80::1%2]:7946"),
+            ("--bind", "[fe80::1]:7946"),
+            ("--advertise", "[fe80::fc:ff:fe00:1%eth0]:7946"),
+            ("--advertise", "[2001:db8::1%3]:7946"),
+            ("--seed", "[fe80::1%eth0]:7946"),
+        ];
+        for (flag, value) in cases {
+            let mut argv = vec!["--name", "n1", "--bind", "[::1]:0", flag, value];
+            if flag == "--bind" {
+                argv.drain(2..4);
+            }
+            let err = resolve(&argv).unwrap_err().to_string();
+            assert!(
+                err.contains(flag) && err.contains(value) && err.contains("Fix:"),
+                "{flag} {value}: {err}"
+            );
+            assert!(
+                err.contains("zone-scoped") || err.contains("link-local"),
+                "{flag} {value}: {err}"
+            );
+            assert!(err.contains("[fd00::5]:7946"), "{flag} {value}: {err}");
+        }
+        let err = resolve(&[
+            "--name",
+            "n1",
+            "--bind",
+            "[::1]:0",
+            "--seed",
+            "[fe80::1]:7946",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--seed") && err.contains("link-local"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -153,6 +153,12 @@ impl LocalCluster {
         &self.pki
     }
 
+    /// Runs the nodes started from now on with `binary` instead (another build, for
+    /// mixed-version tests); returns the one it replaces.
+    pub fn set_binary(&mut self, binary: PathBuf) -> PathBuf {
+        std::mem::replace(&mut self.binary, binary)
+    }
+
     pub fn set_profile(&mut self, profile: &str) {
         self.profile = profile.into();
     }

@@ -51,9 +51,10 @@ pub mod transport;
 /// The git commit the binary was built from, when the build could tell (node/build.rs).
 pub const GIT_COMMIT: Option<&str> = option_env!("VIGIL_GIT_COMMIT");
 
-/// `vigil --version`: the build, the wire protocol it speaks and, when known, the
-/// commit. Nodes of different builds interoperate as long as the wire version is the
-/// same (docs/OPERATIONS.md, "Upgrades").
+/// `vigil --version`: the build, the wire protocol versions it speaks (`wire protocol
+/// 1`, or `wire protocol 1 to 2` for a build that speaks two) and, when known, the
+/// commit. Nodes of different builds interoperate as long as their wire versions
+/// overlap (docs/OPERATIONS.md, "Upgrades").
 pub fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LINE.get_or_init(|| {
@@ -61,7 +62,7 @@ pub fn version_line() -> &'static str {
         format!(
             "{} (wire protocol {}{commit})",
             env!("CARGO_PKG_VERSION"),
-            vigil_protocol::wire::WIRE_VERSION
+            vigil_protocol::wire::WireVersions::DEFAULT
         )
     })
 }

@@ -79,6 +79,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WireVersionLabel {
+    pub wire_version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
     pub version: String,
     pub wire_version: String,
@@ -97,6 +102,9 @@ pub struct Metrics {
     pub input_errors: Family<KindLabel, Counter>,
     pub tls_rejected: Family<ReasonLabel, Counter>,
     pub connections: Gauge,
+    /// Live connections by the wire version they negotiated: during a rolling
+    /// upgrade, how much of the cluster still speaks the old version.
+    pub wire_connections: Family<WireVersionLabel, Gauge>,
     pub connections_opened: Family<DirectionLabel, Counter>,
     pub connections_evicted: Counter,
     pub handshake_seconds: Histogram,
@@ -185,6 +193,7 @@ impl Metrics {
             input_errors: Family::default(),
             tls_rejected: Family::default(),
             connections: Gauge::default(),
+            wire_connections: Family::default(),
             connections_opened: Family::default(),
             connections_evicted: Counter::default(),
             // 100 us .. ~3 s
@@ -346,6 +355,12 @@ impl Metrics {
             "connections",
             "QUIC connections in the connection cache",
             m.connections.clone(),
+        );
+        described(
+            &mut r,
+            "connections_by_wire_version",
+            "QUIC connections in the connection cache, by the wire version they negotiated",
+            m.wire_connections.clone(),
         );
         described(
             &mut r,
@@ -656,6 +671,15 @@ impl Metrics {
         self.api_connections
             .get_or_create(&ListenerLabel {
                 listener: listener.to_string(),
+            })
+            .clone()
+    }
+
+    /// The gauge of live connections that negotiated wire `version`.
+    pub fn connections_by_wire_version(&self, version: u8) -> Gauge {
+        self.wire_connections
+            .get_or_create(&WireVersionLabel {
+                wire_version: version.to_string(),
             })
             .clone()
     }

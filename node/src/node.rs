@@ -144,7 +144,8 @@ pub async fn run_agent(
 ) -> Result<(), AgentError> {
     let data_dir = DataDir::open(&config.data_dir)?;
     let generation = data_dir.next_generation()?;
-    let node_tls = tls::load_node_tls(&config.pki, &config.name)?;
+    let node_tls =
+        tls::load_node_tls(&config.pki, &config.name)?.with_wire_versions(config.wire_versions);
     let (metrics, registry) = Metrics::new();
     metrics
         .tls_certificate_expiry
@@ -243,7 +244,8 @@ pub async fn run_agent(
         },
     ));
 
-    let core = Core::new(identity.clone(), config.profile, rand::random());
+    let mut core = Core::new(identity.clone(), config.profile, rand::random());
+    core.set_wire_versions(config.wire_versions);
     let mut protocol_config = repl.protocol_config();
     protocol_config.lease = config.recovery.lease;
     let mut replicator = Replicator::new(identity.clone(), protocol_config, rand::random());
@@ -859,7 +861,7 @@ impl Owner {
             live_members: self.core.live_count(),
             known_members: self.core.members().count(),
             version: env!("CARGO_PKG_VERSION").into(),
-            wire_version: vigil_protocol::wire::WIRE_VERSION,
+            wire_version: self.core.wire_version(),
             uptime_secs: self.start.elapsed().as_secs(),
             last_event_index: self.events.last_index(),
         }
@@ -1136,8 +1138,13 @@ impl Owner {
             match effect {
                 ReplEffect::Send { to, msg, payload } => {
                     let kind = msg.kind();
-                    match wire::encode(&wire::Body::Repl(msg), wire::MAX_STREAM_FRAME_LEN)
-                        .and_then(|e| wire::frame_for_stream(&e))
+                    let body = wire::Body::Repl(msg);
+                    match wire::encode_as(
+                        self.core.wire_version(),
+                        &body,
+                        wire::MAX_STREAM_FRAME_LEN,
+                    )
+                    .and_then(|e| wire::frame_for_stream(&e))
                     {
                         Ok(frame) => self.transport.send_stream(&to, Bytes::from(frame), payload),
                         Err(e) => {

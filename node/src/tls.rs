@@ -57,12 +57,15 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
+use vigil_protocol::wire::WireVersions;
 use vigil_protocol::{NameError, NodeName};
 
 use crate::transport::LogLimiter;
 
-/// ALPN protocol id for vigil's QUIC connections.
+/// ALPN protocol id of wire version 1, the only one builds before wire version
+/// negotiation offered. Wire version N is `vigil/N` ([`alpn_id`]).
 pub const ALPN: &[u8] = b"vigil/1";
+const ALPN_PREFIX: &str = "vigil/";
 /// Server name used when dialing a seed whose node name is not known yet. Node names
 /// never contain a dot, so it cannot collide with one.
 pub const SEED_SERVER_NAME: &str = "seed.vigil.invalid";
@@ -560,6 +563,9 @@ pub struct NodeTls {
     /// [`peer_node_name`] says which one it was. Presents this node's certificate as
     /// client certificate.
     pub client: Arc<rustls::ClientConfig>,
+    /// The wire versions `server` and `client` offer (ALPN), see
+    /// [`NodeTls::with_wire_versions`].
+    pub wire_versions: WireVersions,
     pki_dir: PathBuf,
     /// The verifiers inside `server` and `client`, to check the peers of open
     /// connections again after a reload ([`NodeTls::verify_peer`]).
@@ -572,6 +578,23 @@ pub struct NodeTls {
 }
 
 impl NodeTls {
+    /// These configurations, offering (as dialer) and accepting (as listener) the
+    /// ALPN ids of `versions`, newest first. rustls' listener picks the first of its
+    /// own list that the dialer offers, so a connection speaks the newest version
+    /// both sides have; with none in common (or no ALPN offered at all) the listener
+    /// refuses the handshake with a `no_application_protocol` alert (RFC 9001).
+    pub fn with_wire_versions(mut self, versions: WireVersions) -> Self {
+        let ids = alpn_protocols(versions);
+        let mut server = (*self.server).clone();
+        server.alpn_protocols = ids.clone();
+        self.server = Arc::new(server);
+        let mut client = (*self.client).clone();
+        client.alpn_protocols = ids;
+        self.client = Arc::new(client);
+        self.wire_versions = versions;
+        self
+    }
+
     pub fn quinn_server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
         let crypto =
             QuicServerConfig::try_from(self.server.clone()).map_err(|source| TlsError::Quic {
@@ -602,7 +625,9 @@ impl NodeTls {
     /// Reads and checks the PKI directory again, exactly as at start, into new
     /// configurations. `self` is untouched, so a bad file set changes nothing.
     pub fn reload(&self) -> Result<NodeTls, TlsError> {
+        // The wire versions are a setting of the node, not of the PKI files.
         load(&self.pki_dir, &self.name, Arc::clone(&self.log))
+            .map(|tls| tls.with_wire_versions(self.wire_versions))
     }
 
     /// Whether `other` presents the same certificate as this one.
@@ -922,7 +947,7 @@ fn load(pki_dir: &Path, name: &NodeName, log: Arc<LogLimiter>) -> Result<NodeTls
         .with_client_cert_verifier(client_verifier.clone())
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(key_error)?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
+    server.alpn_protocols = alpn_protocols(WireVersions::DEFAULT);
     // Allows 0-RTT (see the module docs); QUIC accepts only 0 or u32::MAX here.
     server.max_early_data_size = u32::MAX;
 
@@ -933,13 +958,14 @@ fn load(pki_dir: &Path, name: &NodeName, log: Arc<LogLimiter>) -> Result<NodeTls
         .with_custom_certificate_verifier(server_verifier.clone())
         .with_client_auth_cert(chain, key)
         .map_err(key_error)?;
-    client.alpn_protocols = vec![ALPN.to_vec()];
+    client.alpn_protocols = alpn_protocols(WireVersions::DEFAULT);
     client.enable_early_data = true;
 
     Ok(NodeTls {
         name: name.clone(),
         server: Arc::new(server),
         client: Arc::new(client),
+        wire_versions: WireVersions::DEFAULT,
         pki_dir: pki_dir.to_path_buf(),
         server_verifier,
         client_verifier,
@@ -1042,6 +1068,35 @@ fn read_crls(
         loaded.ders.push(der);
     }
     Ok(loaded)
+}
+
+/// ALPN protocol id of wire version `version`: `vigil/N`.
+pub fn alpn_id(version: u8) -> Vec<u8> {
+    format!("{ALPN_PREFIX}{version}").into_bytes()
+}
+
+/// The ALPN ids of `versions`, newest first (the order of preference).
+pub fn alpn_protocols(versions: WireVersions) -> Vec<Vec<u8>> {
+    versions.newest_first().map(alpn_id).collect()
+}
+
+/// The wire version an ALPN id names, if it is a well-formed `vigil/N`.
+pub fn wire_version_of_alpn(id: &[u8]) -> Option<u8> {
+    let digits = id.strip_prefix(ALPN_PREFIX.as_bytes())?;
+    // Canonical decimal only ("vigil/01" is not version 1), as `alpn_id` writes it.
+    let text = std::str::from_utf8(digits).ok()?;
+    let version: u8 = text.parse().ok()?;
+    (version.to_string() == text).then_some(version)
+}
+
+/// The wire version a connection negotiated: the ALPN id its handshake chose. Pass
+/// `connection.handshake_data()`. `None` when the handshake chose no vigil id (which
+/// rustls does not let a QUIC handshake complete with, given our ALPN list).
+pub fn negotiated_wire_version(handshake_data: Option<Box<dyn Any>>) -> Option<u8> {
+    let data = handshake_data?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
+    wire_version_of_alpn(data.protocol.as_deref()?)
 }
 
 /// Why a peer's certificate does not prove a node name.
@@ -1703,6 +1758,10 @@ mod tests {
         assert_eq!(tls.name, name("n1"));
         assert_eq!(tls.server.alpn_protocols, vec![ALPN.to_vec()]);
         assert_eq!(tls.client.alpn_protocols, vec![ALPN.to_vec()]);
+        let next = tls.clone().with_wire_versions(WireVersions::WITH_NEXT);
+        let newest_first = vec![b"vigil/2".to_vec(), b"vigil/1".to_vec()];
+        assert_eq!(next.server.alpn_protocols, newest_first);
+        assert_eq!(next.client.alpn_protocols, newest_first);
         tls.quinn_server_config().unwrap();
         tls.quinn_client_config().unwrap();
 
@@ -1735,6 +1794,26 @@ mod tests {
             node.public_key().algorithm.algorithm,
             x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
         );
+    }
+
+    #[test]
+    fn alpn_ids_name_wire_versions() {
+        assert_eq!(alpn_id(1), ALPN);
+        assert_eq!(wire_version_of_alpn(b"vigil/1"), Some(1));
+        assert_eq!(wire_version_of_alpn(b"vigil/2"), Some(2));
+        assert_eq!(wire_version_of_alpn(b"vigil/255"), Some(255));
+        for bad in [
+            &b"vigil/"[..],
+            b"vigil/01",
+            b"vigil/256",
+            b"vigil/+1",
+            b"vigil/1 ",
+            b"h3",
+            b"",
+            b"vigil/\xff",
+        ] {
+            assert_eq!(wire_version_of_alpn(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

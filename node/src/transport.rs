@@ -22,6 +22,7 @@
 //! generation it was verified under, so one whose handshake raced with a reload is
 //! checked when it is installed.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -35,7 +36,7 @@ use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Connection, ConnectionError, SendDatagramError, UdpPoller, VarInt};
 use tokio::sync::{Semaphore, mpsc, watch};
-use vigil_protocol::wire;
+use vigil_protocol::wire::{self, WireVersions};
 use vigil_protocol::{NodeId, NodeName};
 
 use crate::admission::{Admission, GateLimits, HandshakeGate};
@@ -220,6 +221,8 @@ pub enum Inbound {
         handshake: Duration,
         /// The trust generation the handshake verified the peer under.
         trust: u64,
+        /// The wire version the handshake negotiated (ALPN).
+        wire_version: u8,
     },
     DialFailed {
         name: NodeName,
@@ -265,6 +268,9 @@ pub enum SeedOutcome {
 struct Live {
     conn: Connection,
     dialed_by_us: bool,
+    /// What this connection speaks: envelopes of a newer version are transcoded down
+    /// before they go out on it.
+    wire_version: u8,
     /// Datagram send buffer space with nothing queued (quinn counts some bookkeeping
     /// against the configured size), to tell when everything queued has gone out.
     idle_send_space: usize,
@@ -311,6 +317,7 @@ pub struct Transport {
     /// Peers this transport started dialling since the owner last asked
     /// ([`Transport::take_dials_started`]).
     dials_started: Vec<NodeName>,
+    wire_versions: WireVersions,
 }
 
 /// The listener's configuration and the trust generation it belongs to. Incoming
@@ -341,17 +348,10 @@ impl Transport {
             config: Arc::new(server_config.clone()),
         });
 
-        let socket =
-            std::net::UdpSocket::bind(config.bind).map_err(|source| TransportError::Bind {
-                addr: config.bind,
-                source,
-            })?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|source| TransportError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        let socket = bind_udp(config.bind).map_err(|source| TransportError::Bind {
+            addr: config.bind,
+            source,
+        })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TransportError::Setup("no async runtime found".into()))?;
         let inner = runtime
@@ -380,29 +380,30 @@ impl Transport {
             inbound_tx.clone(),
             Arc::clone(&metrics),
             Arc::clone(&log_limit),
-            config.dial_timeout,
+            (config.dial_timeout, tls.wire_versions),
             limits.clone(),
         ));
-        Ok((
-            Transport {
-                endpoint,
-                client_config,
-                tls: tls.clone(),
-                trust: 0,
-                server_tls,
-                quic: transport_config,
-                local_name,
-                peers: HashMap::new(),
-                config,
-                inbound_tx,
-                metrics,
-                stream_sends: Arc::new(Semaphore::new(MAX_CONCURRENT_STREAM_SENDS)),
-                log_limit,
-                limits,
-                dials_started: Vec::new(),
-            },
-            inbound_rx,
-        ))
+        let transport = Transport {
+            endpoint,
+            client_config,
+            tls: tls.clone(),
+            trust: 0,
+            server_tls,
+            quic: transport_config,
+            local_name,
+            peers: HashMap::new(),
+            config,
+            inbound_tx,
+            metrics,
+            stream_sends: Arc::new(Semaphore::new(MAX_CONCURRENT_STREAM_SENDS)),
+            log_limit,
+            limits,
+            dials_started: Vec::new(),
+            wire_versions: tls.wire_versions,
+        };
+        // The per-version series exist (at 0) before the first connection.
+        transport.update_connection_gauge();
+        Ok((transport, inbound_rx))
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -449,7 +450,7 @@ impl Transport {
                 Peer::Ready { conns } => {
                     // Newest connection first; drop the ones found dead.
                     while let Some(live) = conns.last() {
-                        match send_out(&live.conn, &out, &self.metrics, &self.stream_sends) {
+                        match send_out(live, &out, &self.metrics, &self.stream_sends) {
                             Ok(()) => return,
                             Err(()) => {
                                 conns.pop();
@@ -461,6 +462,14 @@ impl Transport {
             // Every connection to this peer turned out dead: dial again below.
             self.peers.remove(&to.name);
             self.update_connection_gauge();
+        }
+        if let Some(why) = self.cannot_reach(to.addr) {
+            self.metrics.count_dropped("unreachable_address_family");
+            self.log_limit.warn(
+                "dial_family",
+                format_args!("cannot dial {} at {}: {why}", to.name, to.addr),
+            );
+            return;
         }
         self.make_room();
         self.peers.insert(
@@ -491,17 +500,23 @@ impl Transport {
         self.dials_started.push(to.name.clone());
         tokio::spawn(dial(
             connecting,
-            Some(to.name.clone()),
-            None,
+            Dialed::Node(to.name.clone()),
             self.inbound_tx.clone(),
             Arc::clone(&self.metrics),
             (self.config.dial_timeout, self.trust),
             self.limits.clone(),
+            self.wire_versions,
         ));
     }
 
     /// Dials a seed by address; its name comes from its certificate.
     pub fn dial_seed(&self, addr: SocketAddr) {
+        if let Some(error) = self.cannot_reach(addr) {
+            let _ = self
+                .inbound_tx
+                .try_send(Inbound::SeedFailed { addr, error });
+            return;
+        }
         match self
             .endpoint
             .connect_with(self.client_config.clone(), addr, tls::SEED_SERVER_NAME)
@@ -509,12 +524,12 @@ impl Transport {
             Ok(connecting) => {
                 tokio::spawn(dial(
                     connecting,
-                    None,
-                    Some(addr),
+                    Dialed::Seed(addr),
                     self.inbound_tx.clone(),
                     Arc::clone(&self.metrics),
                     (self.config.dial_timeout, self.trust),
                     self.limits.clone(),
+                    self.wire_versions,
                 ));
             }
             Err(e) => {
@@ -524,6 +539,27 @@ impl Transport {
                 });
             }
         }
+    }
+
+    /// Why this node's socket cannot send to `to`, if it cannot: an IPv4 socket
+    /// reaches no IPv6 address, and an IPv6 socket bound to a specific address no
+    /// IPv4 one (only `[::]` is dual-stack). Said at once, instead of a handshake
+    /// that times out.
+    fn cannot_reach(&self, to: SocketAddr) -> Option<String> {
+        let local = self.endpoint.local_addr().ok()?;
+        let is_v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        };
+        let (family, other) = match (is_v4(local), is_v4(to)) {
+            (true, false) => ("IPv4", "IPv6"),
+            (false, true) if !local.ip().is_unspecified() => ("IPv6", "IPv4"),
+            _ => return None,
+        };
+        Some(format!(
+            "this node is bound to the {family} address {local}, which cannot reach {other} peers; bind [::]:{} to reach both families (docs/OPERATIONS.md, \"IPv6\")",
+            local.port()
+        ))
     }
 
     /// Applies a control report from a task. Returns how a seed dial ended, if the
@@ -538,12 +574,14 @@ impl Transport {
                 seed,
                 handshake,
                 trust,
+                wire_version,
             } => {
                 let direction = if dialed_by_us { "outbound" } else { "inbound" };
                 tracing::debug!(
                     peer = %name,
                     direction,
                     handshake_ms = handshake.as_millis(),
+                    wire_version,
                     "connection up"
                 );
                 self.metrics
@@ -581,7 +619,7 @@ impl Transport {
                     let error = refusal.to_string();
                     return seed.map(|addr| SeedOutcome::Failed { addr, error });
                 }
-                self.install(name.clone(), conn, dialed_by_us);
+                self.install(name.clone(), conn, dialed_by_us, wire_version);
                 seed.map(|addr| SeedOutcome::Reached { addr, name })
             }
             Inbound::DialFailed { name, error } => {
@@ -623,11 +661,12 @@ impl Transport {
         }
     }
 
-    fn install(&mut self, name: NodeName, conn: Connection, dialed_by_us: bool) {
+    fn install(&mut self, name: NodeName, conn: Connection, dialed_by_us: bool, wire_version: u8) {
         let idle_send_space = conn.datagram_send_buffer_space();
         let live = Live {
             conn,
             dialed_by_us,
+            wire_version,
             idle_send_space,
         };
         match self.peers.get_mut(&name) {
@@ -637,7 +676,7 @@ impl Transport {
                     Peer::Dialing { queue } => {
                         let queue = std::mem::take(queue);
                         for out in queue {
-                            let _ = send_out(&live.conn, &out, &self.metrics, &self.stream_sends);
+                            let _ = send_out(&live, &out, &self.metrics, &self.stream_sends);
                         }
                         entry.peer = Peer::Ready { conns: vec![live] };
                     }
@@ -703,6 +742,21 @@ impl Transport {
         self.metrics
             .connections
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+        for version in self.wire_versions.newest_first() {
+            let n = self
+                .peers
+                .values()
+                .map(|e| match &e.peer {
+                    Peer::Ready { conns } => {
+                        conns.iter().filter(|l| l.wire_version == version).count()
+                    }
+                    Peer::Dialing { .. } => 0,
+                })
+                .sum::<usize>();
+            self.metrics
+                .connections_by_wire_version(version)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Whether each cached peer's newest connection was dialed by us (for tests and
@@ -738,6 +792,21 @@ impl Transport {
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         self.peers.clear();
     }
+}
+
+/// The endpoint's UDP socket. An IPv6 socket is made dual-stack (IPV6_V6ONLY off,
+/// whatever the host's `net.ipv6.bindv6only`), so `[::]:PORT` also serves IPv4 peers
+/// (as `::ffff:a.b.c.d`); quinn maps IPv4 destinations the same way when it dials
+/// from it.
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// Bounds the connection attempts quinn holds before the accept loop decides on
@@ -809,20 +878,32 @@ pub fn quic_transport_config(
     Ok(t)
 }
 
-/// Sends one outgoing message on `conn`. `Err` means the connection is dead.
+/// Sends one outgoing message on `live`, in its wire version. `Err` means the
+/// connection is dead.
 fn send_out(
-    conn: &Connection,
+    live: &Live,
     out: &Outgoing,
     metrics: &Arc<Metrics>,
     stream_sends: &Arc<Semaphore>,
 ) -> Result<(), ()> {
+    let conn = &live.conn;
     match out {
-        Outgoing::Envelope(envelope) => send_on(conn, envelope.clone(), metrics, stream_sends),
+        Outgoing::Envelope(envelope) => {
+            let Some(envelope) = envelope_for(envelope, live.wire_version) else {
+                metrics.count_dropped("not_in_peer_wire_version");
+                return Ok(());
+            };
+            send_on(conn, envelope, metrics, stream_sends)
+        }
         Outgoing::Stream { frame, payload } => {
             if conn.close_reason().is_some() {
                 return Err(());
             }
-            let (conn, frame, payload) = (conn.clone(), frame.clone(), payload.clone());
+            let Some(frame) = frame_for(frame, live.wire_version) else {
+                metrics.count_dropped("not_in_peer_wire_version");
+                return Ok(());
+            };
+            let (conn, payload) = (conn.clone(), payload.clone());
             let metrics = Arc::clone(metrics);
             let len = payload.as_ref().map_or(0, |p| p.len() as u64);
             let frame_len = frame.len() as u64;
@@ -855,6 +936,26 @@ fn send_out(
             });
             Ok(())
         }
+    }
+}
+
+/// `envelope` as a connection of wire version `version` takes it: as it is when it is
+/// of that version or older, else transcoded down (`wire::transcode`). `None`: it has
+/// no form in that version.
+fn envelope_for(envelope: &Bytes, version: u8) -> Option<Bytes> {
+    match wire::transcode(envelope, version, wire::MAX_STREAM_FRAME_LEN) {
+        Ok(Cow::Borrowed(_)) => Some(envelope.clone()),
+        Ok(Cow::Owned(down)) => Some(Bytes::from(down)),
+        Err(_) => None,
+    }
+}
+
+/// [`envelope_for`] for a length-prefixed stream frame.
+fn frame_for(frame: &Bytes, version: u8) -> Option<Bytes> {
+    match wire::transcode(frame.get(4..)?, version, wire::MAX_STREAM_FRAME_LEN) {
+        Ok(Cow::Borrowed(_)) => Some(frame.clone()),
+        Ok(Cow::Owned(down)) => wire::frame_for_stream(&down).ok().map(Bytes::from),
+        Err(_) => None,
     }
 }
 
@@ -925,21 +1026,40 @@ fn send_on(
     Ok(())
 }
 
+/// Whom a dial is for: a node by name, or a seed by address (its name comes from its
+/// certificate).
+enum Dialed {
+    Node(NodeName),
+    Seed(SocketAddr),
+}
+
 /// `(timeout, trust)`: give up after `timeout`; `connecting` uses the client
 /// configuration of trust generation `trust`.
 async fn dial(
     connecting: quinn::Connecting,
-    expected: Option<NodeName>,
-    seed: Option<SocketAddr>,
+    target: Dialed,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     (timeout, trust): (Duration, u64),
     limits: StreamLimits,
+    versions: WireVersions,
 ) {
     let started = Instant::now();
     let result = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(conn)) => match tls::peer_node_name(conn.peer_identity()) {
-            Ok(name) if expected.as_ref().is_none_or(|e| *e == name) => Ok((name, conn)),
+            Ok(name)
+                if matches!(&target, Dialed::Node(e) if *e == name)
+                    || matches!(target, Dialed::Seed(_)) =>
+            {
+                match negotiated(&conn, versions) {
+                    Ok(version) => Ok((name, conn, version)),
+                    Err(error) => {
+                        metrics.count_tls_rejected(NO_COMMON_WIRE_VERSION);
+                        conn.close(VarInt::from_u32(close_code::REFUSED), b"wire version");
+                        Err(error)
+                    }
+                }
+            }
             Ok(name) => {
                 // webpki already checked the name; this is a second line of defence.
                 metrics.count_tls_rejected("server_name_mismatch");
@@ -953,8 +1073,9 @@ async fn dial(
             }
         },
         Ok(Err(e)) => {
-            metrics.count_tls_rejected(&handshake_failure_reason(&e, "server"));
-            Err(e.to_string())
+            let reason = handshake_failure_reason(&e, "server");
+            metrics.count_tls_rejected(&reason);
+            Err(explain_handshake_failure(&e, &reason, versions))
         }
         Err(_) => {
             metrics.count_tls_rejected("handshake_timeout");
@@ -962,7 +1083,11 @@ async fn dial(
         }
     };
     match result {
-        Ok((name, conn)) => {
+        Ok((name, conn, wire_version)) => {
+            let seed = match target {
+                Dialed::Seed(addr) => Some(addr),
+                Dialed::Node(_) => None,
+            };
             let report = Inbound::Connected {
                 name: name.clone(),
                 conn: conn.clone(),
@@ -970,11 +1095,13 @@ async fn dial(
                 seed,
                 handshake: started.elapsed(),
                 trust,
+                wire_version,
             };
             if inbound.send(report).await.is_ok() {
                 read_connection(
                     name.clone(),
                     conn.clone(),
+                    wire_version,
                     inbound.clone(),
                     Arc::clone(&metrics),
                     limits,
@@ -984,10 +1111,9 @@ async fn dial(
             }
         }
         Err(error) => {
-            let report = match (expected, seed) {
-                (_, Some(addr)) => Inbound::SeedFailed { addr, error },
-                (Some(name), None) => Inbound::DialFailed { name, error },
-                (None, None) => return,
+            let report = match target {
+                Dialed::Seed(addr) => Inbound::SeedFailed { addr, error },
+                Dialed::Node(name) => Inbound::DialFailed { name, error },
             };
             let _ = inbound.send(report).await;
         }
@@ -1027,10 +1153,56 @@ const ALERT_CERTIFICATE_REVOKED: u64 = 44;
 const ALERT_CERTIFICATE_EXPIRED: u64 = 45;
 const ALERT_UNKNOWN_CA: u64 = 48;
 
+/// `vigil_tls_rejected_total` reason of a handshake between nodes with no wire
+/// version in common.
+pub const NO_COMMON_WIRE_VERSION: &str = "no_common_wire_version";
+/// QUIC's code for the TLS alert `no_application_protocol` (0x100 + 120), sent when
+/// the two ALPN lists share nothing: here, no wire version in common.
+const NO_APPLICATION_PROTOCOL: u64 = 0x178;
+
+/// The wire version a completed handshake chose, which must be one of `versions`.
+fn negotiated(conn: &Connection, versions: WireVersions) -> Result<u8, String> {
+    match tls::negotiated_wire_version(conn.handshake_data()) {
+        Some(v) if versions.contains(v) => Ok(v),
+        other => Err(format!(
+            "the handshake chose {}, not one of this node's wire versions {versions}",
+            other.map_or("no wire version".to_string(), |v| format!(
+                "wire version {v}"
+            ))
+        )),
+    }
+}
+
+/// A failed handshake in words an operator can act on.
+fn explain_handshake_failure(e: &ConnectionError, reason: &str, versions: WireVersions) -> String {
+    if reason == NO_COMMON_WIRE_VERSION {
+        let offered: Vec<String> = versions
+            .newest_first()
+            .map(|v| String::from_utf8_lossy(&tls::alpn_id(v)).into_owned())
+            .collect();
+        format!(
+            "{e}: no wire version in common: this node speaks wire versions {versions} (ALPN {}), the peer none of them (or offered no ALPN); run builds whose versions overlap (docs/OPERATIONS.md, \"Upgrades\")",
+            offered.join(", ")
+        )
+    } else {
+        format!("{e} ({reason})")
+    }
+}
+
 /// Metric label for a failed handshake. A TLS alert means the certificate was
-/// refused (by us or by the peer); `side` says whose certificate was checked here.
+/// refused (by us or by the peer), except `no_application_protocol`, which means the
+/// ALPN lists, i.e. the wire versions, have nothing in common; `side` says whose
+/// certificate was checked here.
 fn handshake_failure_reason(e: &ConnectionError, side: &str) -> String {
     match e {
+        ConnectionError::TransportError(t) if u64::from(t.code) == NO_APPLICATION_PROTOCOL => {
+            NO_COMMON_WIRE_VERSION.into()
+        }
+        ConnectionError::ConnectionClosed(c)
+            if u64::from(c.error_code) == NO_APPLICATION_PROTOCOL =>
+        {
+            NO_COMMON_WIRE_VERSION.into()
+        }
         // QUIC carries TLS alerts as transport error codes 0x100..=0x1ff; the labels
         // are those of `tls::refusal_kind` where the alert tells.
         ConnectionError::TransportError(t) if (0x100..=0x1ff).contains(&u64::from(t.code)) => {
@@ -1068,7 +1240,7 @@ async fn accept_loop(
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     log_limit: Arc<LogLimiter>,
-    timeout: Duration,
+    (timeout, versions): (Duration, WireVersions),
     limits: StreamLimits,
 ) {
     let gate = HandshakeGate::new(GateLimits::default());
@@ -1122,7 +1294,10 @@ async fn accept_loop(
                     metrics.count_tls_rejected(&reason);
                     log_limit.warn(
                         "incoming_handshake",
-                        format_args!("refused connection from {remote}: {e} ({reason})"),
+                        format_args!(
+                            "refused connection from {remote}: {}",
+                            explain_handshake_failure(&e, &reason, versions)
+                        ),
                     );
                     return;
                 }
@@ -1151,6 +1326,18 @@ async fn accept_loop(
                     return;
                 }
             };
+            let wire_version = match negotiated(&conn, versions) {
+                Ok(v) => v,
+                Err(error) => {
+                    metrics.count_tls_rejected(NO_COMMON_WIRE_VERSION);
+                    log_limit.warn(
+                        "incoming_wire_version",
+                        format_args!("refused connection from {name} at {remote}: {error}"),
+                    );
+                    conn.close(VarInt::from_u32(close_code::REFUSED), b"wire version");
+                    return;
+                }
+            };
             let report = Inbound::Connected {
                 name: name.clone(),
                 conn: conn.clone(),
@@ -1158,18 +1345,22 @@ async fn accept_loop(
                 seed: None,
                 handshake: Duration::ZERO,
                 trust: server.generation,
+                wire_version,
             };
             if inbound.send(report).await.is_ok() {
-                read_connection(name, conn, inbound, metrics, limits).await;
+                read_connection(name, conn, wire_version, inbound, metrics, limits).await;
             }
         });
     }
 }
 
-/// Reads datagrams and stream frames from one connection until it closes.
+/// Reads datagrams and stream frames from one connection until it closes. Envelopes
+/// of a newer wire version than the connection negotiated are refused here
+/// (`unsupported_version`), as a node that speaks only that version would.
 async fn read_connection(
     name: NodeName,
     conn: Connection,
+    wire_version: u8,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     limits: StreamLimits,
@@ -1180,6 +1371,10 @@ async fn read_connection(
                 let Ok(bytes) = datagram else { break };
                 metrics.datagrams_received.inc();
                 metrics.datagram_bytes_in.inc_by(bytes.len() as u64);
+                if let Err(e) = check_version(&bytes, wire_version) {
+                    metrics.count_input_error(e.kind());
+                    continue;
+                }
                 // Never wait on the owner for a datagram: if it is behind, dropping
                 // keeps memory bounded and SWIM treats it as loss.
                 if inbound.try_send(Inbound::Message { from: name.clone(), bytes }).is_err() {
@@ -1193,7 +1388,7 @@ async fn read_connection(
                 let from = name.clone();
                 let limits = limits.clone();
                 tokio::spawn(async move {
-                    match read_stream(stream, from, &limits, &metrics).await {
+                    match read_stream(stream, from, wire_version, &limits, &metrics).await {
                         Ok(message) => {
                             metrics.stream_frames_received.inc();
                             let _ = inbound.send(message).await;
@@ -1226,6 +1421,7 @@ async fn read_connection(
 async fn read_stream(
     mut stream: quinn::RecvStream,
     from: NodeName,
+    wire_version: u8,
     limits: &StreamLimits,
     metrics: &Metrics,
 ) -> Result<Inbound, &'static str> {
@@ -1237,6 +1433,7 @@ async fn read_stream(
     .map_err(|_| "stream_timeout")??;
     // The 4-byte length prefix included, as on the sending side.
     metrics.stream_bytes_in.inc_by(frame.len() as u64 + 4);
+    check_version(&frame, wire_version).map_err(|e| e.kind())?;
     let msg = match wire::decode(&frame, wire::MAX_STREAM_FRAME_LEN) {
         Ok(wire::Body::Repl(msg)) => msg,
         // Membership messages (and undecodable ones, which the core reports by kind).
@@ -1273,6 +1470,15 @@ async fn read_stream(
         msg,
         payload: Some(reservation.attach(body)),
     })
+}
+
+/// Refuses an envelope of a newer wire version than the connection negotiated.
+/// Anything else wrong with it is left to the decoder that reads it.
+fn check_version(envelope: &[u8], negotiated: u8) -> Result<(), wire::DecodeError> {
+    match wire::version_of(envelope, wire::MAX_STREAM_FRAME_LEN) {
+        Ok(found) if found > negotiated => Err(wire::DecodeError::UnsupportedVersion { found }),
+        _ => Ok(()),
+    }
 }
 
 /// Reads one length-prefixed frame; the length is checked, and its memory reserved

@@ -21,6 +21,7 @@ use vigil::tls::{
     self, NodeTls, SEED_SERVER_NAME, init_ca, issue_node_cert, load_node_tls, peer_node_name,
 };
 use vigil_protocol::NodeName;
+use vigil_protocol::wire::WireVersions;
 
 fn name(n: &str) -> NodeName {
     NodeName::new(n).unwrap()
@@ -56,7 +57,19 @@ struct Node {
 
 impl Node {
     fn start(pki: &Path, n: &str) -> Self {
-        let tls = load_node_tls(pki, &name(n)).unwrap();
+        Self::from_tls(load_node_tls(pki, &name(n)).unwrap())
+    }
+
+    /// A node that speaks `versions` of the wire protocol.
+    fn speaking(pki: &Path, n: &str, versions: WireVersions) -> Self {
+        Self::from_tls(
+            load_node_tls(pki, &name(n))
+                .unwrap()
+                .with_wire_versions(versions),
+        )
+    }
+
+    fn from_tls(tls: NodeTls) -> Self {
         let mut endpoint = Endpoint::server(
             tls.quinn_server_config().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
@@ -157,6 +170,94 @@ async fn nodes_from_the_same_ca_connect_both_ways_and_learn_each_others_name() {
     assert_eq!(
         peer_node_name(listener.unwrap().peer_identity()).unwrap(),
         name("n2")
+    );
+}
+
+/// What a completed handshake chose, as the dialer and the listener each see it.
+fn versions_chosen(dialer: &Connection, listener: &Connection) -> (Option<u8>, Option<u8>) {
+    (
+        tls::negotiated_wire_version(dialer.handshake_data()),
+        tls::negotiated_wire_version(listener.handshake_data()),
+    )
+}
+
+#[tokio::test]
+async fn a_connection_speaks_the_newest_wire_version_both_nodes_have() {
+    let dir = pki(&["old", "new", "new2"]);
+    let old = Node::speaking(dir.path(), "old", WireVersions::DEFAULT);
+    let new = Node::speaking(dir.path(), "new", WireVersions::WITH_NEXT);
+    let new2 = Node::speaking(dir.path(), "new2", WireVersions::WITH_NEXT);
+
+    // Either side may dial: the listener picks from its own list, newest first.
+    for (from, to, server, expected) in [
+        (&old, &new, "new", 1),
+        (&new, &old, "old", 1),
+        (&new, &new2, "new2", 2),
+        (&new2, &new, SEED_SERVER_NAME, 2),
+        (&old, &old, "old", 1),
+    ] {
+        let (dialer, listener) = dial(from, to, server).await;
+        let (dialer, listener) = (dialer.unwrap(), listener.unwrap());
+        assert_eq!(
+            versions_chosen(&dialer, &listener),
+            (Some(expected), Some(expected)),
+            "{:?} dialing {:?}",
+            from.tls.wire_versions,
+            to.tls.wire_versions
+        );
+    }
+}
+
+#[tokio::test]
+async fn nodes_with_no_wire_version_in_common_are_refused_with_no_application_protocol() {
+    let dir = pki(&["old", "v2only"]);
+    let old = Node::speaking(dir.path(), "old", WireVersions::DEFAULT);
+    // A build that dropped version 1 (what a release two steps ahead would be).
+    let v2_only = Node::speaking(dir.path(), "v2only", WireVersions::new(2, 2).unwrap());
+    for (from, to, server) in [(&old, &v2_only, "v2only"), (&v2_only, &old, "old")] {
+        let (dialer, listener) = dial(from, to, server).await;
+        let listener_error = listener.unwrap_err();
+        assert_eq!(
+            crypto_alert(&listener_error),
+            Some(AlertDescription::NoApplicationProtocol),
+            "{listener_error:?}"
+        );
+        let dialer_error = refusal_seen_by_dialer(dialer).await;
+        assert_eq!(
+            crypto_alert(&dialer_error),
+            Some(AlertDescription::NoApplicationProtocol),
+            "{dialer_error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dialer_that_offers_no_alpn_is_refused() {
+    // No vigil build ever dialed without ALPN (the first offered `vigil/1`), so
+    // this is a foreign or hand-made client: QUIC requires ALPN (RFC 9001) and
+    // rustls refuses it before any vigil code runs.
+    let dir = pki(&["n1", "n2"]);
+    let n1 = Node::start(dir.path(), "n1");
+    let n2 = Node::start(dir.path(), "n2");
+    let mut bare = (*n1.tls.client).clone();
+    bare.alpn_protocols.clear();
+    let client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(Arc::new(bare)).unwrap(),
+    ));
+    let connecting = n1.endpoint.connect_with(client, n2.addr(), "n2").unwrap();
+    let accepting = async { n2.endpoint.accept().await.unwrap().await };
+    let (dialer, listener) = tokio::join!(connecting, accepting);
+    let listener_error = listener.unwrap_err();
+    assert_eq!(
+        crypto_alert(&listener_error),
+        Some(AlertDescription::NoApplicationProtocol),
+        "{listener_error:?}"
+    );
+    let dialer_error = refusal_seen_by_dialer(dialer).await;
+    assert_eq!(
+        crypto_alert(&dialer_error),
+        Some(AlertDescription::NoApplicationProtocol),
+        "{dialer_error:?}"
     );
 }
 

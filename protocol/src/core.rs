@@ -674,6 +674,9 @@ pub struct Core {
     /// The next probe round waits for a handshake with the current probe's target,
     /// at most until then.
     round_held_until: Option<Duration>,
+    /// The wire version this core encodes at: the newest its node speaks. The driver
+    /// transcodes down for peers that speak an older one (`wire::transcode`).
+    wire_version: u8,
 }
 
 /// How long a probe round waits, beyond its due time, for the handshake of a
@@ -739,7 +742,18 @@ impl Core {
             own_incarnation: 0,
             connecting: BTreeMap::new(),
             round_held_until: None,
+            wire_version: wire::WIRE_VERSION,
         }
+    }
+
+    /// Encode at the newest of `versions` from now on (default: [`wire::WIRE_VERSION`]).
+    pub fn set_wire_versions(&mut self, versions: wire::WireVersions) {
+        self.wire_version = versions.max();
+    }
+
+    /// The wire version this core encodes at.
+    pub fn wire_version(&self) -> u8 {
+        self.wire_version
     }
 
     /// What this core counted since it started (probe outcomes, suspicions,
@@ -1000,7 +1014,7 @@ impl Core {
                 sender: self.identity().name.clone(),
                 members: part.to_vec(),
             };
-            match wire::encode(&body, wire::MAX_STREAM_FRAME_LEN) {
+            match wire::encode_as(self.wire_version, &body, wire::MAX_STREAM_FRAME_LEN) {
                 Ok(envelope) => self.effects.push_back(Effect::Send {
                     to: to.clone(),
                     envelope: Bytes::from(envelope),
@@ -1034,7 +1048,7 @@ impl Core {
             incarnation: entry.info.incarnation,
         };
         let to = entry.info.id.clone();
-        if let Ok(envelope) = wire::encode(&body, wire::MAX_DATAGRAM_LEN) {
+        if let Ok(envelope) = wire::encode_as(self.wire_version, &body, wire::MAX_DATAGRAM_LEN) {
             self.effects.push_back(Effect::Send {
                 to,
                 envelope: Bytes::from(envelope),
@@ -1092,7 +1106,7 @@ impl Core {
                 .map(|b| b.to_le_bytes())
                 .collect(),
         };
-        if let Ok(envelope) = wire::encode(&body, wire::MAX_DATAGRAM_LEN) {
+        if let Ok(envelope) = wire::encode_as(self.wire_version, &body, wire::MAX_DATAGRAM_LEN) {
             self.last_pull = Some(now);
             self.effects.push_back(Effect::Send {
                 to,
@@ -1529,7 +1543,7 @@ impl Core {
                 digest,
                 packet: &packet,
             };
-            match wire::encode(&body, wire::MAX_STREAM_FRAME_LEN) {
+            match wire::encode_as(self.wire_version, &body, wire::MAX_STREAM_FRAME_LEN) {
                 Ok(envelope) => self.effects.push_back(Effect::Send {
                     to,
                     envelope: Bytes::from(envelope),

@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
+use vigil_protocol::wire::{self, WireVersions};
 use vigil_protocol::{
     Core, CoreStats, Effect, Event, InputError, LocalState, MemberState, NodeId, NodeName, Profile,
     Zone,
@@ -60,6 +61,12 @@ struct Net {
     handshakes: BTreeMap<(NodeName, NodeName), (Duration, BTreeSet<NodeName>)>,
     /// Whether the cores are told about their handshakes (`peer_connecting`).
     report_handshakes: bool,
+    /// The newest wire version of each node that speaks more than version 1. A
+    /// message travels at the older of its two ends' newest versions, transcoded
+    /// down as the node's transport does (`wire::transcode`).
+    wire_max: BTreeMap<NodeName, u8>,
+    /// (sender's version, version on the wire) of every message sent.
+    wire_versions_sent: BTreeMap<(u8, u8), u64>,
 }
 
 fn pair(a: &NodeName, b: &NodeName) -> (NodeName, NodeName) {
@@ -86,6 +93,8 @@ impl Net {
             cold: BTreeMap::new(),
             handshakes: BTreeMap::new(),
             report_handshakes: false,
+            wire_max: BTreeMap::new(),
+            wire_versions_sent: BTreeMap::new(),
         };
         for (i, n) in names.iter().enumerate() {
             net.cores.insert(
@@ -128,12 +137,21 @@ impl Net {
                         }
                     }
                     self.seq += 1;
+                    let ours = self.wire_max.get(node).copied().unwrap_or(1);
+                    let link = ours.min(self.wire_max.get(&to.name).copied().unwrap_or(1));
+                    let bytes = wire::transcode(&envelope, link, wire::MAX_STREAM_FRAME_LEN)
+                        .unwrap()
+                        .into_owned();
+                    *self
+                        .wire_versions_sent
+                        .entry((envelope[2], bytes[2]))
+                        .or_default() += 1;
                     self.wire.push(Reverse(InFlight {
                         at: sent_at + LATENCY,
                         seq: self.seq,
                         from: node.clone(),
                         to: to.name,
-                        bytes: envelope.to_vec(),
+                        bytes,
                     }));
                 }
                 Effect::Event(event) => self.events.push((self.now, node.clone(), event)),
@@ -272,6 +290,45 @@ fn five_cores_converge_through_one_seed() {
         assert_eq!(core.live_count(), 5, "{n}");
     }
     assert!(net.input_errors.is_empty(), "{:?}", net.input_errors);
+}
+
+#[test]
+fn cores_of_two_wire_versions_converge_and_detect_a_crash_together() {
+    let mut net = Net::new(&FIVE);
+    // n1 and n2 are of "this release"; n3, n4 and n5 also speak the next version.
+    for n in ["n3", "n4", "n5"] {
+        let core = net.cores.get_mut(&name(n)).unwrap();
+        core.set_wire_versions(WireVersions::WITH_NEXT);
+        assert_eq!(core.wire_version(), 2);
+        net.wire_max.insert(name(n), 2);
+    }
+    net.join_all();
+    net.run_for(Duration::from_secs(3));
+    assert!(net.all_see_alive(&FIVE), "a mixed cluster did not converge");
+    net.crashed.insert(name("n4"));
+    net.run_for(Duration::from_secs(15));
+    for observer in ["n1", "n2", "n3", "n5"] {
+        assert_eq!(net.state_seen_by(observer, "n4"), Some(MemberState::Down));
+        for healthy in ["n1", "n2", "n3", "n5"] {
+            assert_eq!(
+                net.state_seen_by(observer, healthy),
+                Some(MemberState::Alive),
+                "{observer} about {healthy}"
+            );
+        }
+    }
+    assert_eq!(net.input_errors, Vec::new());
+    // Version 2 went out between next-release cores, transcoded to version 1 for the
+    // others, and version-1 cores sent version 1 only.
+    let sent = &net.wire_versions_sent;
+    assert!(sent.get(&(2, 2)).is_some_and(|n| *n > 0), "{sent:?}");
+    assert!(sent.get(&(2, 1)).is_some_and(|n| *n > 0), "{sent:?}");
+    assert!(sent.get(&(1, 1)).is_some_and(|n| *n > 0), "{sent:?}");
+    assert_eq!(
+        sent.keys().filter(|(ours, _)| *ours == 1).count(),
+        1,
+        "{sent:?}"
+    );
 }
 
 #[test]
@@ -434,7 +491,7 @@ fn junk_input_is_refused_with_a_typed_error() {
     for (bytes, kind) in [
         (&b""[..], "empty"),
         (b"GET / HTTP/1.1", "bad_magic"),
-        (b"VG\x02\x00\x00", "unsupported_version"),
+        (b"VG\x03\x00\x00", "unsupported_version"),
         // A well-formed envelope (digest, then 3 bytes) around a junk SWIM header.
         (b"VG\x01\x00\0\0\0\0\0\0\0\0\x03\xff\xff\xff", "swim_header"),
     ] {

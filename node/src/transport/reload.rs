@@ -7,7 +7,7 @@ use std::sync::Arc;
 use quinn::VarInt;
 use vigil_protocol::NodeName;
 
-use super::{Peer, ServerTls, Transport, TransportError, close_code, dial, quinn_configs};
+use super::{Dialed, Peer, ServerTls, Transport, TransportError, close_code, dial, quinn_configs};
 use crate::tls::NodeTls;
 
 /// What a TLS reload did to the open connections ([`Transport::set_tls`]).
@@ -118,12 +118,12 @@ impl Transport {
                     report.renewed += 1;
                     tokio::spawn(dial(
                         connecting,
-                        Some(name),
-                        None,
+                        Dialed::Node(name),
                         self.inbound_tx.clone(),
                         Arc::clone(&self.metrics),
                         (self.config.dial_timeout, self.trust),
                         self.limits.clone(),
+                        self.wire_versions,
                     ));
                 }
             }
