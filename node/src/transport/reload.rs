@@ -70,10 +70,16 @@ impl Transport {
             let mut verdicts = verdicts.into_iter();
             conns.retain(|live| match verdicts.next() {
                 Some(Err(refusal)) => {
-                    live.conn.close(
-                        VarInt::from_u32(close_code::UNTRUSTED),
-                        refusal.kind().as_bytes(),
-                    );
+                    // An older connection of a peer that has a newer one that
+                    // verifies (a rotation) is superseded, which its side takes in
+                    // stride; otherwise the peer is told it is no longer trusted.
+                    let code = if replaced {
+                        close_code::SUPERSEDED
+                    } else {
+                        close_code::UNTRUSTED
+                    };
+                    live.conn
+                        .close(VarInt::from_u32(code), refusal.kind().as_bytes());
                     if replaced {
                         tracing::info!(peer = %name, reason = refusal.kind(), "closed an older connection: {refusal}; a newer one verifies");
                     } else {
