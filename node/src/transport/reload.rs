@@ -108,15 +108,19 @@ impl Transport {
                 .peers
                 .iter()
                 .filter_map(|(name, e)| match &e.peer {
+                    // The address this node dialed (the one the peer advertises)
+                    // if it has such a connection; else where an accepted one came
+                    // from: the peer's one UDP port serves both directions.
                     Peer::Ready { conns } => conns
-                        .last()
+                        .iter()
+                        .rev()
+                        .find(|l| l.dialed_by_us)
+                        .or(conns.last())
                         .map(|l| (name.clone(), l.conn.remote_address())),
                     Peer::Dialing { .. } => None,
                 })
                 .collect();
             for (name, addr) in targets {
-                // The peer's one UDP port serves both directions, so the address a
-                // connection came from is where it listens.
                 if let Ok(connecting) =
                     self.endpoint
                         .connect_with(self.client_config.clone(), addr, name.as_str())
