@@ -192,20 +192,24 @@ fn check_all(config: &AgentConfig, runtime: &RuntimeConfig, report: &mut Report)
 
 fn check_pki(config: &AgentConfig, report: &mut Report) {
     match tls::load_node_tls(&config.pki, &config.name) {
-        Ok(_) => {
+        Ok(loaded) => {
             let cert = tls::node_cert_path(&config.pki, &config.name);
+            let loaded = loaded.summary();
+            let revoked: usize = loaded.crls.iter().map(|c| c.revoked.len()).sum();
             let mut message = format!(
-                "{} and its key are readable, name {}, signed by {}",
+                "{} and its key are readable, name {}, signed by a CA in {} ({} trusted, {} revocation list(s) with {revoked} revoked certificate(s))",
                 cert.display(),
                 config.name,
-                config.pki.join("ca.crt").display()
+                config.pki.join("ca.crt").display(),
+                loaded.trusted.len(),
+                loaded.crls.len(),
             );
             match expires_in(&cert) {
                 Some(left) if left < CERT_WARN => {
                     report.note(
                         "pki",
                         format!(
-                            "{} expires in {} days. Fix: issue a new one with `vigil cert issue --name {}` and restart the node",
+                            "{} expires in {} days. Fix: issue a new one with `vigil cert issue --name {}`, then `vigil cert reload` (no restart needed)",
                             cert.display(),
                             left.as_secs() / 86_400,
                             config.name

@@ -70,10 +70,16 @@ impl Transport {
             let mut verdicts = verdicts.into_iter();
             conns.retain(|live| match verdicts.next() {
                 Some(Err(refusal)) => {
-                    live.conn.close(
-                        VarInt::from_u32(close_code::UNTRUSTED),
-                        refusal.kind().as_bytes(),
-                    );
+                    // An older connection of a peer that has a newer one that
+                    // verifies (a rotation) is superseded, which its side takes in
+                    // stride; otherwise the peer is told it is no longer trusted.
+                    let code = if replaced {
+                        close_code::SUPERSEDED
+                    } else {
+                        close_code::UNTRUSTED
+                    };
+                    live.conn
+                        .close(VarInt::from_u32(code), refusal.kind().as_bytes());
                     if replaced {
                         tracing::info!(peer = %name, reason = refusal.kind(), "closed an older connection: {refusal}; a newer one verifies");
                     } else {
@@ -102,15 +108,19 @@ impl Transport {
                 .peers
                 .iter()
                 .filter_map(|(name, e)| match &e.peer {
+                    // The address this node dialed (the one the peer advertises)
+                    // if it has such a connection; else where an accepted one came
+                    // from: the peer's one UDP port serves both directions.
                     Peer::Ready { conns } => conns
-                        .last()
+                        .iter()
+                        .rev()
+                        .find(|l| l.dialed_by_us)
+                        .or(conns.last())
                         .map(|l| (name.clone(), l.conn.remote_address())),
                     Peer::Dialing { .. } => None,
                 })
                 .collect();
             for (name, addr) in targets {
-                // The peer's one UDP port serves both directions, so the address a
-                // connection came from is where it listens.
                 if let Ok(connecting) =
                     self.endpoint
                         .connect_with(self.client_config.clone(), addr, name.as_str())
