@@ -10,8 +10,9 @@
 //! with its likes and version 1 with the others, and transcodes down for those.
 //! "This release" is the same binary with its defaults, whose version-1 bytes are
 //! pinned by `wire::tests::version_1_bytes_are_those_every_version_1_build_sends`;
-//! set `VIGIL_PREVIOUS_BIN` to a build from before wire version negotiation (any
-//! commit before it) and the version-1 nodes of the mixed cluster run that instead.
+//! set `VIGIL_PREVIOUS_BIN` to an earlier build (e.g. one from before wire version
+//! negotiation) and the version-1 nodes run that instead: `tests/upgrade-from.sh REV`
+//! builds REV and does so.
 
 use std::path::{Path, PathBuf};
 
