@@ -8,15 +8,20 @@
 //!   local disk with fsync (the `snapshots` bench).
 //! - [`recovery`]: RTO and RPO when a host dies with its agents, on real processes
 //!   (the `recovery` bench).
+//! - [`flood`]: what a flood of junk datagrams or connection attempts from one
+//!   address costs a node, and its probes (the `flood` bench).
+//! - [`prom`]: `/metrics` read with labels, histogram quantiles.
 //! - [`args`]: the benches' command-line flags.
 //! - [`peer`]: the output lines and counters of the peer binaries (foca-lan,
 //!   chitchat-node, memberlist-node) the cluster bench compares vigil with.
 
 pub mod args;
 pub mod cluster;
+pub mod flood;
 pub mod handshake;
 pub mod peer;
 pub mod procstat;
+pub mod prom;
 pub mod recovery;
 pub mod snapshots;
 

@@ -7,7 +7,8 @@
 //!
 //! 1. an address whose handshakes keep failing (bad certificate, timeout, wrong name)
 //!    is ignored for a while: each failure takes a token from a per-address bucket
-//!    (`failure_burst` tokens, `failure_refill_per_sec` back per second);
+//!    (`failure_burst` tokens, `failure_refill_per_sec` back per second), and a new
+//!    handshake needs a token beyond those its handshakes still running may take;
 //! 2. at most `max_in_flight` handshakes run at once, node-wide;
 //! 3. when more than `retry_above` run at once, a sender whose address QUIC has not
 //!    validated gets a stateless Retry first: it must answer from the address it
@@ -159,7 +160,10 @@ impl HandshakeGate {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(addr) = state.addrs.get_mut(&key) {
             addr.refill(now, limits);
-            if addr.tokens < 1.0 {
+            // Every handshake still running may fail too, so each needs a token of
+            // its own: otherwise a sender that keeps many at once gets up to
+            // `max_in_flight_per_address` failed handshakes per token.
+            if addr.tokens < (addr.in_flight + 1) as f64 {
                 return Admission::Ignore(reason::ADDRESS_THROTTLED);
             }
         }
@@ -294,7 +298,11 @@ mod tests {
 
     #[test]
     fn one_address_cannot_take_every_slot() {
-        let gate = HandshakeGate::new(small());
+        // Enough tokens for every handshake it may run at once.
+        let gate = HandshakeGate::new(GateLimits {
+            failure_burst: 8.0,
+            ..small()
+        });
         let now = Instant::now();
         let held: Vec<Ticket> = (0..3)
             .map(|_| accept(gate.admit(v4(1), true, now)))
@@ -350,6 +358,28 @@ mod tests {
         let t2 = t1 + Duration::from_millis(1001);
         drop(accept(gate.admit(v4(1), true, t2)));
         drop(accept(gate.admit(v4(1), true, t2)));
+    }
+
+    #[test]
+    fn handshakes_running_at_once_are_each_covered_by_a_token() {
+        let gate = HandshakeGate::new(small());
+        let t0 = Instant::now();
+        // Two tokens: two handshakes at once, not the address's cap of three.
+        let a = accept(gate.admit(v4(1), true, t0));
+        let b = accept(gate.admit(v4(1), true, t0));
+        assert!(matches!(
+            gate.admit(v4(1), true, t0),
+            Admission::Ignore(reason::ADDRESS_THROTTLED)
+        ));
+        a.failed(t0);
+        b.failed(t0);
+        // One token back: one handshake, and no second one beside it.
+        let t1 = t0 + Duration::from_millis(1001);
+        let c = accept(gate.admit(v4(1), true, t1));
+        assert!(matches!(gate.admit(v4(1), true, t1), Admission::Ignore(_)));
+        // A handshake that succeeds gives its token back.
+        drop(c);
+        drop(accept(gate.admit(v4(1), true, t1)));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::events::EventRecord;
 use crate::node::ReadyLine;
 use crate::tls;
 
+pub mod intruder;
 pub mod recovery;
 
 #[derive(Debug, thiserror::Error)]

@@ -123,6 +123,11 @@ impl VigilCluster {
         })
     }
 
+    /// The cluster of real processes underneath (sockets, addresses, certificates).
+    pub fn local(&self) -> &LocalCluster {
+        &self.cluster
+    }
+
     async fn scrape(&self) -> Result<BTreeMap<String, Traffic>, String> {
         let mut out = BTreeMap::new();
         for node in self.cluster.nodes().filter(|n| n.is_running()) {
