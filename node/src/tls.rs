@@ -1762,6 +1762,11 @@ mod tests {
         let newest_first = vec![b"vigil/2".to_vec(), b"vigil/1".to_vec()];
         assert_eq!(next.server.alpn_protocols, newest_first);
         assert_eq!(next.client.alpn_protocols, newest_first);
+        // A reload (SIGHUP) keeps speaking the same versions.
+        let reloaded = next.reload().unwrap();
+        assert_eq!(reloaded.wire_versions, WireVersions::WITH_NEXT);
+        assert_eq!(reloaded.server.alpn_protocols, newest_first);
+        assert_eq!(reloaded.client.alpn_protocols, newest_first);
         tls.quinn_server_config().unwrap();
         tls.quinn_client_config().unwrap();
 
