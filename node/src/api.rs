@@ -341,17 +341,26 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let state = ApiState {
+    let app = app(limits, owner, metrics, registry);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The router [`serve`] runs (also what the fuzz target drives, `crate::fuzzing`).
+pub(crate) fn app(
+    limits: ApiLimits,
+    owner: mpsc::Sender<ApiRequest>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+) -> Router {
+    router(ApiState {
         owner,
         limits,
         metrics,
         registry,
         log_limit: Arc::new(LogLimiter::default()),
-    };
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    })
 }
 
 fn router(state: ApiState) -> Router {
