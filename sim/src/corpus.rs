@@ -369,6 +369,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_generator_writes_seeds_of_every_kind_for_every_target() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let summary = write(dir.path(), &docs, 1).expect("the corpus is written");
+        for (target, n) in &summary {
+            assert!(*n >= 2, "{target}: only {n} seeds");
+        }
+        let names = |target: &str| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(dir.path().join(target))
+                .expect("the target's directory")
+                .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let swim = names("swim_datagram");
+        for kind in ["swim-ping-0", "swim-ack-0", "swim-pingreq-0", "pull-0", "state-0"] {
+            assert!(swim.contains(&kind.to_string()), "no {kind} in {swim:?}");
+        }
+        let stream = names("stream_frame");
+        for kind in ["repl-store-0", "repl-fetch_reply-0", "repl-prepare-0", "repl-adopt-0"] {
+            assert!(stream.contains(&kind.to_string()), "no {kind} in {stream:?}");
+        }
+    }
+
+    #[test]
     fn toml_blocks_are_found() {
         let md = "text\n```toml\na = 1\n```\nmore\n```sh\nx\n```\n```toml\nb = 2\n```\n";
         assert_eq!(toml_blocks(md), vec!["a = 1\n", "b = 2\n"]);
