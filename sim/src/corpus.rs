@@ -379,18 +379,37 @@ mod tests {
         let names = |target: &str| -> Vec<String> {
             let mut v: Vec<String> = fs::read_dir(dir.path().join(target))
                 .expect("the target's directory")
-                .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+                .map(|e| {
+                    e.expect("an entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect();
             v.sort();
             v
         };
         let swim = names("swim_datagram");
-        for kind in ["swim-ping-0", "swim-ack-0", "swim-pingreq-0", "pull-0", "state-0"] {
+        for kind in [
+            "swim-ping-0",
+            "swim-ack-0",
+            "swim-pingreq-0",
+            "pull-0",
+            "state-0",
+        ] {
             assert!(swim.contains(&kind.to_string()), "no {kind} in {swim:?}");
         }
         let stream = names("stream_frame");
-        for kind in ["repl-store-0", "repl-fetch_reply-0", "repl-prepare-0", "repl-adopt-0"] {
-            assert!(stream.contains(&kind.to_string()), "no {kind} in {stream:?}");
+        for kind in [
+            "repl-store-0",
+            "repl-fetch_reply-0",
+            "repl-prepare-0",
+            "repl-adopt-0",
+        ] {
+            assert!(
+                stream.contains(&kind.to_string()),
+                "no {kind} in {stream:?}"
+            );
         }
     }
 
