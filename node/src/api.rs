@@ -389,18 +389,29 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let gate = Gate::new(Listener::Socket, Arc::clone(&metrics));
-    let state = ApiState {
+    let app = app(limits, &access, owner, metrics, registry, gate.clone());
+    crate::listener::serve_socket(listener, app, &access, gate, shutdown).await
+}
+
+/// The router [`serve`] runs (also what the fuzz target drives, `crate::fuzzing`).
+pub(crate) fn app(
+    limits: ApiLimits,
+    access: &ApiAccess,
+    owner: mpsc::Sender<ApiRequest>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    gate: Gate,
+) -> Router {
+    router(ApiState {
         owner,
         limits,
         metrics,
         registry,
         log_limit: Arc::new(LogLimiter::default()),
-        gate: gate.clone(),
+        gate,
         streams: UidSlots::new(access.max_streams_per_uid),
         body_timeout: access.io_timeout,
-    };
-    let app = router(state);
-    crate::listener::serve_socket(listener, app, &access, gate, shutdown).await
+    })
 }
 
 /// Why a request body was not read.

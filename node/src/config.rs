@@ -361,11 +361,15 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
             "make the file readable by this user, as UTF-8 text",
         )
     })?;
-    toml::from_str(&text).map_err(|e| {
-        fail(
-            e.to_string().trim_end().replace('\n', " "),
-            &format!("valid keys are: {FILE_KEYS}"),
-        )
+    parse_file(path, &text)
+}
+
+/// The file's text as [`read_file`] read it (`path` only names it in errors).
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        problem: e.to_string().trim_end().replace('\n', " "),
+        fix: format!("valid keys are: {FILE_KEYS}"),
     })
 }
 
@@ -477,12 +481,32 @@ impl AgentConfig {
         args: AgentArgs,
         matches: &ArgMatches,
     ) -> Result<AgentConfig, Vec<ConfigError>> {
-        let mut errs = Errors::default();
-        let wire_versions = args.test_wire_versions.clone();
-        let mut file = match &args.config {
+        let file = match &args.config {
             Some(path) => read_file(path).map_err(|e| vec![e])?,
             None => FileConfig::default(),
         };
+        Self::resolve_with_file(args, matches, file)
+    }
+
+    /// [`AgentConfig::resolve_all`] with the file's text given instead of read from
+    /// `args.config` (the fuzz target, `crate::fuzzing`, runs this on every input).
+    pub(crate) fn resolve_text(
+        args: AgentArgs,
+        matches: &ArgMatches,
+        text: &str,
+    ) -> Result<AgentConfig, Vec<ConfigError>> {
+        let path = args.config.clone().unwrap_or_default();
+        let file = parse_file(&path, text).map_err(|e| vec![e])?;
+        Self::resolve_with_file(args, matches, file)
+    }
+
+    fn resolve_with_file(
+        args: AgentArgs,
+        matches: &ArgMatches,
+        mut file: FileConfig,
+    ) -> Result<AgentConfig, Vec<ConfigError>> {
+        let mut errs = Errors::default();
+        let wire_versions = args.test_wire_versions.clone();
         let file_repl = ReplArgs {
             copies: file.copies.take().map(|n| n.to_string()),
             keep: file.keep.take().map(|n| n.to_string()),

@@ -34,6 +34,8 @@ pub mod datadir;
 pub mod demo;
 pub mod events;
 pub mod example_agent;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod harness;
 pub mod launcher;
 pub mod listener;

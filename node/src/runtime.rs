@@ -543,8 +543,18 @@ fn read_file(path: &Path) -> Result<Overrides, RuntimeFileError> {
         return Err(fail(format!("larger than {MAX_FILE} bytes")));
     }
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    parse_file(path, &text)
+}
+
+/// The file's text as [`read_file`] read it (`path` only names it in errors); the
+/// fuzz target (`crate::fuzzing`) runs this on every input.
+pub(crate) fn parse_file(path: &Path, text: &str) -> Result<Overrides, RuntimeFileError> {
+    let fail = |problem: String| RuntimeFileError {
+        path: path.to_path_buf(),
+        problem,
+    };
     let table: toml::Table =
-        toml::from_str(&text).map_err(|e| fail(e.to_string().trim_end().replace('\n', " ")))?;
+        toml::from_str(text).map_err(|e| fail(e.to_string().trim_end().replace('\n', " ")))?;
     let mut map = serde_json::Map::new();
     for (key, value) in table {
         let json = serde_json::to_value(&value).map_err(|e| fail(format!("{key}: {e}")))?;

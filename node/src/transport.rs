@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Connection, ConnectionError, SendDatagramError, UdpPoller, VarInt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 use vigil_protocol::wire::{self, WireVersions};
 use vigil_protocol::{NodeId, NodeName};
@@ -1416,8 +1417,8 @@ async fn read_connection(
         .await;
 }
 
-/// Reads one stream: a frame, and for a replication message the payload after it
-/// (its length checked against the limit, and memory reserved, before reading).
+/// Reads one stream (see [`read_stream_from`]); a payload over the limit is refused
+/// to the sender at once, so it stops sending.
 async fn read_stream(
     mut stream: quinn::RecvStream,
     from: NodeName,
@@ -1425,12 +1426,27 @@ async fn read_stream(
     limits: &StreamLimits,
     metrics: &Metrics,
 ) -> Result<Inbound, &'static str> {
-    let frame = tokio::time::timeout(
-        STREAM_FRAME_TIMEOUT,
-        read_frame(&mut stream, &limits.frames),
-    )
-    .await
-    .map_err(|_| "stream_timeout")??;
+    let result = read_stream_from(&mut stream, from, wire_version, limits, metrics).await;
+    if let Err("payload_too_large") = result {
+        let _ = stream.stop(VarInt::from_u32(close_code::REFUSED));
+    }
+    result
+}
+
+/// Reads one stream: a frame, and for a replication message the payload after it
+/// (its length checked against the limit, and memory reserved, before reading).
+/// Generic over the reader so the fuzz target (`crate::fuzzing`) runs this very code
+/// on bytes in memory; the node hands it a `quinn::RecvStream`.
+pub(crate) async fn read_stream_from<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    from: NodeName,
+    wire_version: u8,
+    limits: &StreamLimits,
+    metrics: &Metrics,
+) -> Result<Inbound, &'static str> {
+    let frame = tokio::time::timeout(STREAM_FRAME_TIMEOUT, read_frame(stream, &limits.frames))
+        .await
+        .map_err(|_| "stream_timeout")??;
     // The 4-byte length prefix included, as on the sending side.
     metrics.stream_bytes_in.inc_by(frame.len() as u64 + 4);
     check_version(&frame, wire_version).map_err(|e| e.kind())?;
@@ -1448,11 +1464,10 @@ async fn read_stream(
         });
     }
     if len > limits.max_payload {
-        let _ = stream.stop(VarInt::from_u32(close_code::REFUSED));
         return Err("payload_too_large");
     }
-    let reservation = limits.budget.reserve(len).await.ok_or("budget_closed")?;
     let size = usize::try_from(len).map_err(|_| "payload_too_large")?;
+    let reservation = limits.budget.reserve(len).await.ok_or("budget_closed")?;
     let mut body = vec![0u8; size];
     tokio::time::timeout(payload_timeout(len), stream.read_exact(&mut body))
         .await
@@ -1483,8 +1498,8 @@ fn check_version(envelope: &[u8], negotiated: u8) -> Result<(), wire::DecodeErro
 
 /// Reads one length-prefixed frame; the length is checked, and its memory reserved
 /// from `budget`, before the body is read.
-async fn read_frame(
-    stream: &mut quinn::RecvStream,
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
     budget: &SnapshotBudget,
 ) -> Result<Bytes, &'static str> {
     let mut prefix = [0u8; 4];

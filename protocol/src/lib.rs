@@ -15,6 +15,8 @@
 
 pub mod core;
 pub mod digest;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod lifeguard;
 pub mod placement;

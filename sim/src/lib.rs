@@ -12,6 +12,7 @@
 //!   [`world::replication`]: replicators, disks, workload, replication invariants.
 //! - [`scenario`]: scenarios, reports, and swarm runs over many seeds.
 
+pub mod corpus;
 pub mod scenario;
 pub mod world;
 

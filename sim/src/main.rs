@@ -27,6 +27,21 @@ enum Command {
     /// The same runs (same seeds, same faults) with vigil's detector and with plain
     /// foca, side by side with the closed-form SWIM expectation.
     Compare(CompareArgs),
+    /// Writes the fuzz targets' seed corpus (tests/fuzz/corpus): messages a simulated
+    /// cluster sent, the API requests and config files of the docs.
+    FuzzCorpus(FuzzCorpusArgs),
+}
+
+#[derive(Args)]
+struct FuzzCorpusArgs {
+    /// Directory to write, one subdirectory per fuzz target (replaced).
+    #[arg(long, default_value = "tests/fuzz/corpus")]
+    out: std::path::PathBuf,
+    /// The repository's docs directory (config file examples).
+    #[arg(long, default_value = "docs")]
+    docs: std::path::PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -561,6 +576,18 @@ fn compare(c: &CompareArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::FuzzCorpus(a) => match vigil_sim::corpus::write(&a.out, &a.docs, a.seed) {
+            Ok(summary) => {
+                for (target, n) in summary {
+                    println!("{target}: {n} seeds");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vigil-sim: writing the corpus to {}: {e}", a.out.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(a) => {
             let spec = match spec_from(&a, a.seed) {
                 Ok(s) => s,

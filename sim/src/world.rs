@@ -377,7 +377,24 @@ pub struct World {
     repl: Option<Box<ReplState>>,
     /// `VIGIL_SIM_PROGRESS=SECS`: where the wall time goes (None: off).
     progress: Option<Progress>,
+    /// Messages sent, as the wire carries them, when [`World::capture`] is on.
+    tap: Option<Vec<Captured>>,
 }
+
+/// One message as the wire carried it (before loss), for the fuzz corpus
+/// (`vigil-sim fuzz-corpus`).
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub from: HostId,
+    pub to: HostId,
+    /// A `wire` envelope.
+    pub envelope: Bytes,
+    /// The snapshot bytes after a replication message, if it carries some.
+    pub payload: Option<Bytes>,
+}
+
+/// Messages [`World::capture`] keeps at most.
+const TAP_LIMIT: usize = 500_000;
 
 /// `VIGIL_SIM_PROGRESS=SECS` prints to stderr, every SECS simulated seconds, the
 /// simulated and wall time so far and the wall time spent per kind of event
@@ -497,11 +514,35 @@ impl World {
             sent_by_kind: BTreeMap::new(),
             repl,
             progress: Progress::from_env(),
+            tap: None,
         }
     }
 
     pub fn now(&self) -> Duration {
         self.now
+    }
+
+    /// Keeps every message sent from now on (up to a bound); changes nothing in the run.
+    pub fn capture(&mut self) {
+        self.tap = Some(Vec::new());
+    }
+
+    /// The messages kept since [`World::capture`].
+    pub fn captured(&mut self) -> Vec<Captured> {
+        self.tap.take().unwrap_or_default()
+    }
+
+    fn tap(&mut self, from: HostId, to: HostId, envelope: &Bytes, payload: Option<&Bytes>) {
+        if let Some(tap) = self.tap.as_mut()
+            && tap.len() < TAP_LIMIT
+        {
+            tap.push(Captured {
+                from,
+                to,
+                envelope: envelope.clone(),
+                payload: payload.cloned(),
+            });
+        }
     }
 
     pub fn nodes(&self) -> u32 {
@@ -795,6 +836,7 @@ impl World {
         let Some(&to_id) = self.by_name.get(&to.name) else {
             return;
         };
+        self.tap(from, to_id, &envelope, None);
         let stats = &mut self.hosts[from as usize].stats;
         stats.tx_bytes += envelope.len() as u64;
         stats.tx_messages += 1;

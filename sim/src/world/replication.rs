@@ -775,6 +775,7 @@ impl World {
         let Some(&to_id) = self.by_name.get(&to.name) else {
             return;
         };
+        self.tap(from, to_id, &envelope, payload.as_ref());
         let loss = self.loss.clamp(0.0, 1.0);
         let net = &self.config.net;
         let span = net.latency_max.saturating_sub(net.latency_min);

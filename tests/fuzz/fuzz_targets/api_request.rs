@@ -1,0 +1,5 @@
+#![no_main]
+// The entry point is shared with node/tests/fuzz_regressions.rs.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = vigil::fuzzing::api_request(data);
+});
